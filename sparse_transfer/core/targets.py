@@ -1,0 +1,131 @@
+"""Which parameters of a model are prunable.
+
+A target is a parameter addressed by its fully qualified name (``bert.encoder.layer.3.output.dense.weight``),
+selected by the type of the module that owns it and by include/exclude regular expressions over that name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+from torch import nn
+
+PRUNABLE_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+# The six linears per encoder block that Neural Magic's oBERT prunes, in BERT/RoBERTa/ELECTRA naming
+# (``layer.N.attention.self.query``...) and in DistilBERT naming (``layer.N.attention.q_lin``...).
+BERT_ENCODER_PATTERNS: tuple[str, ...] = (
+    r"(^|\.)layer\.\d+\.attention\.self\.(query|key|value)\.weight$",
+    r"(^|\.)layer\.\d+\.attention\.output\.dense\.weight$",
+    r"(^|\.)layer\.\d+\.intermediate\.dense\.weight$",
+    r"(^|\.)layer\.\d+\.output\.dense\.weight$",
+    r"(^|\.)layer\.\d+\.attention\.(q_lin|k_lin|v_lin|out_lin)\.weight$",
+    r"(^|\.)layer\.\d+\.ffn\.(lin1|lin2)\.weight$",
+)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Selects the prunable parameters of a model.
+
+    Args:
+        module_types: Modules whose ``parameter_name`` parameter may be pruned. Subclasses count.
+        include: Regular expressions (``re.search``) over parameter names; a parameter is kept if any
+            matches. Empty means every parameter of a matching module. Each pattern must match at
+            least one parameter, so a typo is an error rather than a silently dense layer.
+        exclude: Regular expressions; a parameter matching any of them is dropped.
+        first_last_dense: Keep the first and the last selected layer (in registration order, which
+            for timm and torchvision CNNs is the stem conv and the classifier) dense.
+        parameter_name: Name of the parameter on each module; ``"weight"`` for all built-in layers.
+    """
+
+    module_types: tuple[type[nn.Module], ...] = PRUNABLE_MODULE_TYPES
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    first_last_dense: bool = False
+    parameter_name: str = "weight"
+
+    @classmethod
+    def bert_encoder(cls) -> TargetSpec:
+        """The oBERT target set: query, key, value, attention output, intermediate, output of every block."""
+        return cls(module_types=(nn.Linear,), include=BERT_ENCODER_PATTERNS)
+
+    @classmethod
+    def cnn(cls, first_last_dense: bool = False) -> TargetSpec:
+        """Every conv and linear weight, optionally with the first and last layer dense."""
+        return cls(first_last_dense=first_last_dense)
+
+    def with_(self, **changes) -> TargetSpec:
+        return replace(self, **changes)
+
+
+TARGET_PRESETS = {
+    "bert": TargetSpec.bert_encoder,
+    "all": TargetSpec.cnn,
+    "cnn": TargetSpec.cnn,
+    "cnn-fld": lambda: TargetSpec.cnn(first_last_dense=True),
+}
+
+
+def resolve_target_spec(targets: TargetSpec | str | None) -> TargetSpec:
+    """Turns a preset name (``"bert"``, ``"cnn"``, ``"cnn-fld"``, ``"all"``) or ``None`` (= ``"all"``) into a spec."""
+    if targets is None:
+        return TargetSpec()
+    if isinstance(targets, TargetSpec):
+        return targets
+    if isinstance(targets, str):
+        try:
+            return TARGET_PRESETS[targets]()
+        except KeyError:
+            raise ValueError(
+                f"Unknown target preset {targets!r}; use one of {sorted(TARGET_PRESETS)} or pass a TargetSpec."
+            ) from None
+    raise TypeError(f"targets must be a TargetSpec, a preset name or None, got {type(targets).__name__}.")
+
+
+def select_targets(model: nn.Module, targets: TargetSpec | str | None = None) -> dict[str, nn.Parameter]:
+    """Returns the prunable parameters of ``model`` by fully qualified name, in registration order.
+
+    Raises:
+        ValueError: if nothing is selected, or if an ``include`` pattern matches no parameter.
+    """
+    spec = resolve_target_spec(targets)
+    include = [re.compile(p) for p in spec.include]
+    exclude = [re.compile(p) for p in spec.exclude]
+    matched_patterns: set[str] = set()
+    selected: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        if not isinstance(module, spec.module_types):
+            continue
+        param = getattr(module, spec.parameter_name, None)
+        if not isinstance(param, nn.Parameter) or id(param) in seen:
+            continue
+        name = f"{module_name}.{spec.parameter_name}" if module_name else spec.parameter_name
+        if include:
+            hits = [p.pattern for p in include if p.search(name)]
+            if not hits:
+                continue
+            matched_patterns.update(hits)
+        if any(p.search(name) for p in exclude):
+            continue
+        seen.add(id(param))
+        selected[name] = param
+    missing = [p.pattern for p in include if p.pattern not in matched_patterns]
+    # A preset lists patterns for several model families; only user patterns must each match.
+    if missing and tuple(spec.include) != BERT_ENCODER_PATTERNS:
+        raise ValueError(
+            f"Target pattern(s) {missing} matched no parameter of {type(model).__name__}. "
+            "Check the names with `model.named_parameters()` or `python -m sparse_transfer.inspect`."
+        )
+    if spec.first_last_dense and len(selected) >= 2:
+        names = list(selected)
+        for name in (names[0], names[-1]):
+            del selected[name]
+    if not selected:
+        raise ValueError(
+            f"No prunable parameter found in {type(model).__name__} for {spec}. Widen `include`/`module_types` "
+            "or pick another preset (for BERT-family encoders 'bert', for CNNs 'cnn')."
+        )
+    return selected
