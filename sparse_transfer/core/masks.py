@@ -194,6 +194,7 @@ class SparseMasks:
         """
         inner = getattr(optimizer, "optimizer", optimizer)
         self.apply_()
+        self.mask_grads_()
         self.mask_optimizer_state_(inner)
         handles = [
             inner.register_step_pre_hook(lambda *_: self.mask_grads_()),
@@ -215,6 +216,7 @@ class SparseMasks:
             self._masks[name].copy_(mask)
         if self._params:
             self.apply_()
+            self.mask_grads_()
             if optimizer is not None:
                 self.mask_optimizer_state_(optimizer)
 
