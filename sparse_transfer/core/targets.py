@@ -38,6 +38,8 @@ class TargetSpec:
         first_last_dense: Keep the first and the last selected layer (in registration order, which
             for timm and torchvision CNNs is the stem conv and the classifier) dense.
         parameter_name: Name of the parameter on each module; ``"weight"`` for all built-in layers.
+        strict: Require every ``include`` pattern to match. Presets that cover several model families
+            (each family matches only some of the patterns) turn it off.
     """
 
     module_types: tuple[type[nn.Module], ...] = PRUNABLE_MODULE_TYPES
@@ -45,11 +47,12 @@ class TargetSpec:
     exclude: tuple[str, ...] = ()
     first_last_dense: bool = False
     parameter_name: str = "weight"
+    strict: bool = True
 
     @classmethod
     def bert_encoder(cls) -> TargetSpec:
         """The oBERT target set: query, key, value, attention output, intermediate, output of every block."""
-        return cls(module_types=(nn.Linear,), include=BERT_ENCODER_PATTERNS)
+        return cls(module_types=(nn.Linear,), include=BERT_ENCODER_PATTERNS, strict=False)
 
     @classmethod
     def cnn(cls, first_last_dense: bool = False) -> TargetSpec:
@@ -113,8 +116,7 @@ def select_targets(model: nn.Module, targets: TargetSpec | str | None = None) ->
         seen.add(id(param))
         selected[name] = param
     missing = [p.pattern for p in include if p.pattern not in matched_patterns]
-    # A preset lists patterns for several model families; only user patterns must each match.
-    if missing and tuple(spec.include) != BERT_ENCODER_PATTERNS:
+    if missing and spec.strict:
         raise ValueError(
             f"Target pattern(s) {missing} matched no parameter of {type(model).__name__}. "
             "Check the names with `model.named_parameters()` or `python -m sparse_transfer.inspect`."
