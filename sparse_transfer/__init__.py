@@ -13,6 +13,14 @@ from .core import (
     select_targets,
     sparsity_report,
 )
+from .hub import (
+    check_sparsity,
+    load_sparse_masks,
+    load_state_dict_from_checkpoint,
+    push_sparse_to_hub,
+    save_sparse_pretrained,
+    verify_checkpoint_sparsity,
+)
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -21,8 +29,14 @@ __all__ = [
     "SparsityReport",
     "TargetSpec",
     "__version__",
+    "check_sparsity",
     "compute_masks",
     "erk_densities",
+    "load_sparse_masks",
+    "load_state_dict_from_checkpoint",
+    "push_sparse_to_hub",
+    "save_sparse_pretrained",
     "select_targets",
     "sparsity_report",
+    "verify_checkpoint_sparsity",
 ]

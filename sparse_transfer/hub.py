@@ -1,0 +1,588 @@
+"""Saving, checking, loading and publishing sparse checkpoints.
+
+A sparse checkpoint written here is an ordinary checkpoint: Hugging Face models go through their own
+``save_pretrained`` (safetensors), timm and plain PyTorch models become ``model.safetensors`` (plus timm's
+``config.json``), with ordinary parameter names and the pruned weights stored as exact zeros. Next to it
+lie the mask file (:data:`~sparse_transfer.core.MASKS_NAME`, 1 bit per weight), which is the explicit record
+of what is pruned, and a model card whose sparsity section is computed from the saved weights.
+
+Because the mask is stored separately, a consumer can check that the zeros survived a round trip
+(:func:`verify_checkpoint_sparsity`) instead of re-guessing the mask from ``|w| > eps``.
+"""
+
+from __future__ import annotations
+
+import inspect as _inspect
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .core import MASKS_NAME, SparseMasks, SparsityReport, select_targets, sparsity_report
+from .core.targets import BERT_ENCODER_PATTERNS, TargetSpec
+
+__all__ = [
+    "auto_targets",
+    "check_sparsity",
+    "load_sparse_masks",
+    "load_state_dict_from_checkpoint",
+    "model_card",
+    "push_sparse_to_hub",
+    "save_sparse_pretrained",
+    "verify_checkpoint_sparsity",
+]
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+WEIGHTS_NAME = "pytorch_model.bin"
+WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
+CARD_NAME = "README.md"
+
+# Weight files of an earlier save that must not survive next to a new one: a stale shard index would make
+# loaders read the old weights.
+_WEIGHT_FILE_RE = re.compile(
+    r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$"
+)
+# Never uploaded: Trainer checkpoints (optimizer state), hidden files, interrupted writes.
+_UPLOAD_IGNORE = ["checkpoint-*", ".*", "*/.*", "*.tmp", "runs/*"]
+
+
+# --------------------------------------------------------------------------------------------- targets
+def auto_targets(model: nn.Module | Mapping[str, Tensor]) -> TargetSpec | str:
+    """The BERT encoder preset if its patterns match ``model``, else every conv/linear weight.
+
+    Args:
+        model: A module or a state dict.
+
+    Returns:
+        ``TargetSpec.bert_encoder()`` or ``"bert"`` (for a state dict) when the oBERT encoder linears exist,
+        else ``"cnn"``.
+    """
+    if isinstance(model, nn.Module):
+        try:
+            select_targets(model, "bert")
+            return TargetSpec.bert_encoder()
+        except ValueError:
+            return "cnn"
+    patterns = [re.compile(p) for p in BERT_ENCODER_PATTERNS]
+    if any(p.search(name) for name in model for p in patterns):
+        return "bert"
+    return "cnn"
+
+
+# -------------------------------------------------------------------------------------------- checking
+@torch.no_grad()
+def check_sparsity(model: nn.Module | Mapping[str, Tensor], masks: SparseMasks) -> None:
+    """Checks that every pruned weight of ``model`` is exactly zero.
+
+    Args:
+        model: A module or a state dict (name -> tensor) such as a loaded checkpoint.
+        masks: The masks; ``False`` marks a pruned weight. They need not be bound to ``model``.
+
+    Raises:
+        ValueError: naming every masked tensor that is missing, has the wrong shape or holds a non-zero
+            pruned weight, with the number of such weights.
+    """
+    tensors = dict(model.named_parameters(remove_duplicate=False)) if isinstance(model, nn.Module) else dict(model)
+    missing, wrong_shape, revived = [], [], []
+    for name, mask in masks.items():
+        tensor = tensors.get(name)
+        if tensor is None:
+            missing.append(name)
+            continue
+        if tuple(tensor.shape) != tuple(mask.shape):
+            wrong_shape.append(f"{name} {tuple(tensor.shape)} vs mask {tuple(mask.shape)}")
+            continue
+        count = int((tensor.detach()[~mask.to(tensor.device)] != 0).sum())
+        if count:
+            revived.append((name, count))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} masked tensor(s) are missing, e.g. {missing[:3]}")
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} tensor(s) do not match their mask's shape: {wrong_shape[:3]}")
+    if revived:
+        total = sum(count for _, count in revived)
+        listed = ", ".join(f"{name} ({count:,})" for name, count in revived[:10])
+        more = f" and {len(revived) - 10} more" if len(revived) > 10 else ""
+        problems.append(
+            f"{total:,} pruned weight(s) are non-zero in {len(revived)} tensor(s): {listed}{more}"
+        )
+    if problems:
+        raise ValueError(
+            "Sparsity check failed: " + "; ".join(problems) + ". The weights no longer match the masks: enforce them "
+            "during training with `masks.attach(optimizer)`, or call `masks.apply_()` before saving."
+        )
+
+
+def verify_checkpoint_sparsity(checkpoint: str | os.PathLike, revision: str | None = None) -> SparseMasks | None:
+    """Checks that a saved checkpoint's weights still hold the zeros its mask file records.
+
+    Args:
+        checkpoint: A local checkpoint directory or a Hub repo id.
+        revision: Hub revision (branch, tag or commit) for a repo id.
+
+    Returns:
+        The checkpoint's masks (unbound), or ``None`` if it has no mask file.
+
+    Raises:
+        ValueError: if a pruned weight is non-zero, or a masked tensor is missing (see :func:`check_sparsity`).
+    """
+    masks_path = _find_masks_file(checkpoint, revision)
+    if masks_path is None:
+        return None
+    masks = SparseMasks.load(masks_path)
+    state_dict = load_state_dict_from_checkpoint(checkpoint, revision=revision)
+    try:
+        check_sparsity(state_dict, masks)
+    except ValueError as err:
+        raise ValueError(f"Checkpoint {os.fspath(checkpoint)}: {err}") from None
+    return masks
+
+
+def load_sparse_masks(
+    model: nn.Module, checkpoint: str | os.PathLike, revision: str | None = None, strict: bool = True
+) -> SparseMasks | None:
+    """Loads a checkpoint's mask file, binds it to ``model`` and checks the model's zeros against it.
+
+    Use it right after ``from_pretrained`` / ``timm.create_model``: the masks then come from the explicit
+    record rather than from the loaded zeros, and a model whose sparsity was lost is reported at once.
+
+    Args:
+        model: The model loaded from ``checkpoint``.
+        checkpoint: A local checkpoint directory, a mask file, or a Hub repo id.
+        revision: Hub revision for a repo id.
+        strict: Raise if the model's pruned weights are not zero; otherwise return the masks anyway (so that
+            ``masks.apply_()`` can restore the sparsity).
+
+    Returns:
+        The bound masks, or ``None`` if the checkpoint has no mask file.
+
+    Raises:
+        ValueError: if the masks do not fit ``model`` or (with ``strict``) a pruned weight is non-zero.
+    """
+    path = os.fspath(checkpoint)
+    masks_path = path if os.path.isfile(path) else _find_masks_file(path, revision)
+    if masks_path is None:
+        return None
+    masks = SparseMasks.load(masks_path, model)
+    if strict:
+        check_sparsity(model, masks)
+    return masks
+
+
+# --------------------------------------------------------------------------------------------- saving
+def save_sparse_pretrained(
+    model: nn.Module,
+    output_dir: str | os.PathLike,
+    masks: SparseMasks | None = None,
+    processing_class=None,
+    card: dict | None = None,
+    targets: TargetSpec | str | None = None,
+) -> None:
+    """Saves a sparse model as an ordinary checkpoint plus its mask file and a model card.
+
+    Files written: the weights (``save_pretrained`` with safetensors for Hugging Face models, else
+    ``model.safetensors`` and, for timm models, timm's ``config.json``), :data:`MASKS_NAME` if ``masks`` is
+    given, the processing class's files if given, and ``README.md``. Everything is written to a temporary
+    directory first and moved into place only when complete; files of an earlier save that the new one
+    would contradict (old weight shards, an old mask file) are removed. Other files in ``output_dir`` (for
+    example Trainer ``checkpoint-*`` folders) are left alone.
+
+    Args:
+        model: A ``transformers.PreTrainedModel``, a timm model or any ``nn.Module``.
+        output_dir: Target directory; created if needed.
+        masks: The masks enforced during training. The weights are checked against them before anything is
+            written.
+        processing_class: Tokenizer / processor / feature extractor to save alongside (anything with
+            ``save_pretrained``).
+        card: Model card fields: ``title``, ``base_model``, ``recipe`` (dict), ``results`` (dict),
+            ``method``, ``datasets``, ``tags``, ``license``.
+        targets: Tensors the card's sparsity section covers when ``masks`` is ``None`` (default: the BERT
+            encoder preset if it matches, else every conv/linear weight).
+
+    Raises:
+        ValueError: if a pruned weight is not exactly zero.
+    """
+    if masks is not None:
+        check_sparsity(model, masks)
+    output_dir = Path(output_dir).resolve()
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp makes it owner-only; the final folder should not be
+    try:
+        library = _save_weights(model, tmp_dir)
+        if processing_class is not None:
+            processing_class.save_pretrained(tmp_dir)
+        if masks is not None:
+            masks.save(tmp_dir / MASKS_NAME)
+        if masks is not None:
+            report = sparsity_report(dict(model.named_parameters()), list(masks))
+        else:
+            report = sparsity_report(model, targets if targets is not None else auto_targets(model))
+        card_text = model_card(report, card=card, masks=masks, library=library)
+        (tmp_dir / CARD_NAME).write_text(card_text, encoding="utf-8")
+        _move_into_place(tmp_dir, output_dir, drop_masks=masks is None)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _save_weights(model: nn.Module, directory: Path) -> str:
+    """Writes the weights (and config) of ``model`` into ``directory``; returns the library name for the card."""
+    save_pretrained = getattr(model, "save_pretrained", None)
+    if callable(save_pretrained) and hasattr(model, "config"):
+        kwargs = {}
+        # transformers 4.x still defaults to pickle for some paths; v5 always writes safetensors and has no
+        # such argument.
+        if "safe_serialization" in _inspect.signature(save_pretrained).parameters:
+            kwargs["safe_serialization"] = True
+        save_pretrained(directory, **kwargs)
+        if not any((directory / name).exists() for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)):
+            raise RuntimeError(f"{type(model).__name__}.save_pretrained wrote no safetensors weights to {directory}.")
+        return "transformers"
+    from safetensors.torch import save_model
+
+    # save_model drops duplicate names of tied tensors, which save_file would refuse.
+    save_model(model, str(directory / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):
+        try:
+            from timm.models._hub import save_config_for_hf
+
+            save_config_for_hf(model, str(directory / "config.json"))
+        except Exception:  # a custom model with a pretrained_cfg timm cannot export: keep the raw cfg
+            cfg = {k: v for k, v in model.pretrained_cfg.items() if _json_ok(v)}
+            (directory / "config.json").write_text(json.dumps({"pretrained_cfg": cfg}, indent=2))
+        return "timm"
+    return "pytorch"
+
+
+def _json_ok(value) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _move_into_place(tmp_dir: Path, output_dir: Path, drop_masks: bool) -> None:
+    if not output_dir.exists() or (output_dir.is_dir() and not any(output_dir.iterdir())):
+        if output_dir.exists():
+            output_dir.rmdir()
+        os.replace(tmp_dir, output_dir)  # one atomic rename: the directory appears complete or not at all
+        return
+    if not output_dir.is_dir():
+        raise NotADirectoryError(f"{output_dir} exists and is not a directory.")
+    new_files = {p.name for p in tmp_dir.iterdir()}
+    for old in output_dir.iterdir():
+        stale = old.is_file() and old.name not in new_files and (
+            _WEIGHT_FILE_RE.match(old.name) or (drop_masks and old.name == MASKS_NAME)
+        )
+        if stale:
+            old.unlink()
+    # Weights first, the card last: a reader that sees the new card also sees the new weights.
+    order = sorted(new_files, key=lambda n: (n == CARD_NAME, n == MASKS_NAME, n))
+    for name in order:
+        target = output_dir / name
+        if target.is_dir() and (tmp_dir / name).is_dir():
+            shutil.rmtree(target)
+        os.replace(tmp_dir / name, target)
+
+
+# ------------------------------------------------------------------------------------------ model card
+def model_card(
+    report: SparsityReport,
+    card: dict | None = None,
+    masks: SparseMasks | None = None,
+    library: str | None = None,
+) -> str:
+    """Builds a model card (README.md text with YAML front matter) with a sparsity section.
+
+    Args:
+        report: Sparsity of the saved weights (see :func:`~sparse_transfer.core.sparsity_report`).
+        card: Optional fields: ``title``, ``base_model``, ``recipe`` (dict), ``results`` (dict), ``method``,
+            ``datasets`` (str or list), ``tags`` (list), ``license``.
+        masks: The masks, to state the mask sparsity next to the weights' sparsity.
+        library: ``"transformers"``, ``"timm"`` or ``"pytorch"``.
+
+    Returns:
+        The card's markdown.
+    """
+    import yaml
+
+    from . import __version__
+
+    card = dict(card or {})
+    unknown = set(card) - {"title", "base_model", "recipe", "results", "method", "datasets", "tags", "license"}
+    if unknown:
+        raise ValueError(
+            f"Unknown model card field(s) {sorted(unknown)}; use title, base_model, recipe, results, method, "
+            "datasets, tags, license."
+        )
+    tags = ["sparse", "sparse_transfer", "pruned"]
+    for tag in _as_list(card.get("tags")):
+        if tag not in tags:
+            tags.append(str(tag))
+    front: dict = {}
+    if library in ("transformers", "timm"):
+        front["library_name"] = library
+    if card.get("license"):
+        front["license"] = card["license"]
+    if card.get("base_model"):
+        front["base_model"] = card["base_model"]
+    front["tags"] = tags
+    if card.get("datasets"):
+        front["datasets"] = [str(d) for d in _as_list(card["datasets"])]
+    front_yaml = yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()
+
+    title = card.get("title") or (f"Sparse {card['base_model']}" if card.get("base_model") else "Sparse model")
+    lines = ["---", front_yaml, "---", "", f"# {title}", ""]
+    intro = (
+        f"A {report.target_sparsity:.1%} sparse model"
+        + (f" derived from `{card['base_model']}`" if card.get("base_model") else "")
+        + (f" with {card['method']}" if card.get("method") else "")
+        + f", saved with sparse_transfer {__version__}. The pruned weights are stored as exact zeros in an "
+        "ordinary checkpoint, so it loads with the usual library calls; "
+        f"`{MASKS_NAME}` records the mask (1 bit per weight)."
+    )
+    lines += [intro, ""]
+
+    lines += ["## Sparsity", ""]
+    lines.append(
+        f"- Global sparsity over the {len(report.layers)} pruned tensors: **{report.target_sparsity:.2%}** "
+        f"({report.target_numel - report.target_nonzeros:,} of {report.target_numel:,} weights are zero)"
+    )
+    lines.append(
+        f"- Whole model: {report.model_sparsity:.2%} of {report.model_numel:,} parameters are zero"
+    )
+    if masks is not None:
+        lines.append(f"- Mask sparsity: {masks.sparsity():.2%} (the weights' zeros include every masked position)")
+    lines.append(f"- All-zero output channels in the pruned tensors: {report.zero_channel_fraction:.2%}")
+    lines += ["", "| parameter | shape | params | non-zeros | sparsity |", "|---|---|---:|---:|---:|"]
+    for layer in report.layers:
+        shape = "x".join(map(str, layer.shape))
+        lines.append(f"| `{layer.name}` | {shape} | {layer.numel:,} | {layer.nonzeros:,} | {layer.sparsity:.2%} |")
+    lines.append("")
+
+    if card.get("recipe"):
+        recipe_yaml = yaml.safe_dump(_plain(card["recipe"]), sort_keys=False, allow_unicode=True).strip()
+        lines += ["## Recipe", "", "```yaml", recipe_yaml, "```", ""]
+    if card.get("results"):
+        lines += ["## Results", "", "| metric | value |", "|---|---:|"]
+        for key, value in card["results"].items():
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            lines.append(f"| {key} | {shown} |")
+        lines.append("")
+
+    lines += ["## Usage", "", "```python"]
+    if library == "transformers":
+        lines += [
+            "from transformers import AutoModel  # or the Auto class of your task",
+            'model = AutoModel.from_pretrained("REPO_OR_PATH")',
+        ]
+    elif library == "timm":
+        lines += ["import timm", 'model = timm.create_model("hf-hub:REPO", pretrained=True)  # or "local-dir:PATH"']
+    else:
+        lines += [
+            "from sparse_transfer.hub import load_state_dict_from_checkpoint",
+            'model.load_state_dict(load_state_dict_from_checkpoint("REPO_OR_PATH"))',
+        ]
+    lines += [
+        "",
+        "# Keep the zeros while fine-tuning:",
+        "from sparse_transfer.hub import load_sparse_masks",
+        'masks = load_sparse_masks(model, "REPO_OR_PATH")  # checks the zeros against the saved mask',
+        "masks.attach(optimizer)",
+        "```",
+        "",
+        "Inspect the sparsity: `python -m sparse_transfer.inspect REPO_OR_PATH`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)):
+        return [value]
+    return list(value)
+
+
+def _plain(value):
+    """Turns a recipe (dataclasses, tuples, paths) into YAML-safe builtins."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+# -------------------------------------------------------------------------------------------- loading
+def load_state_dict_from_checkpoint(path_or_repo_id: str | os.PathLike, revision: str | None = None) -> dict[str, Tensor]:
+    """Reads a checkpoint's tensors without building a model.
+
+    Args:
+        path_or_repo_id: A local directory (``model.safetensors``, a sharded ``model.safetensors.index.json``,
+            or else ``pytorch_model.bin``), a single ``.safetensors`` / ``.bin`` / ``.pt`` / ``.pth`` file, or a
+            Hugging Face Hub repo id (only safetensors and json files are downloaded).
+        revision: Hub revision (branch, tag or commit) for a repo id.
+
+    Returns:
+        Tensor name -> tensor, on CPU.
+
+    Raises:
+        FileNotFoundError: if a local path has no weights or does not exist.
+        OSError: if the Hub cannot be reached; the message says to pass a local path.
+    """
+    path = os.fspath(path_or_repo_id)
+    if os.path.isdir(path):
+        return _load_dir(Path(path))
+    if os.path.isfile(path):
+        return _load_file(Path(path))
+    return _load_dir(Path(_snapshot(path, revision)))
+
+
+def _load_file(path: Path) -> dict[str, Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    if path.suffix in (".bin", ".pt", ".pth"):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("state_dict", "model", "state_dict_ema"):  # timm / Lightning style training checkpoints
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+            raise ValueError(f"{path} does not hold a state dict (a mapping of names to tensors).")
+        return dict(obj)
+    raise ValueError(f"Unsupported weights file {path.name}: use a .safetensors, .bin, .pt or .pth file.")
+
+
+def _load_dir(directory: Path) -> dict[str, Tensor]:
+    for index_name in (SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME):
+        index_path = directory / index_name
+        if index_path.is_file() and not (directory / SAFE_WEIGHTS_NAME).is_file():
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+            state_dict: dict[str, Tensor] = {}
+            for shard in sorted(set(weight_map.values())):
+                state_dict.update(_load_file(directory / shard))
+            return state_dict
+    for name in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME):
+        if (directory / name).is_file():
+            return _load_file(directory / name)
+    present = sorted(p.name for p in directory.iterdir())[:10]
+    raise FileNotFoundError(
+        f"No weights in {directory}: expected {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} or {WEIGHTS_NAME}; "
+        f"found {present or 'nothing'}. Pass the folder that save_pretrained / save_sparse_pretrained wrote, "
+        "or a weights file."
+    )
+
+
+def _looks_like_repo_id(text: str) -> bool:
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", ""):
+        return False
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _snapshot(repo_id: str, revision: str | None, patterns: Iterable[str] = ("*.safetensors", "*.json")) -> str:
+    if not _looks_like_repo_id(repo_id):
+        raise FileNotFoundError(f"No such file or directory: {repo_id!r} (and it is not a Hugging Face Hub repo id).")
+    import huggingface_hub
+
+    try:
+        return huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=list(patterns))
+    except Exception as err:  # offline, unreachable, missing repo or revision: all end the same way for the user
+        raise OSError(
+            f"Could not fetch {repo_id!r}"
+            + (f" at revision {revision!r}" if revision else "")
+            + f" from the Hugging Face Hub ({type(err).__name__}: {_first_line(err)}). "
+            "If you have the checkpoint locally, pass its local path instead."
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else "no details"
+
+
+def _find_masks_file(checkpoint: str | os.PathLike, revision: str | None) -> str | None:
+    path = os.fspath(checkpoint)
+    if os.path.isdir(path):
+        candidate = os.path.join(path, MASKS_NAME)
+        return candidate if os.path.isfile(candidate) else None
+    if os.path.isfile(path):
+        return None
+    candidate = os.path.join(_snapshot(path, revision), MASKS_NAME)
+    return candidate if os.path.isfile(candidate) else None
+
+
+# ---------------------------------------------------------------------------------------------- upload
+def push_sparse_to_hub(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str | None = None,
+) -> str:
+    """Uploads a folder written by :func:`save_sparse_pretrained` to the Hugging Face Hub.
+
+    The saved weights are first checked against the saved mask file: a checkpoint whose zeros were lost is
+    never uploaded. Trainer ``checkpoint-*`` folders, hidden files and ``runs/`` are not uploaded.
+
+    Args:
+        output_dir: The saved folder.
+        repo_id: ``namespace/name`` on the Hub; created if it does not exist.
+        token: Hub token; by default the one ``huggingface-cli login`` stored. Never printed or saved.
+        private: Create the repository as private.
+        commit_message: Defaults to a message stating the sparsity.
+
+    Returns:
+        The repository's URL.
+
+    Raises:
+        FileNotFoundError: if ``output_dir`` has no weights or no mask file.
+        ValueError: if a pruned weight of the saved checkpoint is non-zero.
+    """
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise FileNotFoundError(f"{output_dir} is not a directory; save the model with save_sparse_pretrained first.")
+    if not (output_dir / MASKS_NAME).is_file():
+        raise FileNotFoundError(
+            f"{output_dir} has no {MASKS_NAME}, so its sparsity cannot be checked before upload. Save it with "
+            "save_sparse_pretrained(model, output_dir, masks=masks) (masks = SparseMasks.from_zeros(model, targets) "
+            "if the zeros are your mask)."
+        )
+    masks = verify_checkpoint_sparsity(output_dir)
+    import huggingface_hub
+
+    repo_url = huggingface_hub.create_repo(repo_id, token=token, private=private, exist_ok=True)
+    message = commit_message or f"Upload {masks.sparsity():.1%} sparse model with sparse_transfer"
+    huggingface_hub.upload_folder(
+        repo_id=getattr(repo_url, "repo_id", repo_id),
+        folder_path=str(output_dir),
+        commit_message=message,
+        token=token,
+        ignore_patterns=_UPLOAD_IGNORE,
+    )
+    return str(repo_url)

@@ -1,0 +1,221 @@
+"""Prints the sparsity of a checkpoint, a Hub model or a timm architecture.
+
+Usage::
+
+    python -m sparse_transfer.inspect PATH [--targets auto|bert|cnn|all] [--include REGEX ...] [--json]
+                                           [--revision REV] [--pretrained]
+
+``PATH`` is a local checkpoint folder or weights file, a Hugging Face Hub repo id, or a timm model name
+(``resnet50``, ``hf-hub:timm/resnet50.a1_in1k``, ``local-dir:/path``). Checkpoints are read as plain tensors,
+without building the model, so any architecture works. If the checkpoint carries a sparse_transfer mask
+file, the report covers the masked tensors and checks that their pruned weights are still zero.
+
+Exit status: 0 on success, 1 if the weights lost zeros that the checkpoint's mask file records, 2 on bad
+input (with one line on stderr saying what is wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+
+from torch import Tensor, nn
+
+from .core import MASKS_NAME, SparseMasks, SparsityReport, sparsity_report
+from .core.targets import resolve_target_spec
+from .hub import _find_masks_file, _looks_like_repo_id, auto_targets, check_sparsity, load_state_dict_from_checkpoint
+
+TARGET_CHOICES = ("auto", "bert", "cnn", "all")
+_TIMM_PREFIXES = ("hf-hub:", "local-dir:", "timm/")
+
+
+class InspectError(Exception):
+    """Bad input: reported as one line on stderr with exit status 2."""
+
+
+def _is_timm_name(path: str) -> bool:
+    if path.startswith(_TIMM_PREFIXES):
+        return True
+    try:
+        import timm
+    except ImportError:
+        return False
+    return bool(timm.is_model(path))
+
+
+def _load_timm(name: str, pretrained: bool) -> nn.Module:
+    import timm
+
+    if name.startswith("timm/"):  # a Hub id in the timm organisation
+        name = "hf-hub:" + name
+    try:
+        return timm.create_model(name, pretrained=pretrained)
+    except Exception as err:
+        hint = " (pretrained weights need the Hugging Face Hub; omit --pretrained or pass a local checkpoint)" if pretrained else ""
+        raise InspectError(f"could not create timm model {name!r}: {_one_line(err)}{hint}") from None
+
+
+def _state_dict_names(tensors: Mapping[str, Tensor], targets: str, include: Sequence[str]) -> list[str] | str:
+    """Target names in a state dict; a preset name is passed through to :func:`sparsity_report`."""
+    if not include:
+        return targets
+    patterns = [re.compile(p) for p in include]
+    unmatched = [p.pattern for p in patterns if not any(p.search(n) for n in tensors)]
+    if unmatched:
+        raise InspectError(f"--include pattern(s) {unmatched} match no tensor in the checkpoint")
+    return [n for n, t in tensors.items() if t.is_floating_point() and any(p.search(n) for p in patterns)]
+
+
+def inspect_sparsity(
+    path: str,
+    targets: str = "auto",
+    include: Sequence[str] = (),
+    revision: str | None = None,
+    pretrained: bool = False,
+) -> dict:
+    """Computes the sparsity report of ``path`` (see the module docstring for what ``path`` may be).
+
+    Args:
+        path: Local checkpoint folder or file, Hub repo id, or timm model name.
+        targets: ``"auto"`` (the checkpoint's mask file if any, else the BERT encoder preset if it matches,
+            else every conv/linear weight), ``"bert"``, ``"cnn"`` or ``"all"``.
+        include: Regular expressions over tensor names that replace the preset's name filter.
+        revision: Hub revision for a repo id.
+        pretrained: For a timm name, load its pretrained weights (needs the Hub).
+
+    Returns:
+        A JSON-ready dict: ``source``, ``path``, ``targets``, ``report`` (:meth:`SparsityReport.to_dict`) and
+        ``masks`` (``None`` or the mask file's sparsity and whether the weights still hold its zeros).
+
+    Raises:
+        InspectError: on bad input.
+    """
+    if targets not in TARGET_CHOICES:
+        raise InspectError(f"unknown --targets {targets!r}; use one of {', '.join(TARGET_CHOICES)}")
+    for pattern in include:
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise InspectError(f"--include {pattern!r} is not a valid regular expression: {err}") from None
+
+    if not os.path.exists(path) and _is_timm_name(path):
+        model = _load_timm(path, pretrained)
+        preset = auto_targets(model) if targets == "auto" else targets
+        spec = resolve_target_spec(preset)
+        if include:
+            spec = spec.with_(include=tuple(include))
+        try:
+            report = sparsity_report(model, spec)
+        except ValueError as err:
+            raise InspectError(_one_line(err)) from None
+        return _result("timm", path, targets if not include else "include", report, None)
+
+    if not os.path.exists(path) and not _looks_like_repo_id(path):
+        raise InspectError(f"{path!r} is not a file, a folder, a Hugging Face Hub repo id or a timm model name")
+    source = "local" if os.path.exists(path) else "hub"
+    try:
+        tensors = load_state_dict_from_checkpoint(path, revision=revision)
+        masks_path = _find_masks_file(path, revision)
+    except (OSError, ValueError) as err:
+        raise InspectError(_one_line(err)) from None
+    except Exception as err:  # e.g. safetensors' SafetensorError for a corrupt or truncated file
+        raise InspectError(f"could not read {path}: {_one_line(err)}") from None
+    masks = SparseMasks.load(masks_path) if masks_path else None
+    # Files list tensors alphabetically; print layer 2 before layer 10.
+    tensors = dict(sorted(tensors.items(), key=lambda item: _natural_key(item[0])))
+
+    if include:
+        names, label = _state_dict_names(tensors, targets, include), "include"
+    elif targets == "auto" and masks is not None:
+        names, label = list(masks), "mask file"
+    else:
+        names, label = (auto_targets(tensors) if targets == "auto" else targets), targets
+    try:
+        report = sparsity_report(tensors, names)
+    except ValueError as err:
+        raise InspectError(_one_line(err)) from None
+    if not report.layers:
+        preset = "the BERT encoder preset" if names == "bert" else f"--targets {targets}"
+        raise InspectError(f"no tensor of {path} matches {preset}; use --targets cnn or --include REGEX")
+    mask_info = None
+    if masks is not None:
+        mask_info = {"file": MASKS_NAME, "sparsity": masks.sparsity(), "tensors": len(masks), "zeros_intact": True, "problem": None}
+        try:
+            check_sparsity(tensors, masks)
+        except ValueError as err:
+            mask_info.update(zeros_intact=False, problem=str(err))
+    return _result(source, path, label, report, mask_info)
+
+
+def _result(source: str, path: str, targets: str, report: SparsityReport, masks: dict | None) -> dict:
+    return {"source": source, "path": path, "targets": targets, "report": report.to_dict(), "masks": masks, "_report": report}
+
+
+def _natural_key(name: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def format_result(result: dict) -> str:
+    """Human-readable report: the per-tensor table, global sparsity, and the mask check."""
+    source = {"local": "local checkpoint", "hub": "Hugging Face Hub", "timm": "timm model"}[result["source"]]
+    lines = [f"{result['path']} ({source}; targets: {result['targets']})", "", result["_report"].format_table()]
+    masks = result["masks"]
+    if masks is not None:
+        state = "zeros intact" if masks["zeros_intact"] else "ZEROS LOST"
+        lines.append(f"mask file {masks['file']}: {masks['tensors']} tensors, sparsity {masks['sparsity']:.2%}, {state}")
+        if masks["problem"]:
+            lines.append(masks["problem"])
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sparse_transfer.inspect",
+        description="Print the sparsity of a checkpoint folder/file, a Hugging Face Hub model or a timm model.",
+    )
+    parser.add_argument("path", help="checkpoint folder or weights file, Hub repo id, or timm model name")
+    parser.add_argument(
+        "--targets",
+        choices=TARGET_CHOICES,
+        default="auto",
+        help="tensors to report: auto = the mask file's if present, else the BERT encoder linears if present, "
+        "else every conv/linear weight (default: auto)",
+    )
+    parser.add_argument(
+        "--include", nargs="+", default=[], metavar="REGEX", help="regular expressions over tensor names (replace the preset's name filter)"
+    )
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    parser.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) for a repo id")
+    parser.add_argument("--pretrained", action="store_true", help="for a timm model name: load its pretrained weights")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from huggingface_hub.utils import logging as hf_logging
+
+    # Retry chatter from an unreachable Hub would bury the one-line error this command ends with.
+    hf_logging.set_verbosity_error()
+    try:
+        result = inspect_sparsity(args.path, args.targets, args.include, args.revision, args.pretrained)
+    except InspectError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}, indent=2))
+    else:
+        print(format_result(result))
+    return 0 if result["masks"] is None or result["masks"]["zeros_intact"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
