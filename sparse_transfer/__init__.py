@@ -21,20 +21,46 @@ from .hub import (
     save_sparse_pretrained,
     verify_checkpoint_sparsity,
 )
+from .methods import ACDC, GMP, Constant, RigL, acdc_phase, dense_masks, rigl_drop_fraction
+
+# The transformers integration is imported on first use, so that the mask engine and the vision methods
+# do not pay for importing transformers.
+_LAZY = {
+    "SparseTrainer": "sparse_transfer.hf",
+    "SparseTrainingArguments": "sparse_transfer.hf",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sparse_transfer' has no attribute {name!r}")
+
 
 __all__ = [
+    "ACDC",
+    "Constant",
     "DISTRIBUTIONS",
+    "GMP",
     "MASKS_NAME",
+    "RigL",
     "SparseMasks",
+    "SparseTrainer",
+    "SparseTrainingArguments",
     "SparsityReport",
     "TargetSpec",
     "__version__",
+    "acdc_phase",
     "check_sparsity",
     "compute_masks",
+    "dense_masks",
     "erk_densities",
     "load_sparse_masks",
     "load_state_dict_from_checkpoint",
     "push_sparse_to_hub",
+    "rigl_drop_fraction",
     "save_sparse_pretrained",
     "select_targets",
     "sparsity_report",

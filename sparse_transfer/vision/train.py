@@ -1,0 +1,461 @@
+"""The vision training loop: a timm model, a mask method, the modern ImageNet recipe, accelerate for DDP.
+
+Where the masks act, per optimizer step::
+
+    loss = label_smoothed_ce(model(x), y)               # AMP autocast on GPU, channels_last
+    accelerator.backward(loss)                          # dense gradients (all-reduced under DDP)
+    event = method.step(step, optimizer)                # GMP prune / AC/DC (de)compress / RigL drop-grow
+    optimizer.step()                                    # pre-hook: grad *= mask, post-hook: weight *= mask
+    scheduler.step()                                    # linear warm-up then linear decay, per iteration
+
+and per epoch: progressive resizing of the training images, evaluation (top-1, prediction entropy), the
+sparsity report (global, per layer, all-zero channels), mask IoU, and checkpoints (``last/``, ``best/`` in
+timm's format with safetensors, ``state/`` to resume). Every epoch starts by reseeding from (seed, epoch),
+so a run resumed from ``state/`` continues exactly as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..core import MASKS_NAME, SparseMasks, sparsity_report
+from ..methods import ACDC, GMP, Constant, MaskMethod, RigL, dense_masks
+from .config import VisionArguments
+from .data import build_datasets, progressive_size, subset, timm_transforms
+
+logger = logging.getLogger(__name__)
+
+# Fields that do not change what a run computes: a resumed run may change them.
+_RUNTIME_FIELDS = {"output_dir", "resume", "progress", "stop_after_epoch", "num_workers", "push_to_hub", "hub_model_id", "hub_private"}
+
+
+def create_model(args: VisionArguments, num_classes: int) -> nn.Module:
+    """``timm.create_model`` with a clear error for unknown names and unreachable pretrained weights."""
+    import timm
+
+    kwargs = json.loads(args.model_kwargs)
+    name = args.model
+    if not name.startswith(("hf-hub:", "local-dir:")) and not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        raise ValueError(f"Unknown timm model {name!r}. Similar names: {close or 'none'}; see timm.list_models().")
+    try:
+        model = timm.create_model(name, pretrained=args.pretrained, num_classes=num_classes, **kwargs)
+    except (OSError, RuntimeError) as e:
+        if args.pretrained:
+            raise RuntimeError(
+                f"Could not load pretrained weights for {name} ({type(e).__name__}: {e}). Without network, "
+                "pass --no_pretrained, or --init_checkpoint with a local .safetensors file."
+            ) from e
+        raise
+    if args.init_checkpoint:
+        from safetensors.torch import load_file
+
+        path = args.init_checkpoint
+        if os.path.isdir(path):
+            path = os.path.join(path, "model.safetensors")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No weights at {path} (expected a .safetensors file or a directory holding model.safetensors).")
+        state = load_file(path)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ValueError(f"{path} does not match {name}: unexpected keys {unexpected[:3]}.")
+        if missing:
+            logger.warning("init_checkpoint %s lacks %d tensors (e.g. %s); they keep their fresh values.", path, len(missing), missing[:2])
+    return model
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weights of two or more dims only: never on norm layers and biases."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, end_factor: float) -> float:
+    """Linear warm-up from 0 to 1 over ``warmup_steps`` (per iteration), then linear decay to ``end_factor``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 1.0 - (1.0 - end_factor) * min(progress, 1.0)
+
+
+def build_method(args: VisionArguments, model: nn.Module, steps_per_epoch: int, total_steps: int) -> MaskMethod | None:
+    if args.method == "dense":
+        return None
+    if args.method == "constant":
+        masks = SparseMasks.from_zeros(model, args.targets)
+        if args.sparsity:
+            masks = SparseMasks.from_magnitude(model, args.sparsity, args.distribution, targets=args.targets)
+        return Constant(masks)
+    if args.method == "gmp":
+        start = int(round(args.gmp_start_epoch * steps_per_epoch))
+        end = int(round(args.gmp_end_epoch * steps_per_epoch))
+        return GMP(dense_masks(model, args.targets), args.sparsity, start, end, args.gmp_interval_steps,
+                   args.gmp_initial_sparsity, args.distribution)
+    if args.method == "acdc":
+        return ACDC(dense_masks(model, args.targets), args.sparsity, steps_per_epoch, args.epochs, args.acdc_warmup_epochs,
+                    args.acdc_phase_epochs, args.acdc_final_epochs, args.distribution, args.acdc_decompressed_sparsity,
+                    args.acdc_reset_momentum)
+    return RigL.from_model(model, args.sparsity, total_steps, args.distribution, args.targets, init=args.rigl_init,
+                           seed=args.seed, update_interval=args.rigl_interval_steps, alpha=args.rigl_alpha,
+                           end_fraction=args.rigl_end_fraction)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _atomic_json(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _replace_dir(tmp: str, final: str) -> None:
+    old = f"{final}.old"
+    if os.path.exists(old):
+        shutil.rmtree(old)
+    if os.path.exists(final):
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if os.path.exists(old):
+        shutil.rmtree(old)
+
+
+def model_card(args: VisionArguments, report, results: dict[str, Any]) -> str:
+    """A README.md for a checkpoint directory: what it is, its sparsity, its results, how to load it."""
+    lines = [
+        f"# {args.model} trained with {args.method}" + (f" at {args.sparsity:.0%} sparsity" if args.sparsity else ""),
+        "",
+        f"Trained with `sparse_transfer` {__version__} (`python -m sparse_transfer.vision`).",
+        "",
+        "## Sparsity",
+        "",
+        f"- prunable weights ({args.targets}): {report.target_sparsity:.2%} zeros over {report.target_numel:,} weights "
+        f"({args.distribution} distribution)",
+        f"- whole model: {report.model_sparsity:.2%} zeros over {report.model_numel:,} parameters",
+        f"- all-zero output channels: {report.zero_channel_fraction:.2%}",
+        "",
+        "| layer | shape | sparsity |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {l.name} | {'x'.join(map(str, l.shape))} | {l.sparsity:.2%} |" for l in report.layers]
+    lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items()]
+    lines += [
+        "", "## Use", "", "```python", "import timm",
+        "model = timm.create_model('local-dir:PATH_TO_THIS_FOLDER', pretrained=True)  # or 'hf-hub:<repo id>'",
+        "```", "", "The pruned weights are stored as exact zeros; `sparse_masks.safetensors` holds the mask (1 bit per weight).",
+        "", "## Recipe", "", "```json", json.dumps(args.to_dict(), indent=2), "```", "",
+    ]
+    return "\n".join(lines)
+
+
+def save_checkpoint(directory: str, model: nn.Module, method: MaskMethod | None, args: VisionArguments, results: dict[str, Any]) -> None:
+    """``model.safetensors`` + ``config.json`` (timm's format, reloads with ``timm.create_model('local-dir:...')``),
+    the mask file and a model card, written to a temporary folder and renamed into place."""
+    from timm.models._hub import save_for_hf
+
+    tmp = f"{directory}.tmp"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    save_for_hf(model, tmp, model_args=json.loads(args.model_kwargs) or None, safe_serialization=True)
+    if method is not None and method.active:
+        method.masks.save(os.path.join(tmp, MASKS_NAME))
+    report = sparsity_report(model, args.targets)
+    with open(os.path.join(tmp, "README.md"), "w") as f:
+        f.write(model_card(args, report, results))
+    _atomic_json(os.path.join(tmp, "results.json"), results)
+    _replace_dir(tmp, directory)
+
+
+def push_checkpoint(directory: str, args: VisionArguments) -> str:
+    """Uploads a checkpoint directory after checking that its weights are exactly zero where its mask says."""
+    from huggingface_hub import HfApi
+    from safetensors.torch import load_file
+
+    mask_path = os.path.join(directory, MASKS_NAME)
+    if os.path.isfile(mask_path):
+        weights = load_file(os.path.join(directory, "model.safetensors"))
+        masks = SparseMasks.load(mask_path)
+        bad = sum(int((weights[n][~m] != 0).sum()) for n, m in masks.items())
+        if bad:
+            raise ValueError(f"{directory}: {bad} pruned weights are not zero; refusing to upload.")
+    api = HfApi()
+    api.create_repo(args.hub_model_id, private=args.hub_private, exist_ok=True)
+    info = api.upload_folder(folder_path=directory, repo_id=args.hub_model_id,
+                             commit_message=f"sparse_transfer: {args.model} {args.method} {args.sparsity:.0%}")
+    return str(getattr(info, "commit_url", args.hub_model_id))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, args: VisionArguments, accelerator) -> dict[str, float]:
+    """Top-1, loss and mean prediction entropy over the whole eval set, each rank taking a disjoint shard."""
+    model.eval()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    shard = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
+    loader = DataLoader(shard, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
+    sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # correct, loss, entropy, count
+    memory_format = torch.channels_last if _use_channels_last(args, accelerator) else torch.contiguous_format
+    for x, y in tqdm(loader, desc="eval", leave=False, disable=not (args.progress and accelerator.is_main_process)):
+        x = x.to(accelerator.device, non_blocking=True).to(memory_format=memory_format)
+        y = y.to(accelerator.device, non_blocking=True)
+        with accelerator.autocast():
+            logits = model(x)
+        logits = logits.float()
+        logp = torch.log_softmax(logits, dim=-1)
+        sums[0] += (logits.argmax(-1) == y).sum()
+        sums[1] += nn.functional.cross_entropy(logits, y, reduction="sum")
+        sums[2] += -(logp.exp() * logp).sum(-1).sum()
+        sums[3] += y.numel()
+    sums = accelerator.reduce(sums, reduction="sum")
+    n = max(float(sums[3]), 1.0)
+    return {"eval_top1": float(sums[0]) / n, "eval_loss": float(sums[1]) / n, "eval_entropy": float(sums[2]) / n}
+
+
+def _use_channels_last(args: VisionArguments, accelerator) -> bool:
+    return args.channels_last == "yes" or (args.channels_last == "auto" and accelerator.device.type == "cuda")
+
+
+def _mixed_precision(args: VisionArguments) -> str:
+    if args.mixed_precision != "auto":
+        return args.mixed_precision
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _digest(model: nn.Module, method: MaskMethod | None) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    if method is not None:
+        for name, m in sorted(method.masks.items()):
+            h.update(m.cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def train(args: VisionArguments) -> dict[str, Any]:
+    """Runs (or resumes) one training run and returns its results (also written to ``results.json``)."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    args.validate()
+    accelerator = Accelerator(mixed_precision=_mixed_precision(args), cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    out = args.output_dir
+    if main:
+        os.makedirs(out, exist_ok=True)
+
+    train_ds, eval_ds = build_datasets(args.data, args.train_split, args.eval_split, args.image_column, args.label_column)
+    num_classes = len(train_ds.classes)
+    train_ds = subset(train_ds, args.max_train_samples, args.data_seed)
+    eval_ds = subset(eval_ds, args.max_eval_samples, args.data_seed + 1)
+    if args.cache_images:
+        train_ds.cache_()
+        eval_ds.cache_()
+
+    _seed_everything(args.seed)
+    model = create_model(args, num_classes)
+    use_cl = _use_channels_last(args, accelerator)
+    model = model.to(accelerator.device)
+    if use_cl:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=args.lr, momentum=args.momentum, nesterov=args.nesterov)
+
+    world = accelerator.num_processes
+    steps_per_epoch = len(train_ds) // (args.batch_size * world)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_ds)} training images are fewer than one batch ({args.batch_size} x {world} processes).")
+    if args.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
+    total_steps = steps_per_epoch * args.epochs
+    warmup_steps = int(round(args.lr_warmup_epochs * steps_per_epoch))
+    end_factor = args.lr_end / args.lr if args.lr else 0.0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, end_factor))
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    method = build_method(args, unwrapped, steps_per_epoch, total_steps)
+    if method is not None:
+        method.attach(optimizer)
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+    # ------------------------------------------------------------------------------------ resume
+    recipe = args.to_dict()
+    state_dir = os.path.join(out, "state")
+    start_epoch, history, best = 0, [], {"eval_top1": -1.0, "epoch": None}
+    prev_mask: dict[str, torch.Tensor] | None = None
+    if args.resume and os.path.isfile(os.path.join(state_dir, "state.pt")):
+        state = torch.load(os.path.join(state_dir, "state.pt"), map_location="cpu", weights_only=True)
+        saved = {k: v for k, v in state["recipe"].items() if k not in _RUNTIME_FIELDS}
+        now = {k: v for k, v in recipe.items() if k not in _RUNTIME_FIELDS}
+        if saved != now:
+            diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            raise ValueError(f"{out} holds a run with a different recipe (fields {diff}); use another --output_dir or --no_resume.")
+        unwrapped.load_state_dict(state["model"])
+        getattr(optimizer, "optimizer", optimizer).load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if method is not None:
+            method.load_state_dict(state["method"])
+        start_epoch, history, best = state["epoch"], json.loads(state["history"]), json.loads(state["best"])
+        prev_mask = state.get("prev_mask")
+        if main:
+            logger.info("Resumed %s at epoch %d.", out, start_epoch)
+    if main:
+        _atomic_json(os.path.join(out, "recipe.json"), dict(recipe, sparse_transfer_version=__version__))
+
+    # ------------------------------------------------------------------------------------ epochs
+    step_times: list[float] = []
+    for epoch in range(start_epoch, args.epochs):
+        _seed_everything(args.seed * 100_003 + epoch * 1009 + accelerator.process_index)
+        size = progressive_size(epoch, args.train_size_start, args.train_size_end, args.resize_start_epoch,
+                                args.resize_end_epoch, args.resize_multiple)
+        train_ds.transform, eval_ds.transform = timm_transforms(unwrapped, size, args.eval_size, args.eval_resize,
+                                                                args.crop_scale_min, args.hflip)
+        sampler = DistributedSampler(train_ds, num_replicas=world, rank=accelerator.process_index, shuffle=True,
+                                     seed=args.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        loader = DataLoader(train_ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                            drop_last=True, pin_memory=accelerator.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(args.seed * 7919 + epoch),
+                            persistent_workers=False)
+        model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        events: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs} @{size}px",
+                   disable=not (args.progress and main), leave=False)
+        for i, (x, y) in enumerate(loader):
+            if i >= steps_per_epoch:
+                break
+            step = epoch * steps_per_epoch + i
+            x = x.to(accelerator.device, non_blocking=True)
+            if use_cl:
+                x = x.to(memory_format=torch.channels_last)
+            y = y.to(accelerator.device, non_blocking=True)
+            with accelerator.autocast():
+                loss = criterion(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            if method is not None:
+                event = method.step(step, optimizer)
+                if event is not None:
+                    events.append(event)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach().double()
+            bar.update(1)
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.close()
+        epoch_time = time.perf_counter() - t0
+        step_times.append(epoch_time / steps_per_epoch)
+        train_loss = float(accelerator.reduce(loss_sum, reduction="mean")) / steps_per_epoch
+
+        # -------------------------------------------------------------------------------- metrics
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_size": size,
+                                  "lr": scheduler.get_last_lr()[0], "epoch_time_s": epoch_time}
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            record.update(evaluate(model, eval_ds, args, accelerator))
+        report = sparsity_report(unwrapped, args.targets)
+        record.update(sparsity=report.target_sparsity, model_sparsity=report.model_sparsity,
+                      zero_channel_fraction=report.zero_channel_fraction,
+                      layer_sparsity={l.name: round(l.sparsity, 6) for l in report.layers})
+        if method is not None:
+            record["mask_active"] = method.active
+            record["events"] = [e["event"] for e in events]
+            if isinstance(method, ACDC):
+                record["phase"] = method.phase
+                if not method.active:  # decompressed: how many weights stay exactly 0 with no mask imposed
+                    record["decompressed_zero_fraction"] = report.target_sparsity
+            if any("iou" in e for e in events):
+                record["mask_iou_update"] = method.last_iou
+            if method.active and method.masks.sparsity() >= args.sparsity - 1e-3:
+                current = {n: m.cpu().clone() for n, m in method.masks.items()}
+                if prev_mask is not None:
+                    record["mask_iou_epoch"] = SparseMasks(prev_mask).iou(SparseMasks(current))
+                prev_mask = current
+        history.append(record)
+        at_target = method is None or (method.active and method.masks.sparsity() >= args.sparsity - 1e-3)
+        improved = "eval_top1" in record and at_target and record["eval_top1"] > best["eval_top1"]
+        if improved:
+            best = {"eval_top1": record["eval_top1"], "epoch": epoch + 1}
+        if main:
+            msg = f"epoch {epoch + 1}: train_loss {train_loss:.4f}"
+            if "eval_top1" in record:
+                msg += f" top1 {record['eval_top1']:.4f} entropy {record['eval_entropy']:.4f}"
+            msg += f" sparsity {record['sparsity']:.4f}" + (f" phase {record['phase']}" if "phase" in record else "")
+            tqdm.write(msg)
+            snapshot = {"epoch": epoch + 1, "train_loss": train_loss, **{k: record[k] for k in ("eval_top1", "eval_entropy") if k in record}}
+            save_checkpoint(os.path.join(out, "last"), unwrapped, method, args, snapshot)
+            if improved:
+                save_checkpoint(os.path.join(out, "best"), unwrapped, method, args, snapshot)
+            tmp = f"{state_dir}.tmp"
+            os.makedirs(tmp, exist_ok=True)
+            inner = getattr(optimizer, "optimizer", optimizer)
+            torch.save({"model": unwrapped.state_dict(), "optimizer": inner.state_dict(), "scheduler": scheduler.state_dict(),
+                        "method": method.state_dict() if method is not None else None, "epoch": epoch + 1,
+                        "history": json.dumps(history), "best": json.dumps(best), "recipe": recipe,
+                        "prev_mask": prev_mask}, os.path.join(tmp, "state.pt"))
+            _replace_dir(tmp, state_dir)
+            _atomic_json(os.path.join(out, "results.json"), _results(args, history, best, False, step_times))
+        accelerator.wait_for_everyone()
+        if args.stop_after_epoch is not None and epoch + 1 >= args.stop_after_epoch and epoch + 1 < args.epochs:
+            return _results(args, history, best, False, step_times)
+
+    results = _results(args, history, best, True, step_times)
+    results["steps_per_epoch"], results["num_processes"] = steps_per_epoch, world
+    if world > 1:
+        digests = gather_object([_digest(unwrapped, method)])
+        results["rank_digests"] = digests
+        results["ranks_identical"] = len(set(digests)) == 1
+    if main:
+        _atomic_json(os.path.join(out, "results.json"), results)
+        if args.push_to_hub:
+            source = os.path.join(out, "best") if os.path.isdir(os.path.join(out, "best")) else os.path.join(out, "last")
+            results["hub_url"] = push_checkpoint(source, args)
+            _atomic_json(os.path.join(out, "results.json"), results)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def _results(args: VisionArguments, history: list[dict], best: dict, complete: bool, step_times: list[float]) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    evaluated = [h for h in history if "eval_top1" in h]
+    return {
+        "complete": complete,
+        "model": args.model,
+        "method": args.method,
+        "sparsity_target": args.sparsity,
+        "epochs": args.epochs,
+        "final_train_loss": last.get("train_loss"),
+        "final_eval_top1": evaluated[-1]["eval_top1"] if evaluated else None,
+        "final_eval_entropy": evaluated[-1]["eval_entropy"] if evaluated else None,
+        "final_sparsity": last.get("sparsity"),
+        "final_zero_channel_fraction": last.get("zero_channel_fraction"),
+        "best_eval_top1": best["eval_top1"] if best["epoch"] else None,
+        "best_epoch": best["epoch"],
+        "mean_step_time_s_this_session": sum(step_times) / len(step_times) if step_times else None,
+        "sparse_transfer_version": __version__,
+        "history": history,
+    }

@@ -1,0 +1,179 @@
+"""The vision loop end to end on a tiny timm model at 16-32 px: every method, resume, data sources, bad inputs."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sparse_transfer.core import MASKS_NAME, SparseMasks
+from sparse_transfer.vision import VisionArguments, load_recipe, parse_args, train
+from sparse_transfer.vision.data import build_datasets, progressive_size
+from sparse_transfer.vision.train import lr_factor
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TINY = dict(
+    model="test_resnet", batch_size=8, lr=0.1, lr_warmup_epochs=1, train_size_start=16, train_size_end=32,
+    resize_start_epoch=2, resize_end_epoch=4, resize_multiple=16, eval_size=32, eval_resize=36, num_workers=0,
+    progress=False, crop_scale_min=0.5,
+)
+
+METHOD_CASES = {
+    "dense": dict(method="dense", epochs=2),
+    "constant": dict(method="constant", sparsity=0.7, distribution="uniform", epochs=2),
+    "gmp": dict(method="gmp", sparsity=0.8, epochs=4, gmp_start_epoch=1, gmp_end_epoch=3, gmp_interval_steps=2),
+    "acdc": dict(method="acdc", sparsity=0.8, epochs=6, acdc_warmup_epochs=1, acdc_phase_epochs=1, acdc_final_epochs=2),
+    "rigl": dict(method="rigl", sparsity=0.8, epochs=3, distribution="erk", rigl_interval_steps=2, rigl_end_fraction=0.75),
+}
+
+
+def run(tmp_path, data, name, **overrides):
+    args = VisionArguments(**{**TINY, **METHOD_CASES[name], "data": data, "output_dir": str(tmp_path / name), **overrides})
+    return args, train(args)
+
+
+@pytest.mark.parametrize("name", list(METHOD_CASES))
+def test_method_trains_exactly_sparse_and_reloads_with_timm(tmp_path, image_folder, name):
+    import timm
+
+    args, results = run(tmp_path, image_folder, name)
+    assert results["complete"]
+    history = results["history"]
+    assert len(history) == args.epochs
+    for key in ("train_loss", "eval_top1", "eval_entropy", "sparsity", "zero_channel_fraction", "layer_sparsity"):
+        assert key in history[-1]
+    last = tmp_path / name / "last"
+    model = timm.create_model(f"local-dir:{last}", pretrained=True)
+    if name == "dense":
+        assert not (last / MASKS_NAME).exists()
+        return
+    masks = SparseMasks.load(last / MASKS_NAME, model)
+    assert masks.violations() == 0
+    assert masks.sparsity() == pytest.approx(args.sparsity, abs=0.01)
+    weights = load_file(str(last / "model.safetensors"))
+    for n, m in masks.items():
+        assert (weights[n][~m] == 0).all()
+    assert history[-1]["sparsity"] == pytest.approx(args.sparsity, abs=0.01)
+    best = json.loads((tmp_path / name / "best" / "results.json").read_text())
+    assert best["epoch"] == results["best_epoch"]
+    assert "Sparsity" in (last / "README.md").read_text()
+    if name == "acdc":
+        phases = [h["phase"] for h in history]
+        assert phases == ["warmup", "compressed", "decompressed", "decompressed", "final", "final"]
+        assert "decompressed_zero_fraction" in history[2]
+        assert history[4]["mask_iou_update"] is not None
+        # the best checkpoint is never a dense (decompressed) epoch
+        assert history[results["best_epoch"] - 1]["mask_active"]
+    if name == "rigl":
+        assert all(h["sparsity"] == pytest.approx(0.8, abs=0.01) for h in history)
+        assert "mask_iou_epoch" in history[-1]
+
+
+def test_resume_mid_phase_is_bit_identical(tmp_path, image_folder):
+    # AC/DC over 6 epochs: W C D D F F; stop after epoch 3, mid decompressed phase, then resume.
+    _, full = run(tmp_path / "a", image_folder, "acdc")
+    _, part = run(tmp_path / "b", image_folder, "acdc", stop_after_epoch=3)
+    assert not part["complete"] and len(part["history"]) == 3
+    _, resumed = run(tmp_path / "b", image_folder, "acdc")
+    assert resumed["complete"]
+    a = load_file(str(tmp_path / "a" / "acdc" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "acdc" / "last" / "model.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [h["train_loss"] for h in full["history"]] == [h["train_loss"] for h in resumed["history"]]
+
+
+def test_resume_refuses_a_different_recipe(tmp_path, image_folder):
+    run(tmp_path, image_folder, "dense", stop_after_epoch=1)
+    with pytest.raises(ValueError, match="different recipe"):
+        run(tmp_path, image_folder, "dense", lr=0.2)
+
+
+def test_zip_data(tmp_path, image_zip):
+    train_ds, eval_ds = build_datasets(image_zip)
+    assert len(train_ds) == 36 and len(eval_ds) == 18 and train_ds.classes == ["cat", "dog", "fox"]
+    _, results = run(tmp_path, image_zip, "dense", epochs=1)
+    assert results["complete"] and results["final_eval_top1"] is not None
+
+
+def test_datasets_data(tmp_path):
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)) for i in range(6)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    split = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2, 0, 1, 2]}, features=features)
+    datasets.DatasetDict({"train": split, "validation": split.select(range(3))}).save_to_disk(str(tmp_path / "hf"))
+    train_ds, eval_ds = build_datasets(str(tmp_path / "hf"))
+    assert len(train_ds) == 6 and len(eval_ds) == 3 and train_ds.classes == ["a", "b", "c"]
+    image, label = train_ds[1]
+    assert image.size == (8, 8) and label == 1
+
+
+def test_schedules():
+    assert [progressive_size(e, 160, 192, 74, 86, 32) for e in (0, 74, 79, 80, 86, 99)] == [160, 160, 160, 192, 192, 192]
+    # 160 -> 224 over epochs 74-86: 170.7 px at 76 rounds to 160, 181.3 px at 78 to 192
+    assert progressive_size(76, 160, 224, 74, 86, 32) == 160 and progressive_size(78, 160, 224, 74, 86, 32) == 192
+    factors = [lr_factor(s, 4, 20, 0.0) for s in range(20)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0 and factors[12] == pytest.approx(0.5) and factors[-1] == pytest.approx(1 / 16)
+
+
+@pytest.mark.parametrize(
+    "overrides, error, match",
+    [
+        (dict(model="resnet_does_not_exist"), ValueError, "Unknown timm model"),
+        (dict(method="gmp", sparsity=1.5), ValueError, "sparsity must be in"),
+        (dict(method="acdc", sparsity=0.9, epochs=5), ValueError, "longer than training"),
+        (dict(method="gmp", sparsity=0.9, epochs=5, gmp_start_epoch=2, gmp_end_epoch=8), ValueError, "within training"),
+        (dict(method="rigl"), ValueError, "needs --sparsity"),
+    ],
+)
+def test_bad_arguments(tmp_path, image_folder, overrides, error, match):
+    with pytest.raises(error, match=match):
+        train(VisionArguments(**{**TINY, "epochs": 2, "data": image_folder, "output_dir": str(tmp_path), **overrides}))
+
+
+def test_bad_data(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no 'train' folder"):
+        build_datasets(str(tmp_path / "empty"))
+    (tmp_path / "flat" / "train").mkdir(parents=True)
+    (tmp_path / "flat" / "val").mkdir()
+    (tmp_path / "flat" / "train" / "img.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="no class folders"):
+        build_datasets(str(tmp_path / "flat"))
+    (tmp_path / "noimg" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "noimg" / "val" / "cat").mkdir(parents=True)
+    (tmp_path / "noimg" / "train" / "cat" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="No images"):
+        build_datasets(str(tmp_path / "noimg"))
+    (tmp_path / "notazip.zip").write_text("hello")
+    with pytest.raises(ValueError, match="not a zip"):
+        build_datasets(str(tmp_path / "notazip.zip"))
+    with pytest.raises(FileNotFoundError):
+        build_datasets(str(tmp_path / "missing" / "dir"))
+
+
+def test_cli_recipe_and_override(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: acdc\nsparsity: 0.95\nepochs: 100\nlr: 1.7\n")
+    args = parse_args(["--recipe", str(recipe), "--lr", "0.5", "--data", "x"])
+    assert args.method == "acdc" and args.sparsity == 0.95 and args.lr == 0.5
+    recipe.write_text("sparsity: 0.9\nnot_a_field: 1\n")
+    with pytest.raises(ValueError, match="unknown field"):
+        parse_args(["--recipe", str(recipe)])
+
+
+def test_imagenet_recipes_are_valid():
+    paths = sorted(glob.glob(os.path.join(REPO, "recipes", "imagenet", "*.yaml")))
+    assert len(paths) >= 30
+    for path in paths:
+        args = VisionArguments(**load_recipe(path))
+        assert args.model == "resnet50"
