@@ -1,0 +1,456 @@
+"""``SparseTrainer``: Hugging Face Trainer for exact sparse transfer, with gradual unfreezing.
+
+One optimizer step of ``SparseTrainer.train()``, with where things happen::
+
+    create_optimizer():  register EVERY parameter (frozen ones too, so later stages train them)
+                         masks.attach(optimizer)                      # masks enforced from here on
+    for step in range(max_steps):                                     # optimizer steps, GA-aware
+        on_step_begin:   stage = unfreeze_stage(step, steps_per_stage, L + 2)
+                         if stage changed: unfreezer.set_stage_(stage)   # <- STAGE CHANGES (requires_grad)
+        for micro_batch in gradient_accumulation:
+            loss = (1 - h) * task_loss + h * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+            loss.backward()                                           # frozen weights: no weight-grad computed
+        optimizer.step():
+            pre-hook:    grad *= mask                                 # <- MASKS ENFORCED (no grad, no moments)
+            AdamW step                                                # params with grad None: untouched
+            post-hook:   weight *= mask                               # <- MASKS ENFORCED (exact zeros)
+        lr_scheduler.step():  lr = lr0 * rewind_lr_factor(step + 1, steps_per_stage, lr_end_factor)
+                                                                      # <- LR REWINDS to lr0 at each stage start
+        log:             sparsity, mask_violations (must stay 0, else RuntimeError), unfreeze_stage
+        save:            checkpoint + sparse_masks.safetensors + sparse_trainer_state.json
+
+The stage is a pure function of ``state.global_step``, so ``resume_from_checkpoint`` lands in the same
+stage, at the same LR, with the same masks (loaded from the checkpoint) as the uninterrupted run.
+
+With ``unfreeze="none"`` every parameter the user left trainable trains from the first step (ordinary full
+fine-tuning) and the masks are enforced in the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import SchedulerType
+
+from ..core import MASKS_NAME, SparseMasks
+from ..core.schedules import rewind_lr_factor
+from .unfreeze import UNFREEZE_MODES, GradualUnfreezer, unfreeze_stage
+
+logger = logging.getLogger(__name__)
+
+SPARSE_TRAINER_STATE_NAME = "sparse_trainer_state.json"
+REWIND = "rewind"
+
+
+class _RewindSchedulerName(str):
+    """``"rewind"`` as a string that also has ``.value``, like the ``SchedulerType`` members it stands beside
+    (transformers' model card code reads ``args.lr_scheduler_type.value``)."""
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+
+@dataclass
+class SparseTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the sparse-transfer recipe (RECIPES.md section 1); usable by ``HfArgumentParser``.
+
+    ``lr_scheduler_type`` defaults to ``"rewind"``: linear decay from ``learning_rate`` to
+    ``learning_rate * lr_end_factor`` within each stage, rewound at every stage start, no warm-up. Any
+    transformers scheduler name (e.g. ``"linear"`` with ``warmup_ratio``) still works.
+    """
+
+    # Typed str (not SchedulerType | str) so that HfArgumentParser offers "rewind" among the choices.
+    lr_scheduler_type: str = field(
+        default=REWIND,
+        metadata={
+            "help": "'rewind' (linear decay within each stage, rewound to the initial LR at every stage start, no "
+            "warm-up; the paper's recipe) or any transformers scheduler name such as 'linear'.",
+            "choices": [REWIND] + [s.value for s in SchedulerType],
+        },
+    )
+    unfreeze: str = field(
+        default="gradual",
+        metadata={
+            "help": "'gradual': stage 0 trains head + biases + LayerNorms, stage k also the weights of encoder block "
+            "L-k (back to front), the final stage everything (L + 2 stages). 'none': ordinary full fine-tuning.",
+            "choices": list(UNFREEZE_MODES),
+        },
+    )
+    stage_epochs: float = field(
+        default=1.0, metadata={"help": "Length of each unfreezing/LR stage in epochs (ignored if stage_steps is set)."}
+    )
+    stage_steps: int | None = field(
+        default=None,
+        metadata={"help": "Length of each unfreezing/LR stage in optimizer steps (gradient accumulation counted)."},
+    )
+    unfreeze_embeddings: bool = field(
+        default=False, metadata={"help": "Also train the embedding tables in the final stage (gradual only)."}
+    )
+    mask_targets: str = field(
+        default="bert",
+        metadata={
+            "help": "Target preset whose zeros define the fixed masks when no masks are passed: 'bert' (the six "
+            "encoder linears per block, as oBERT), 'all', 'cnn', 'cnn-fld'."
+        },
+    )
+    lr_end_factor: float = field(
+        default=0.0, metadata={"help": "With lr_scheduler_type='rewind': LR at the end of each stage / initial LR."}
+    )
+    distill_hardness: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the distillation loss (needs teacher_model): 0 = task loss only, 1 = KD only."},
+    )
+    distill_temperature: float = field(
+        default=2.0, metadata={"help": "Softmax temperature T of the distillation loss (scaled by T^2)."}
+    )
+    encoder_blocks_pattern: str | None = field(
+        default=None,
+        metadata={
+            "help": "Regular expression over module names selecting the encoder blocks (e.g. 'encoder\\.layer$'); "
+            "found automatically for BERT, RoBERTa, DistilBERT, ELECTRA."
+        },
+    )
+
+    def __post_init__(self):
+        if self.unfreeze not in UNFREEZE_MODES:
+            raise ValueError(f"unfreeze must be one of {list(UNFREEZE_MODES)}, got {self.unfreeze!r}.")
+        if self.stage_steps is not None and self.stage_steps <= 0:
+            raise ValueError(f"stage_steps must be a positive number of optimizer steps, got {self.stage_steps}.")
+        if self.stage_epochs <= 0:
+            raise ValueError(f"stage_epochs must be positive, got {self.stage_epochs}.")
+        if not 0.0 <= self.lr_end_factor <= 1.0:
+            raise ValueError(f"lr_end_factor must be in [0, 1], got {self.lr_end_factor}.")
+        if not 0.0 <= self.distill_hardness <= 1.0:
+            raise ValueError(f"distill_hardness must be in [0, 1], got {self.distill_hardness}.")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be positive, got {self.distill_temperature}.")
+        rewind = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)) == REWIND
+        if rewind:
+            self.lr_scheduler_type = "linear"  # a valid SchedulerType for the parent's checks; put back below
+        super().__post_init__()
+        if rewind:
+            if self.warmup_steps > 0:
+                raise ValueError(
+                    f"lr_scheduler_type='rewind' has no warm-up (the recipe dropped it), but warmup_steps="
+                    f"{self.warmup_steps}. Set warmup_steps=0, or use lr_scheduler_type='linear' for a warm-up."
+                )
+            self.lr_scheduler_type = _RewindSchedulerName(REWIND)
+
+    @property
+    def uses_rewind(self) -> bool:
+        return str(self.lr_scheduler_type) == REWIND
+
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Logit distillation as in oBERT: ``KL(softmax(t / T) || softmax(s / T)) * T^2``, mean over examples.
+
+    Token-level logits (``[batch, seq, classes]``) count every position as an example. A single output
+    (regression, e.g. STS-B) has no distribution to match: the loss is then the mean squared error.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"Student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ: "
+            "the teacher must have the same output head (same num_labels)."
+        )
+    teacher_logits = teacher_logits.detach().to(student_logits.dtype)
+    if student_logits.shape[-1] == 1:
+        return F.mse_loss(student_logits, teacher_logits)
+    classes = student_logits.shape[-1]
+    student = F.log_softmax(student_logits.reshape(-1, classes) / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.reshape(-1, classes) / temperature, dim=-1)
+    return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature**2
+
+
+class GradualUnfreezeCallback(TrainerCallback):
+    """Puts the model into the unfreezing stage of the coming optimizer step.
+
+    The stage is computed from ``state.global_step`` (optimizer steps done), so it is right after a resume.
+    Works with a plain ``Trainer`` too, as long as the optimizer was created while every parameter required
+    grad (``SparseTrainer`` makes sure of that).
+
+    Args:
+        unfreezer: The :class:`GradualUnfreezer` of the trained model.
+        steps_per_stage: Stage length in optimizer steps; ``SparseTrainer`` fills it in once the number of
+            steps per epoch is known.
+    """
+
+    def __init__(self, unfreezer: GradualUnfreezer, steps_per_stage: int | None = None):
+        self.unfreezer = unfreezer
+        self.steps_per_stage = steps_per_stage
+
+    def _sync(self, state) -> None:
+        if self.steps_per_stage is None:
+            raise RuntimeError("GradualUnfreezeCallback.steps_per_stage must be set before training starts.")
+        stage = unfreeze_stage(state.global_step, self.steps_per_stage, self.unfreezer.num_stages)
+        if stage != self.unfreezer.stage:
+            self.unfreezer.set_stage_(stage)
+            logger.info("Step %d: unfreezing stage %d of %d", state.global_step, stage, self.unfreezer.num_stages - 1)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._sync(state)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._sync(state)
+
+
+class SparseTrainer(Trainer):
+    """A ``transformers.Trainer`` that keeps fixed masks exact and trains with gradual unfreezing.
+
+    Example:
+        >>> args = SparseTrainingArguments("runs/rte", learning_rate=1e-4, num_train_epochs=8,
+        ...                                per_device_train_batch_size=32, eval_strategy="epoch")
+        >>> trainer = SparseTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev)
+        >>> trainer.train()                     # masks read from the model's zeros on args.mask_targets
+
+    Args:
+        model: The model to fine-tune; its pruned weights must already be zero (or pass ``masks``).
+        args: :class:`SparseTrainingArguments`.
+        *trainer_args: Passed to ``transformers.Trainer``.
+        masks: Fixed masks; default ``SparseMasks.from_zeros(model, args.mask_targets)``.
+        teacher_model: Teacher for logit distillation (used when ``args.distill_hardness > 0``).
+        **trainer_kwargs: Passed to ``transformers.Trainer`` (datasets, collator, ``processing_class``...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: SparseTrainingArguments | None = None,
+        *trainer_args,
+        masks: SparseMasks | None = None,
+        teacher_model: nn.Module | None = None,
+        **trainer_kwargs,
+    ):
+        if args is None:
+            args = SparseTrainingArguments(output_dir="trainer_output")
+        if not isinstance(args, SparseTrainingArguments):
+            raise TypeError(
+                f"SparseTrainer needs SparseTrainingArguments, got {type(args).__name__}; build the arguments with "
+                "SparseTrainingArguments(...) (it accepts every TrainingArguments field)."
+            )
+        if model is None or trainer_kwargs.get("model_init") is not None:
+            raise ValueError(
+                "SparseTrainer needs a `model` (model_init is not supported: masks and stages are bound to one model)."
+            )
+        if teacher_model is not None and args.distill_hardness == 0:
+            raise ValueError(
+                "A teacher_model was given but distill_hardness=0, so it would be ignored. Set distill_hardness "
+                "(oBERT uses 1.0), or drop the teacher."
+            )
+        if teacher_model is None and args.distill_hardness > 0:
+            raise ValueError(f"distill_hardness={args.distill_hardness} needs a teacher_model=... to distill from.")
+        super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        self.args: SparseTrainingArguments
+
+        self.masks = masks if masks is not None else SparseMasks.from_zeros(self.model, args.mask_targets)
+        self.masks.bind(self.model)
+        self._mask_hooks = None
+        self._masked_optimizer = None
+        self.steps_per_stage: int | None = None
+        self._resumed_sparse_state: dict | None = None
+
+        self.unfreezer: GradualUnfreezer | None = None
+        self.unfreeze_callback: GradualUnfreezeCallback | None = None
+        if args.unfreeze == "gradual":
+            self.unfreezer = GradualUnfreezer(
+                self.model, unfreeze_embeddings=args.unfreeze_embeddings, encoder_blocks_pattern=args.encoder_blocks_pattern
+            )
+            self.unfreeze_callback = GradualUnfreezeCallback(self.unfreezer)
+            self.add_callback(self.unfreeze_callback)
+
+        self.teacher_model = teacher_model
+        if teacher_model is not None:
+            teacher_model.to(self.args.device)
+            teacher_model.eval()
+            teacher_model.requires_grad_(False)
+            # Our loss mixes per-batch means, so let the Trainer divide by the accumulation steps.
+            self.loss_is_scaled_for_ga = False
+
+    # ------------------------------------------------------------------------------------------ schedule
+    def set_initial_training_values(self, args, dataloader):
+        values = super().set_initial_training_values(args, dataloader)
+        num_update_steps_per_epoch, max_steps = values[1], values[6]
+        if self.args.stage_steps is not None:
+            steps_per_stage = self.args.stage_steps
+        else:
+            has_len = True
+            try:
+                len(dataloader)
+            except TypeError:
+                has_len = False
+            if not has_len:
+                raise ValueError("The training data has no length, so stage_epochs cannot be counted: set stage_steps.")
+            steps_per_stage = max(1, round(self.args.stage_epochs * num_update_steps_per_epoch))
+        saved = self._resumed_sparse_state
+        if saved is not None and saved.get("steps_per_stage") not in (None, steps_per_stage):
+            raise ValueError(
+                f"The checkpoint was trained with {saved['steps_per_stage']} optimizer steps per stage, this run would "
+                f"use {steps_per_stage}: resume with the same batch size, gradient accumulation, data and stage length."
+            )
+        self.steps_per_stage = steps_per_stage
+        if self.unfreeze_callback is not None:
+            self.unfreeze_callback.steps_per_stage = steps_per_stage
+            planned = self.unfreezer.num_stages * steps_per_stage
+            if max_steps < planned:
+                logger.warning(
+                    "Training stops after %d optimizer steps, before the last unfreezing stage ends (%d stages x %d "
+                    "steps = %d): set num_train_epochs = %d x stage_epochs to run the whole schedule.",
+                    max_steps, self.unfreezer.num_stages, steps_per_stage, planned, self.unfreezer.num_stages,
+                )
+        return values
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if not self.args.uses_rewind:
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            if self.steps_per_stage is None:
+                raise RuntimeError("The stage length is only known inside train(); the rewind scheduler is built there.")
+            factor = functools.partial(
+                rewind_lr_factor, steps_per_stage=self.steps_per_stage, end_factor=self.args.lr_end_factor
+            )
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    # ----------------------------------------------------------------------------------------- optimizer
+    def create_optimizer(self, model=None):
+        opt_model = self.model if model is None else model
+        if self.optimizer is None:
+            # The Trainer keeps only parameters that require grad now; a stage frozen now must still train later.
+            flags = [(p, p.requires_grad) for p in opt_model.parameters()]
+            try:
+                for p, _ in flags:
+                    p.requires_grad_(True)
+                super().create_optimizer(model)
+            finally:
+                for p, flag in flags:
+                    p.requires_grad_(flag)
+        else:
+            registered = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+            missing = [n for n, p in opt_model.named_parameters() if id(p) not in registered]
+            if missing and self.unfreezer is not None:
+                logger.warning(
+                    "The optimizer passed to SparseTrainer does not hold %d parameters (e.g. %s): they will never "
+                    "train, even after their unfreezing stage. Let SparseTrainer create the optimizer instead.",
+                    len(missing), missing[0],
+                )
+        if self._masked_optimizer is not self.optimizer:
+            if self._mask_hooks is not None:
+                self._mask_hooks.remove()
+            self._mask_hooks = self.masks.attach(self.optimizer)
+            self._masked_optimizer = self.optimizer
+        return self.optimizer
+
+    # ------------------------------------------------------------------------------------------ training
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        if self.unfreezer is not None:
+            # Everything requires grad while the optimizer and DDP are built (DDP only syncs parameters that do at
+            # construction); GradualUnfreezeCallback freezes the first stage in on_train_begin.
+            self.unfreezer.unfreeze_all_()
+            self.unfreezer.stage = None
+            if self.args.parallel_mode.value == "distributed" and self.args.ddp_find_unused_parameters is False:
+                raise ValueError(
+                    "Gradual unfreezing under DDP needs ddp_find_unused_parameters=True (frozen parameters get no "
+                    "gradient); leave it unset or set it to True."
+                )
+        self._resumed_sparse_state = None
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.teacher_model is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        hardness = self.args.distill_hardness
+        if "labels" in inputs:
+            # num_items_in_batch=None: a per-batch mean, like the KD term (see loss_is_scaled_for_ga in __init__).
+            task_loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
+        elif hardness == 1.0:
+            outputs, task_loss = model(**inputs), 0.0
+        else:
+            raise ValueError(f"distill_hardness={hardness} < 1 mixes in the task loss, but the batch has no labels.")
+        teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        with torch.no_grad():
+            teacher_logits = self.teacher_model(**teacher_inputs).logits
+        student_logits = outputs["logits"] if isinstance(outputs, dict) else outputs[1 if "labels" in inputs else 0]
+        kd_loss = distillation_loss(student_logits, teacher_logits, self.args.distill_temperature)
+        loss = hardness * kd_loss + (1.0 - hardness) * task_loss
+        return (loss, outputs) if return_outputs else loss
+
+    # ------------------------------------------------------------------------------------------- logging
+    @torch.no_grad()
+    def measured_sparsity(self) -> float:
+        """Fraction of exact zeros over the masked weights of the model as it is now."""
+        nonzero = sum(int((p != 0).sum()) for p in self.masks.params.values())
+        return 1.0 - nonzero / self.masks.numel()
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self.is_in_train:
+            violations = self.masks.violations()
+            logs["sparsity"] = round(self.measured_sparsity(), 6)
+            logs["mask_violations"] = violations
+            if self.unfreezer is not None and self.unfreezer.stage is not None:
+                logs["unfreeze_stage"] = self.unfreezer.stage
+            if violations:
+                raise RuntimeError(
+                    f"{violations} pruned weights are non-zero at step {self.state.global_step}: something changed the "
+                    "weights outside the masked optimizer step (a callback, a second optimizer, load_state_dict?)."
+                )
+        super().log(logs, *args, **kwargs)
+
+    # ---------------------------------------------------------------------------------------- checkpoints
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        violations = self.masks.violations()
+        if violations:
+            raise RuntimeError(f"Refusing to save {output_dir}: {violations} pruned weights are non-zero.")
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            self.masks.save(os.path.join(output_dir, MASKS_NAME))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if not self.args.should_save:
+            return
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        output_dir = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        state = {
+            "global_step": self.state.global_step,
+            "steps_per_stage": self.steps_per_stage,
+            "unfreeze": self.args.unfreeze,
+            "unfreezer": self.unfreezer.state_dict() if self.unfreezer is not None else None,
+        }
+        path = os.path.join(output_dir, SPARSE_TRAINER_STATE_NAME)
+        with open(path + ".tmp", "w") as f:
+            json.dump(state, f, indent=2)
+        os.replace(path + ".tmp", path)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        masks_path = os.path.join(resume_from_checkpoint, MASKS_NAME)
+        if os.path.isfile(masks_path):
+            self.masks.load_state_dict(SparseMasks.load(masks_path).state_dict())
+        else:
+            logger.warning("%s has no %s; keeping the masks this trainer was built with.", resume_from_checkpoint, MASKS_NAME)
+        state_path = os.path.join(resume_from_checkpoint, SPARSE_TRAINER_STATE_NAME)
+        if os.path.isfile(state_path):
+            with open(state_path) as f:
+                state = json.load(f)
+            if state.get("unfreeze") != self.args.unfreeze:
+                raise ValueError(
+                    f"The checkpoint was trained with unfreeze={state.get('unfreeze')!r}, this run uses "
+                    f"unfreeze={self.args.unfreeze!r}: resume with the same setting."
+                )
+            if self.unfreezer is not None and state.get("unfreezer") is not None:
+                saved = dict(state["unfreezer"])
+                saved["stage"] = None  # the stage follows from global_step (GradualUnfreezeCallback)
+                self.unfreezer.load_state_dict(saved)
+            self._resumed_sparse_state = state
