@@ -1,0 +1,76 @@
+"""GLUE metrics, offline, computed exactly as the ``evaluate`` GLUE metric computes them.
+
+``evaluate.load("glue", task)`` downloads its script from the Hub; these are the same formulas (evaluate's
+``metrics/glue/glue.py``: sklearn's ``matthews_corrcoef`` and ``f1_score``, scipy's ``pearsonr`` and
+``spearmanr``, accuracy as the mean of exact matches), including its casts (int64 labels, float32 STS-B
+scores), so the numbers agree to the last bit without the network.
+
+On top of the metric values, :func:`glue_score` gives one number per evaluation to choose the best epoch
+and rank grid runs: the mean of the task's metrics (as the GLUE leaderboard averages F1/accuracy and
+Pearson/Spearman, and MNLI's matched/mismatched accuracies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import f1_score, matthews_corrcoef
+
+from .tasks import GlueTask, get_task
+
+
+def glue_metrics(task: str | GlueTask, predictions, references) -> dict[str, float]:
+    """The GLUE metric of ``task`` for one evaluation set.
+
+    Args:
+        task: Task name or :class:`GlueTask` (``mnli`` is scored per dev set, each with ``accuracy``).
+        predictions: Predicted class ids, or predicted scores for STS-B.
+        references: Gold class ids, or gold scores for STS-B.
+
+    Returns:
+        ``{"accuracy"}`` (sst2, mnli, qnli, rte, wnli), ``{"accuracy", "f1"}`` (mrpc, qqp),
+        ``{"matthews_correlation"}`` (cola) or ``{"pearson", "spearmanr"}`` (stsb), as Python floats.
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    dtype = np.float32 if task.is_regression else np.int64
+    preds = np.asarray(predictions).astype(dtype).reshape(-1)
+    labels = np.asarray(references).astype(dtype).reshape(-1)
+    if preds.shape != labels.shape:
+        raise ValueError(f"{preds.size} predictions for {labels.size} references.")
+    if preds.size == 0:
+        raise ValueError("No predictions to score.")
+    if task.name == "cola":
+        return {"matthews_correlation": float(matthews_corrcoef(labels, preds))}
+    if task.name == "stsb":
+        return {"pearson": float(pearsonr(preds, labels)[0]), "spearmanr": float(spearmanr(preds, labels)[0])}
+    accuracy = float((preds == labels).mean())
+    if task.name in ("mrpc", "qqp"):
+        return {"accuracy": accuracy, "f1": float(f1_score(y_true=labels, y_pred=preds))}
+    return {"accuracy": accuracy}
+
+
+def glue_score(task: str | GlueTask, metrics: Mapping[str, float], prefix: str = "") -> float:
+    """The mean of the task's metrics (``metrics`` keyed as :attr:`GlueTask.metric_keys`, after ``prefix``)."""
+    task = get_task(task) if isinstance(task, str) else task
+    values = [float(metrics[prefix + key]) for key in task.metric_keys]
+    return float(np.mean(values))
+
+
+def predictions_from_logits(task: GlueTask, logits) -> np.ndarray:
+    """Class ids (argmax) or, for the regression task, the single output."""
+    logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits)
+    if task.is_regression:
+        return logits.reshape(-1)
+    return logits.argmax(axis=-1)
+
+
+def make_compute_metrics(task: GlueTask):
+    """A ``compute_metrics`` for ``transformers.Trainer`` over one evaluation set of ``task``."""
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        predictions = predictions_from_logits(task, eval_prediction.predictions)
+        return glue_metrics(task, predictions, eval_prediction.label_ids)
+
+    return compute_metrics

@@ -1,0 +1,551 @@
+"""One GLUE run, and the grid of runs, with SparseTrainer.
+
+A run, under its folder ``RUN``::
+
+    data    = load_glue_data(...)                 # checked before anything is written
+    model   = from_pretrained(--model, dropout)   # masks = the model's zeros on the encoder linears
+    L       = number of encoder blocks; epochs = eval(--epochs, L)      # "L+2": one epoch per stage
+    RUN/recipe.yaml                                # the resolved recipe (every value this run used)
+    SparseTrainer.train(), evaluating every epoch:
+        new best score -> RUN/best/                # sparse checkpoint (safetensors + mask), atomic
+    RUN/best/ reloaded, checked against the mask, saved again with its model card (recipe, dev results)
+    RUN/results.json                               # last, atomically: its presence means "finished"
+
+``--grid`` runs one such folder per grid point under ``--output_dir`` and skips the ones whose
+``results.json`` holds the same recipe, so an interrupted grid continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .config import GlueArguments, resolve_epochs
+from .data import GlueData, load_glue_data, tokenize_glue
+from .metrics import glue_score, make_compute_metrics
+from .tasks import GlueTask, get_task
+
+logger = logging.getLogger(__name__)
+
+RESULTS_NAME = "results.json"
+RECIPE_NAME = "recipe.yaml"
+GRID_RESULTS_NAME = "grid_results.json"
+BEST_DIR = "best"
+
+# Fields that do not change what a run computes: a finished run with other values for them is still the same run.
+_NOT_IN_FINGERPRINT = {
+    "overwrite", "grid", "grid_learning_rates", "grid_dropouts", "grid_epochs", "grid_summary", "disable_tqdm",
+    "logging_steps", "logging_strategy", "logging_first_step", "report_to", "dataloader_num_workers",
+    "per_device_eval_batch_size", "eval_accumulation_steps",
+}
+# TrainingArguments fields never written into a recipe: where the run goes, Hub credentials and pushing.
+_NOT_IN_RECIPE = {"output_dir", "logging_dir", "hub_token", "push_to_hub", "hub_model_id", "hub_strategy",
+                  "hub_private_repo", "hub_always_push", "hub_revision"}
+# TrainingArguments fields written into every recipe even when they equal the transformers defaults.
+_ALWAYS_IN_RECIPE = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+                     "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler_type", "warmup_steps",
+                     "seed", "fp16", "bf16", "optim", "eval_strategy", "unfreeze", "stage_epochs", "stage_steps",
+                     "unfreeze_embeddings", "mask_targets", "lr_end_factor")
+
+
+class GlueModelError(ValueError):
+    """A ``--model`` that cannot be loaded: the message says what is missing and what to pass."""
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)  # str subclasses (enum-like scheduler names) would trip yaml.safe_dump
+    return str(getattr(value, "value", value))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Writes JSON to ``path.tmp`` and renames it, so a reader sees the whole file or none."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_yaml_atomic(path: str | os.PathLike, obj: Any, header: str = "") -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(header + yaml.safe_dump(_plain(obj), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of everything a run's numbers depend on."""
+    import accelerate
+    import datasets
+    import scipy
+    import sklearn
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {
+        "sparse_transfer": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+        "datasets": datasets.__version__, "accelerate": accelerate.__version__, "numpy": np.__version__,
+        "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version(),
+    }
+
+
+def _score_key(value: float) -> float:
+    """NaN (e.g. Pearson of constant predictions) ranks below every number."""
+    return -math.inf if value is None or math.isnan(value) else value
+
+
+# --------------------------------------------------------------------------------------------- model
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_model_source(model: str) -> None:
+    """Fails early, with the fix, for a local ``--model`` folder that cannot be a checkpoint."""
+    path = Path(model)
+    looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep in model.replace("/", "")
+    if not looks_local:
+        return  # a Hub id: from_pretrained says what goes wrong
+    if not path.is_dir():
+        raise GlueModelError(f"--model {model}: no such directory. Pass a folder written by save_pretrained, or a Hub id.")
+    if not (path / "config.json").is_file():
+        raise GlueModelError(f"--model {model} has no config.json: pass the folder that save_pretrained wrote.")
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        present = sorted(p.name for p in path.iterdir())[:12]
+        raise GlueModelError(
+            f"--model {model} has no weights (expected one of {', '.join(_WEIGHT_FILES)}; found {present}). "
+            "Pass a checkpoint folder with its weights."
+        )
+
+
+def _hub_failure(what: str, model: str, err: Exception) -> GlueModelError:
+    first = (str(err).strip().splitlines() or ["no details"])[0][:300]
+    return GlueModelError(
+        f"Could not load the {what} of {model!r} ({type(err).__name__}: {first}). Without network, pass "
+        "--model PATH with a local checkpoint folder (config.json, model.safetensors and the tokenizer files), "
+        "e.g. one written by save_pretrained or by python -m sparse_transfer.upstream."
+    )
+
+
+def load_tokenizer(glue_args: GlueArguments):
+    from transformers import AutoTokenizer
+
+    name = glue_args.tokenizer or glue_args.model
+    if glue_args.tokenizer is None:
+        check_model_source(glue_args.model)
+    try:
+        return AutoTokenizer.from_pretrained(
+            name, revision=glue_args.model_revision, trust_remote_code=glue_args.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise _hub_failure("tokenizer", name, err) from None
+
+
+def load_model(glue_args: GlueArguments, task: GlueTask, dropout: float | None):
+    """The pretrained encoder with a fresh head for ``task`` and the requested dropout."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    check_model_source(glue_args.model)
+    kwargs: dict[str, Any] = {"num_labels": task.num_labels, "finetuning_task": task.name}
+    if task.is_regression:
+        kwargs["problem_type"] = "regression"
+    else:
+        kwargs["problem_type"] = "single_label_classification"
+        kwargs["id2label"] = dict(enumerate(task.label_names))
+        kwargs["label2id"] = {name: i for i, name in enumerate(task.label_names)}
+    common = {"revision": glue_args.model_revision, "trust_remote_code": glue_args.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(glue_args.model, **common, **kwargs)
+    except (OSError, ValueError) as err:
+        raise _hub_failure("config", glue_args.model, err) from None
+    if dropout is not None:
+        # BERT, RoBERTa, ELECTRA: hidden_dropout_prob / attention_probs_dropout_prob; DistilBERT: dropout /
+        # attention_dropout. The classifier's own dropout follows hidden dropout unless the config sets it.
+        names = [n for n in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+                 if hasattr(config, n)]
+        if not names:
+            raise GlueModelError(
+                f"{type(config).__name__} has no hidden/attention dropout field that --dropout could set; use a "
+                "recipe with `dropout: null` (and no grid_dropouts) to keep the model's own dropout."
+            )
+        for name in names:
+            setattr(config, name, float(dropout))
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(glue_args.model, config=config, **common)
+    except (OSError, ValueError) as err:
+        raise _hub_failure("weights", glue_args.model, err) from None
+    return model
+
+
+# --------------------------------------------------------------------------------------------- recipe
+def resolved_recipe(glue_args: GlueArguments, training_args) -> dict[str, Any]:
+    """Every value a run depends on, as a recipe that ``--recipe`` reads back."""
+    from ..hf import SparseTrainingArguments
+
+    glue = {k: v for k, v in dataclasses.asdict(glue_args).items() if k not in ("grid", "overwrite") and not k.startswith("grid_")}
+    current = training_args.to_dict()
+    defaults = SparseTrainingArguments(output_dir="_").to_dict()
+    train = {
+        k: v for k, v in current.items()
+        if k not in _NOT_IN_RECIPE and (k in _ALWAYS_IN_RECIPE or _plain(v) != _plain(defaults.get(k)))
+    }
+    return _plain({**glue, **train})
+
+
+def fingerprint(recipe: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in recipe.items() if k not in _NOT_IN_FINGERPRINT}
+
+
+def finished_run(run_dir: Path, recipe: dict[str, Any], overwrite: bool) -> dict | None:
+    """The cached results of ``run_dir`` if it finished with this recipe; None if it must (re)run."""
+    path = run_dir / RESULTS_NAME
+    if not path.is_file():
+        return None
+    results = json.loads(path.read_text(encoding="utf-8"))
+    if fingerprint(results.get("recipe", {})) == fingerprint(recipe):
+        return results
+    if overwrite:
+        return None
+    old, new = fingerprint(results.get("recipe", {})), fingerprint(recipe)
+    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    raise ValueError(
+        f"{run_dir} holds a finished run with a different recipe (differing fields: {differing[:8]}). Use another "
+        "--output_dir, or pass --overwrite to train again there."
+    )
+
+
+# ----------------------------------------------------------------------------------------- one run
+def _evaluations(log_history: list[dict], task: GlueTask) -> list[dict[str, Any]]:
+    """One entry per evaluation (epoch, step, metrics), merged over MNLI's two dev sets."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for entry in log_history:
+        eval_keys = [k for k in entry if k.startswith("eval_")]
+        if not eval_keys:
+            continue
+        merged = by_step.setdefault(entry["step"], {"epoch": entry.get("epoch"), "step": entry["step"]})
+        for key in eval_keys:
+            name = key[len("eval_"):]
+            if name.endswith(("runtime", "samples_per_second", "steps_per_second")):
+                continue
+            merged[name] = entry[key]
+    evaluations = [e for _, e in sorted(by_step.items()) if "score" in e]
+    for e in evaluations:
+        missing = [k for k in task.metric_keys if k not in e]
+        if missing:
+            raise RuntimeError(f"Evaluation at step {e['step']} lacks {missing}; got {sorted(e)}.")
+    return evaluations
+
+
+def _make_trainer_classes(task: GlueTask):
+    from transformers import TrainerCallback
+
+    from ..hf import SparseTrainer
+    from ..hub import save_sparse_pretrained
+
+    class GlueTrainer(SparseTrainer):
+        """SparseTrainer whose evaluation over MNLI's two dev sets also reports their joint ``eval_score``."""
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            key = f"{metric_key_prefix}_score"
+            if eval_dataset is None and isinstance(self.eval_dataset, dict) and key not in metrics:
+                metrics[key] = glue_score(task, metrics, prefix=f"{metric_key_prefix}_")
+                self.log({key: metrics[key]})
+                self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    class BestCheckpointCallback(TrainerCallback):
+        """Saves the model (sparse, checked against the mask) whenever the dev score beats the best so far."""
+
+        def __init__(self, best_dir: Path, masks, tokenizer):
+            self.best_dir, self.masks, self.tokenizer = best_dir, masks, tokenizer
+            self.best_score = -math.inf
+            self.best_step: int | None = None
+
+        def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+            score = (metrics or {}).get("eval_score")
+            if score is None or _score_key(score) <= self.best_score:
+                return
+            self.best_score, self.best_step = _score_key(score), state.global_step
+            if state.is_world_process_zero:
+                save_sparse_pretrained(model, self.best_dir, masks=self.masks, processing_class=self.tokenizer)
+
+    return GlueTrainer, BestCheckpointCallback
+
+
+def train_one(
+    glue_args: GlueArguments,
+    training_args,
+    data: GlueData,
+    tokenizer,
+    run_dir: Path,
+    recipe_file: str | None = None,
+) -> dict[str, Any]:
+    """Trains one run into ``run_dir`` (or returns its cached results) and writes its outputs.
+
+    Args:
+        glue_args: This run's arguments (``dropout`` and ``epochs`` are this run's values).
+        training_args: ``SparseTrainingArguments`` (``learning_rate`` is this run's).
+        data: Tokenized data.
+        tokenizer: Saved with the checkpoint.
+        run_dir: The run's folder.
+        recipe_file: The recipe YAML the run started from, for the record.
+
+    Returns:
+        The content of ``results.json``.
+    """
+    import torch
+    from transformers import set_seed
+
+    from ..core import SparseMasks, sparsity_report
+    from ..hf import find_encoder_blocks
+    from ..hub import load_state_dict_from_checkpoint, save_sparse_pretrained, verify_checkpoint_sparsity
+
+    task = data.task
+    set_seed(training_args.seed)  # the new classifier head is initialized in from_pretrained
+    model = load_model(glue_args, task, glue_args.dropout)
+    num_blocks = len(find_encoder_blocks(model, training_args.encoder_blocks_pattern))
+    epochs = resolve_epochs(glue_args.epochs, num_blocks)
+    changes: dict[str, Any] = {"output_dir": str(run_dir), "num_train_epochs": epochs, "push_to_hub": False}
+    if glue_args.mixed_precision != "auto":
+        changes.update(fp16=glue_args.mixed_precision == "fp16", bf16=glue_args.mixed_precision == "bf16")
+    elif not (training_args.fp16 or training_args.bf16) and torch.cuda.is_available():
+        changes["fp16"] = True
+    training_args = dataclasses.replace(training_args, **changes)
+
+    recipe = resolved_recipe(glue_args, training_args)
+    cached = finished_run(run_dir, recipe, glue_args.overwrite)
+    if cached is not None:
+        logger.info("%s finished before with this recipe: skipping it (score %.4f).", run_dir, cached["best"]["score"])
+        return cached
+
+    masks = SparseMasks.from_zeros(model, training_args.mask_targets)
+    pruned_before = masks.numel() - sum(int(m.sum()) for _, m in masks.items())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RESULTS_NAME).unlink(missing_ok=True)  # --overwrite: the old results must not outlive a failure
+    header = f"# Resolved recipe of {run_dir} (sparse_transfer.glue); rerun with --recipe {run_dir / RECIPE_NAME}\n"
+    write_yaml_atomic(run_dir / RECIPE_NAME, recipe, header=header)
+
+    GlueTrainer, BestCheckpointCallback = _make_trainer_classes(task)
+    best_dir = run_dir / BEST_DIR
+    best_callback = BestCheckpointCallback(best_dir, masks, tokenizer)
+    compute_metrics = make_compute_metrics(task)
+    if len(task.eval_splits) == 1:
+        base_metrics = compute_metrics
+
+        def compute_metrics(eval_prediction):  # noqa: F811 - one set: its score is the mean of its metrics
+            metrics = base_metrics(eval_prediction)
+            return {**metrics, "score": glue_score(task, metrics)}
+
+    eval_dataset = data.evals if len(data.evals) > 1 else next(iter(data.evals.values()))
+    trainer = GlueTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.train,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        masks=masks,
+        callbacks=[best_callback],
+    )
+    train_output = trainer.train()
+
+    evaluations = _evaluations(trainer.state.log_history, task)
+    if not evaluations or best_callback.best_step is None:
+        raise RuntimeError(
+            f"No evaluation ran during training of {run_dir} (eval_strategy={training_args.eval_strategy}): nothing "
+            "to choose the best epoch from."
+        )
+    best = max(evaluations, key=lambda e: _score_key(e["score"]))
+    if best["step"] != best_callback.best_step:
+        raise RuntimeError(f"Best evaluation at step {best['step']} but the saved checkpoint is from step {best_callback.best_step}.")
+
+    # The run's product is the best checkpoint: reload it, check its zeros against the mask, and save it again
+    # with a model card that states its dev results.
+    trainer.accelerator.wait_for_everyone()  # the main process wrote best_dir
+    loaded = model.load_state_dict(load_state_dict_from_checkpoint(best_dir), strict=False)
+    if loaded.unexpected_keys:
+        raise RuntimeError(f"{best_dir} holds tensors this model does not have: {loaded.unexpected_keys[:5]}.")
+    dev_results = {k: v for k, v in best.items() if k in task.metric_keys}
+    card = {
+        "title": f"{Path(glue_args.model).name} fine-tuned sparse on GLUE {task.name.upper()}",
+        "base_model": glue_args.model,
+        "method": "sparse_transfer.glue (gradual unfreezing, LR rewind; arXiv 2308.02060)"
+        if training_args.unfreeze == "gradual" else "sparse_transfer.glue",
+        "datasets": ["nyu-mll/glue"],
+        "tags": ["glue", task.name, "text-classification"],
+        "recipe": recipe,
+        "results": {f"{task.name} dev {k}": float(v) for k, v in dev_results.items()} | {"best epoch": best["epoch"]},
+    }
+    if trainer.args.should_save:
+        save_sparse_pretrained(model, best_dir, masks=masks, processing_class=tokenizer, card=card)
+    trainer.accelerator.wait_for_everyone()
+    saved_masks = verify_checkpoint_sparsity(best_dir)
+    saved = load_state_dict_from_checkpoint(best_dir)
+    report = sparsity_report(saved, list(masks))
+    pruned_zero = sum(int((saved[name][~mask.cpu()] == 0).sum()) for name, mask in masks.items())
+    sparsity = {
+        "targets": training_args.mask_targets,
+        "masked_weights": pruned_before,
+        "masked_weights_zero_in_checkpoint": pruned_zero,
+        "mask_sparsity": masks.sparsity(),
+        "checkpoint_target_sparsity": report.target_sparsity,
+        "checkpoint_model_sparsity": report.model_sparsity,
+        "exact": pruned_zero == pruned_before and saved_masks is not None and saved_masks.numel() == masks.numel(),
+        "per_layer": {layer.name: layer.sparsity for layer in report.layers},
+    }
+    if not sparsity["exact"]:
+        raise RuntimeError(f"{best_dir}: {pruned_before - pruned_zero} pruned weights are not zero in the saved checkpoint.")
+
+    results = {
+        "task": task.name,
+        "metrics": list(task.metric_keys),
+        "best": {"epoch": best["epoch"], "step": best["step"], "score": best["score"], **dev_results},
+        "per_epoch": evaluations,
+        "train": {k: v for k, v in train_output.metrics.items()},
+        "num_encoder_blocks": num_blocks,
+        "epochs": epochs,
+        "sparsity": sparsity,
+        "data": data.source,
+        "checkpoint": str(best_dir),
+        "recipe": recipe,
+        "recipe_file": recipe_file,
+        "versions": library_versions(),
+    }
+    if trainer.args.should_save:
+        write_json_atomic(run_dir / RESULTS_NAME, _plain(results))
+    del trainer
+    return results
+
+
+# ----------------------------------------------------------------------------------------- the grid
+def grid_points(glue_args: GlueArguments, training_args) -> list[dict[str, Any]]:
+    """Every run of the grid: ``{"name", "learning_rate", "dropout", "epochs"}``."""
+    epochs_list = glue_args.grid_epochs or [glue_args.epochs]
+    points = []
+    for epochs, lr, dropout in itertools.product(epochs_list, glue_args.grid_learning_rates, glue_args.grid_dropouts):
+        name = f"lr{lr:g}_dropout{dropout:g}" + (f"_epochs{epochs}" if glue_args.grid_epochs else "")
+        points.append({"name": name, "learning_rate": lr, "dropout": dropout, "epochs": epochs})
+    names = [p["name"] for p in points]
+    if len(set(names)) != len(names):
+        raise ValueError(f"The grid repeats a point: {names}.")
+    return points
+
+
+def summarize_grid(task: GlueTask, runs: list[dict[str, Any]], how: str) -> dict[str, Any]:
+    """The paper's grid summary: the mean of the two best runs (``mean_top2``), or the best run (``best``)."""
+    ranked = sorted(runs, key=lambda r: _score_key(r["best"]["score"]), reverse=True)
+    top = ranked[:2] if how == "mean_top2" else ranked[:1]
+    keys = [*task.metric_keys, "score"]
+    return {
+        "how": how,
+        "runs": [r["name"] for r in top],
+        **{k: float(np.mean([r["best"][k] for r in top])) for k in keys},
+    }
+
+
+def format_grid_table(task: GlueTask, runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    keys = list(task.metric_keys)
+    width = max(len("run"), *(len(r["name"]) for r in runs))
+    lines = [f"{'run':<{width}}  " + "  ".join(f"{k:>22}" for k in keys) + f"  {'best epoch':>10}"]
+    for r in runs:
+        lines.append(
+            f"{r['name']:<{width}}  " + "  ".join(f"{100 * r['best'][k]:>22.2f}" for k in keys) + f"  {r['best']['epoch']:>10g}"
+        )
+    label = "mean of the two best" if summary["how"] == "mean_top2" else "best run"
+    lines.append(f"{label:<{width}}  " + "  ".join(f"{100 * summary[k]:>22.2f}" for k in keys))
+    return "\n".join(lines)
+
+
+def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = None) -> dict[str, Any]:
+    """Runs ``python -m sparse_transfer.glue``: one run, or the grid; then the optional push to the Hub.
+
+    Returns:
+        The run's ``results.json`` content, or for ``--grid`` the grid summary (also in ``grid_results.json``).
+    """
+    from tqdm.auto import tqdm
+
+    task = get_task(glue_args.task)
+    if str(getattr(training_args.eval_strategy, "value", training_args.eval_strategy)) == "no":
+        raise ValueError("eval_strategy='no': the GLUE command keeps the best epoch, so it must evaluate (use 'epoch').")
+    push_repo = training_args.hub_model_id if training_args.push_to_hub else None
+    if training_args.push_to_hub and not push_repo:
+        raise ValueError("--push-to-hub needs the repository: --push-to-hub USER/NAME.")
+    # Everything that can be wrong with the input fails here, before any output is written.
+    data = load_glue_data(
+        task, glue_args.data_dir, glue_args.train_file, glue_args.validation_file, glue_args.validation_mismatched_file,
+        glue_args.dataset, glue_args.dataset_revision, glue_args.max_train_samples, glue_args.max_eval_samples,
+        seed=training_args.seed,
+    )
+    tokenizer = load_tokenizer(glue_args)
+    check_model_source(glue_args.model)
+    data = tokenize_glue(data, tokenizer, glue_args.max_seq_length, glue_args.pad_to_max_length)
+    output_dir = Path(training_args.output_dir)
+
+    if not glue_args.grid:
+        results = train_one(glue_args, training_args, data, tokenizer, output_dir, recipe_file)
+        _print_run(task, results)
+        if push_repo:
+            push_best(results["checkpoint"], push_repo, training_args)
+        return results
+
+    points = grid_points(glue_args, training_args)
+    runs = []
+    for point in tqdm(points, desc=f"{task.name} grid", unit="run"):
+        run_glue_args = dataclasses.replace(glue_args, dropout=point["dropout"], epochs=point["epochs"], grid=False)
+        run_training_args = dataclasses.replace(training_args, learning_rate=point["learning_rate"])
+        results = train_one(run_glue_args, run_training_args, data, tokenizer, output_dir / point["name"], recipe_file)
+        runs.append({"name": point["name"], **point, "best": results["best"], "run_dir": str(output_dir / point["name"])})
+    summary = summarize_grid(task, runs, glue_args.grid_summary)
+    grid = {"task": task.name, "summary": summary, "runs": runs, "versions": library_versions()}
+    write_json_atomic(output_dir / GRID_RESULTS_NAME, _plain(grid))
+    print(format_grid_table(task, runs, summary))
+    if push_repo:
+        best_run = max(runs, key=lambda r: _score_key(r["best"]["score"]))
+        push_best(str(Path(best_run["run_dir"]) / BEST_DIR), push_repo, training_args)
+    return grid
+
+
+def _print_run(task: GlueTask, results: dict[str, Any]) -> None:
+    best = results["best"]
+    shown = ", ".join(f"{k} {100 * best[k]:.2f}" for k in task.metric_keys)
+    print(
+        f"{task.name}: best epoch {best['epoch']:g}: {shown}; sparsity of the pruned weights "
+        f"{results['sparsity']['checkpoint_target_sparsity']:.2%} (exact: {results['sparsity']['exact']}); "
+        f"checkpoint {results['checkpoint']}"
+    )
+
+
+def push_best(checkpoint: str, repo_id: str, training_args) -> str:
+    """Uploads a best checkpoint (its zeros checked against its mask first) with its model card."""
+    from ..hub import push_sparse_to_hub
+
+    url = push_sparse_to_hub(
+        checkpoint, repo_id, token=training_args.hub_token, private=bool(training_args.hub_private_repo)
+    )
+    print(f"pushed {checkpoint} to {url}")
+    return url
+
