@@ -106,9 +106,9 @@ def read_glue_tsv(path: str | os.PathLike, task: GlueTask) -> dict[str, list]:
     layout = task.tsv
     path = Path(path)
     _raise_csv_limit()
-    columns: dict[str, list] = {TEXT_A: [], LABEL: []}
-    if len(layout.text_columns) == 2:
-        columns[TEXT_B] = []
+    columns: dict[str, list] = {TEXT_A: [], TEXT_B: [], LABEL: []}
+    if len(layout.text_columns) == 1:
+        del columns[TEXT_B]
     # utf-8-sig: MRPC's files start with a byte order mark ("\ufeffQuality").
     with open(path, encoding="utf-8-sig", newline="") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -235,20 +235,50 @@ def read_data_file(path: str | os.PathLike, task: GlueTask) -> dict[str, list]:
 
 
 # ------------------------------------------------------------------------------------------------ Hub
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face Hub cannot be reached, or None if it may be.
+
+    huggingface_hub retries a failing request for about 25 s per file before giving up; this probe (one TCP
+    connection) lets an offline user get the message at once. It stays out of the way when offline mode is
+    on (the Hugging Face cache answers then) or a proxy is configured (a direct connection proves nothing).
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return None
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme != "http" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{host}:{port} is unreachable ({type(err).__name__}: {err})"
+    return None
+
+
 def load_glue_hub(task: GlueTask, dataset: str = HUB_DATASET, revision: str | None = None):
     """Loads ``task`` from the Hub; a failure (offline, unknown dataset) says what to pass instead."""
     import datasets
 
+    def failure(reason: str) -> GlueDataError:
+        return GlueDataError(
+            f"Could not load GLUE task {task.name!r} from the Hugging Face Hub ({dataset}: {reason}). "
+            f"Without network, pass --data_dir DIR with GLUE's TSV files (DIR/{task.tsv.directory}/train.tsv and "
+            f"DIR/{task.tsv.directory}/{task.tsv.dev_files[0][1]}), or --train_file and --validation_file (csv/json "
+            f"with the columns {[*task.text_columns, LABEL]}); or set HF_HUB_OFFLINE=1 to use a copy in the Hugging "
+            "Face cache."
+        )
+
+    reason = hub_unreachable()
+    if reason is not None:
+        raise failure(reason)
     try:
         dd = datasets.load_dataset(dataset, task.name, revision=revision)
     except Exception as err:  # offline, DNS, missing repo: all end the same way for the user
         first = (str(err).strip().splitlines() or ["no details"])[0][:200]
-        raise GlueDataError(
-            f"Could not load GLUE task {task.name!r} from the Hugging Face Hub ({dataset}: {type(err).__name__}: {first}). "
-            f"Without network, pass --data_dir DIR with GLUE's TSV files (DIR/{task.tsv.directory}/train.tsv and "
-            f"DIR/{task.tsv.directory}/{task.tsv.dev_files[0][1]}), or --train_file and --validation_file (csv/json "
-            f"with the columns {[*task.text_columns, LABEL]})."
-        ) from None
+        raise failure(f"{type(err).__name__}: {first}") from None
 
     def convert(split: str) -> dict[str, list]:
         if split not in dd:

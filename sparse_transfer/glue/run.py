@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from .config import GlueArguments, resolve_epochs
-from .data import GlueData, load_glue_data, tokenize_glue
+from .data import GlueData, hub_unreachable, load_glue_data, tokenize_glue
 from .metrics import glue_score, make_compute_metrics
 from .tasks import GlueTask, get_task
 
@@ -128,7 +128,10 @@ def check_model_source(model: str) -> None:
     path = Path(model)
     looks_local = path.exists() or model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep in model.replace("/", "")
     if not looks_local:
-        return  # a Hub id: from_pretrained says what goes wrong
+        reason = hub_unreachable()
+        if reason is not None:
+            raise _hub_failure("files", model, ConnectionError(reason))
+        return  # a Hub id that from_pretrained may fetch (or find in the cache, with HF_HUB_OFFLINE=1)
     if not path.is_dir():
         raise GlueModelError(f"--model {model}: no such directory. Pass a folder written by save_pretrained, or a Hub id.")
     if not (path / "config.json").is_file():
@@ -146,7 +149,8 @@ def _hub_failure(what: str, model: str, err: Exception) -> GlueModelError:
     return GlueModelError(
         f"Could not load the {what} of {model!r} ({type(err).__name__}: {first}). Without network, pass "
         "--model PATH with a local checkpoint folder (config.json, model.safetensors and the tokenizer files), "
-        "e.g. one written by save_pretrained or by python -m sparse_transfer.upstream."
+        "e.g. one written by save_pretrained or by python -m sparse_transfer.upstream (or set HF_HUB_OFFLINE=1 to "
+        "use a copy in the Hugging Face cache)."
     )
 
 
