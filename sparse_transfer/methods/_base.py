@@ -105,6 +105,19 @@ class MaskMethod:
         """Runs the schedule for optimizer step ``step``; returns a dict describing any mask event, else None."""
         raise NotImplementedError
 
+    def needs_dense_grad(self, step: int) -> bool:
+        """Whether :meth:`step` reads the gradient of pruned weights at ``step`` (only RigL, on update steps).
+
+        A loop that cannot provide that gradient on other steps (e.g. one that masks gradients inside backward)
+        only has to provide it when this is True.
+        """
+        return False
+
+    @property
+    def reference_mask(self) -> dict[str, Tensor] | None:
+        """The latest mask computed by the method (AC/DC: the last compression, kept while decompressed)."""
+        return self._reference
+
     # ------------------------------------------------------------------------------------------ helpers
     def _impose(self, new_masks: dict[str, Tensor], optimizer: torch.optim.Optimizer | None) -> None:
         """Imposes ``new_masks`` (weights, and optimizer state if given) and records the IoU with the last one."""

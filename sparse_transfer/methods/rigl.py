@@ -19,10 +19,13 @@ Technical details:
     ``f(t) = alpha/2 (1 + cos(pi t / T_end))`` (:func:`rigl_drop_fraction`), and grows the same number of
     positions, among those not active after the drop, with the largest ``|dense gradient|``. The number of
     non-zeros of every layer stays constant. Grown weights start at exactly 0 and their optimizer state
-    (momentum, Adam moments) is zeroed. The dense gradient costs nothing extra: autograd computes a weight's
-    full gradient anyway, and the grad mask is applied by the optimizer pre-hook, after ``step`` has read
-    it; only update steps do the extra top-k work. Under DDP the gradient is already all-reduced, so every
-    rank computes the same mask.
+    (momentum, Adam moments) is zeroed. The dense gradient is read only on update steps
+    (:meth:`needs_dense_grad`); on every other step the gradient of pruned weights is discarded by the
+    optimizer pre-hook and ``step`` returns without touching any gradient. With dense weight tensors,
+    autograd's convolution and matmul backward produce the full weight gradient on every step anyway (a
+    masked gradient is not cheaper to compute), so the dense gradient adds no backward cost: what update steps
+    add is the drop/grow top-k, measured in ``benchmarks/vision_step_time.py``. Under DDP the gradient is
+    already all-reduced, so every rank computes the same mask.
 
 Attribution:
     Evci, Gale, Menick, Castro, Elsen, "Rigging the Lottery: Making All Tickets Winners" (ICML 2020).
@@ -110,6 +113,9 @@ class RigL(MaskMethod):
 
     def is_update_step(self, step: int) -> bool:
         return rigl_is_update_step(step, self.update_interval, self.end_step)
+
+    def needs_dense_grad(self, step: int) -> bool:
+        return self.is_update_step(step)
 
     @torch.no_grad()
     def step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:

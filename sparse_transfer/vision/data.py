@@ -31,15 +31,29 @@ class ImageListDataset(Dataset):
     def load(self, index: int) -> Image.Image:
         raise NotImplementedError
 
+    def describe(self, index: int) -> str:
+        """Where image ``index`` comes from, for error messages."""
+        return f"image {index}"
+
+    def load_checked(self, index: int) -> Image.Image:
+        """:meth:`load` with an error that names the unreadable file (PIL's own only says "cannot identify")."""
+        try:
+            return self.load(index)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three for truncated or foreign files
+            raise ValueError(
+                f"Could not read {self.describe(index)} ({type(e).__name__}: {e}). Remove or replace the file; "
+                "every file with an image extension in a class folder must be a readable image."
+            ) from e
+
     def __len__(self) -> int:
         return len(self.labels)
 
     def cache_(self) -> None:
         """Decodes every image once and keeps it in memory (for small data sets)."""
-        self._cache = [self.load(i) for i in range(len(self))]
+        self._cache = [self.load_checked(i) for i in range(len(self))]
 
     def __getitem__(self, index: int):
-        image = self._cache[index] if self._cache is not None else self.load(index)
+        image = self._cache[index] if self._cache is not None else self.load_checked(index)
         if self.transform is not None:
             image = self.transform(image)
         return image, self.labels[index]
@@ -68,6 +82,9 @@ class FolderImages(ImageListDataset):
         if not self.paths:
             raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}.")
         super().__init__(labels, classes, transform)
+
+    def describe(self, index: int) -> str:
+        return self.paths[index]
 
     def load(self, index: int) -> Image.Image:
         with Image.open(self.paths[index]) as im:
@@ -103,6 +120,9 @@ class ZipImages(ImageListDataset):
         self._pid = None
         super().__init__(labels, classes, transform)
 
+    def describe(self, index: int) -> str:
+        return f"{self.members[index]} in {self.path}"
+
     def load(self, index: int) -> Image.Image:
         if self._zip is None or self._pid != os.getpid():  # a forked worker must not share the parent's handle
             self._zip, self._pid = zipfile.ZipFile(self.path), os.getpid()
@@ -126,6 +146,9 @@ class HFImages(ImageListDataset):
         classes = list(getattr(feature, "names", None) or [str(i) for i in range(int(max(ds[label_column])) + 1)])
         self.ds, self.image_column = ds, image_column
         super().__init__([int(x) for x in ds[label_column]], classes, transform)
+
+    def describe(self, index: int) -> str:
+        return f"row {index} of the dataset's {self.image_column!r} column"
 
     def load(self, index: int) -> Image.Image:
         image = self.ds[index][self.image_column]
@@ -191,6 +214,12 @@ def build_datasets(data: str, train_split: str = "train", eval_split: str | None
         ) from e
     split = _pick_eval_split(list(dsd.keys()), eval_split, data)
     return HFImages(dsd[train_split], image_column, label_column), HFImages(dsd[split], image_column, label_column)
+
+
+def check_first_image(ds: ImageListDataset) -> None:
+    """Reads one image so that an unreadable data set fails before the model is built, with a clear error."""
+    if len(ds):
+        ds.load_checked(0)
 
 
 def subset(ds: ImageListDataset, n: int | None, seed: int):

@@ -35,7 +35,7 @@ from .. import __version__
 from ..core import MASKS_NAME, SparseMasks, sparsity_report
 from ..methods import ACDC, GMP, Constant, MaskMethod, RigL, dense_masks
 from .config import VisionArguments
-from .data import build_datasets, progressive_size, subset, timm_transforms
+from .data import build_datasets, check_first_image, progressive_size, subset, timm_transforms
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +270,8 @@ def train(args: VisionArguments) -> dict[str, Any]:
     num_classes = len(train_ds.classes)
     train_ds = subset(train_ds, args.max_train_samples, args.data_seed)
     eval_ds = subset(eval_ds, args.max_eval_samples, args.data_seed + 1)
+    check_first_image(train_ds)
+    check_first_image(eval_ds)
     if args.cache_images:
         train_ds.cache_()
         eval_ds.cache_()
@@ -386,8 +388,16 @@ def train(args: VisionArguments) -> dict[str, Any]:
             record["events"] = [e["event"] for e in events]
             if isinstance(method, ACDC):
                 record["phase"] = method.phase
-                if not method.active:  # decompressed: how many weights stay exactly 0 with no mask imposed
+                if method.phase == "decompressed":
+                    # how many weights stay exactly 0 with no (or only the minimum) mask imposed, overall and
+                    # among those the last compression pruned
                     record["decompressed_zero_fraction"] = report.target_sparsity
+                    pruned = method.reference_mask
+                    if pruned is not None:
+                        n_pruned = sum(int((~m).sum()) for m in pruned.values())
+                        still = sum(int((p.detach()[~pruned[n].to(p.device)] == 0).sum())
+                                    for n, p in method.masks.params.items())
+                        record["decompressed_pruned_still_zero"] = still / max(n_pruned, 1)
             if any("iou" in e for e in events):
                 record["mask_iou_update"] = method.last_iou
             if method.active and method.masks.sparsity() >= args.sparsity - 1e-3:

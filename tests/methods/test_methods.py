@@ -268,3 +268,62 @@ def test_rigl_erk_budget():
 def test_bad_inputs(build, match):
     with pytest.raises(ValueError, match=match):
         build(tiny_cnn())
+
+
+def test_rigl_reads_the_dense_gradient_only_on_update_steps():
+    model = tiny_cnn()
+    method = RigL.from_model(model, 0.8, 24, distribution="erk", targets="cnn", update_interval=3, end_fraction=0.75)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    method.attach(opt)
+    loss_fn = nn.CrossEntropyLoss()
+    updates = [s for s in range(24) if method.needs_dense_grad(s)]
+    assert updates == [s for s in range(24) if method.is_update_step(s)] == [3, 6, 9, 12, 15]
+    for step in range(24):
+        x, y = batch(step)
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        if not method.needs_dense_grad(step):
+            # no gradient at all: step() must not need one (a loop may skip the dense gradient here)
+            saved = {n: p.grad for n, p in method.masks.params.items()}
+            for p in method.masks.params.values():
+                p.grad = None
+            assert method.step(step, opt) is None
+            for n, p in method.masks.params.items():
+                p.grad = saved[n]
+        else:
+            assert method.step(step, opt)["event"] == "drop_grow"
+        opt.step()
+    # the optimizer never saw the gradient of a pruned weight: pre-hook masked it, pruned weights are exactly 0
+    for n, p in method.masks.params.items():
+        assert (p.grad[~method.masks[n]] == 0).all()
+        assert (p.detach()[~method.masks[n]] == 0).all()
+    # and an update step without the dense gradient is an error, not a silent no-op
+    for p in method.masks.params.values():
+        p.grad = None
+    with pytest.raises(RuntimeError, match="dense gradient"):
+        method.step(6, opt)
+    assert not any(m.needs_dense_grad(s) for m in (make("gmp", model, 24), make("acdc", model, 24)) for s in range(24))
+
+
+def test_erk_densities_follow_the_formula():
+    # ERK by hand: density_l = eps * (sum of dims) / (product of dims), one eps for the global budget.
+    model = tiny_cnn()
+    method = RigL.from_model(model, 0.9, 10, distribution="erk", targets="cnn")
+    shapes = {n: tuple(p.shape) for n, p in method.masks.params.items()}
+    raw = {n: sum(s) / math.prod(s) for n, s in shapes.items()}
+    numel = {n: math.prod(s) for n, s in shapes.items()}
+    total = sum(numel.values())
+    dense = set()
+    while True:  # layers whose density would exceed 1 are dense; eps re-solved over the others
+        budget = 0.1 * total - sum(numel[n] for n in dense)
+        eps = budget / sum(raw[n] * numel[n] for n in shapes if n not in dense)
+        over = {n for n in shapes if n not in dense and eps * raw[n] > 1}
+        if not over:
+            break
+        dense |= over
+    kept = {n: int(m.sum()) for n, m in method.masks.items()}
+    for n in shapes:
+        expected = numel[n] if n in dense else eps * raw[n] * numel[n]
+        assert abs(kept[n] - expected) <= 1, n
+    assert abs(sum(kept.values()) - 0.1 * total) <= len(shapes)
+    assert "0.weight" in dense or kept["0.weight"] / numel["0.weight"] > kept["3.weight"] / numel["3.weight"]

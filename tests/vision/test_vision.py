@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sparse_transfer.core import MASKS_NAME, SparseMasks
+from sparse_transfer.core import MASKS_NAME, SparseMasks, sparsity_report
 from sparse_transfer.vision import VisionArguments, load_recipe, parse_args, train
 from sparse_transfer.vision.data import build_datasets, progressive_size
 from sparse_transfer.vision.train import lr_factor
@@ -66,26 +66,47 @@ def test_method_trains_exactly_sparse_and_reloads_with_timm(tmp_path, image_fold
         phases = [h["phase"] for h in history]
         assert phases == ["warmup", "compressed", "decompressed", "decompressed", "final", "final"]
         assert "decompressed_zero_fraction" in history[2]
+        # pruned weights restart at 0 and then move under the dense gradient: some, not all, stay at 0
+        assert 0.0 <= history[2]["decompressed_pruned_still_zero"] < 1.0
+        assert history[2]["decompressed_zero_fraction"] < args.sparsity
         assert history[4]["mask_iou_update"] is not None
         # the best checkpoint is never a dense (decompressed) epoch
         assert history[results["best_epoch"] - 1]["mask_active"]
     if name == "rigl":
         assert all(h["sparsity"] == pytest.approx(0.8, abs=0.01) for h in history)
         assert "mask_iou_epoch" in history[-1]
+        assert 0 < history[0]["mask_iou_update"] < 1  # drop/grow changed the mask
+    if name == "gmp":
+        assert 0 < history[1]["mask_iou_update"] <= 1
+    for h in history:
+        assert 0.0 <= h["zero_channel_fraction"] <= 1.0
+        assert set(h["layer_sparsity"]) == {l.name for l in sparsity_report(model, args.targets).layers}
+    assert (tmp_path / name / "recipe.json").exists()
+    assert json.loads((tmp_path / name / "results.json").read_text())["history"] == json.loads(json.dumps(history))
 
 
-def test_resume_mid_phase_is_bit_identical(tmp_path, image_folder):
-    # AC/DC over 6 epochs: W C D D F F; stop after epoch 3, mid decompressed phase, then resume.
-    _, full = run(tmp_path / "a", image_folder, "acdc")
-    _, part = run(tmp_path / "b", image_folder, "acdc", stop_after_epoch=3)
-    assert not part["complete"] and len(part["history"]) == 3
-    _, resumed = run(tmp_path / "b", image_folder, "acdc")
+# Where each run is stopped: AC/DC over 6 epochs (W C D D F F) after epoch 3, mid decompressed phase; GMP
+# (pruning epochs 1-3 of 4) after epoch 2, mid pruning; RigL (updates until 75% of 3 epochs) after epoch 1.
+RESUME_STOPS = {"acdc": 3, "gmp": 2, "rigl": 1}
+
+
+@pytest.mark.parametrize("name", list(RESUME_STOPS))
+def test_resume_mid_phase_is_bit_identical(tmp_path, image_folder, name):
+    stop = RESUME_STOPS[name]
+    _, full = run(tmp_path / "a", image_folder, name)
+    _, part = run(tmp_path / "b", image_folder, name, stop_after_epoch=stop)
+    assert not part["complete"] and len(part["history"]) == stop
+    _, resumed = run(tmp_path / "b", image_folder, name)
     assert resumed["complete"]
-    a = load_file(str(tmp_path / "a" / "acdc" / "last" / "model.safetensors"))
-    b = load_file(str(tmp_path / "b" / "acdc" / "last" / "model.safetensors"))
+    a = load_file(str(tmp_path / "a" / name / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / name / "last" / "model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert [h["train_loss"] for h in full["history"]] == [h["train_loss"] for h in resumed["history"]]
+    mask_a = SparseMasks.load(tmp_path / "a" / name / "last" / MASKS_NAME)
+    mask_b = SparseMasks.load(tmp_path / "b" / name / "last" / MASKS_NAME)
+    assert all(torch.equal(mask_a[n], mask_b[n]) for n in mask_a)
+    strip = lambda h: {k: v for k, v in h.items() if k != "epoch_time_s"}  # noqa: E731
+    assert [strip(h) for h in full["history"]] == [strip(h) for h in resumed["history"]]
 
 
 def test_resume_refuses_a_different_recipe(tmp_path, image_folder):
@@ -133,6 +154,10 @@ def test_schedules():
         (dict(method="acdc", sparsity=0.9, epochs=5), ValueError, "longer than training"),
         (dict(method="gmp", sparsity=0.9, epochs=5, gmp_start_epoch=2, gmp_end_epoch=8), ValueError, "within training"),
         (dict(method="rigl"), ValueError, "needs --sparsity"),
+        (dict(method="rigl", sparsity=-0.1), ValueError, "sparsity must be in"),
+        (dict(lr_warmup_epochs=3), ValueError, "longer than training"),
+        (dict(method="acdc", sparsity=0.9, epochs=40, acdc_decompressed_sparsity=0.95), ValueError, "must not exceed"),
+        (dict(model_kwargs="{drop_rate: 0.1"), ValueError, "model_kwargs must be a JSON object"),
     ],
 )
 def test_bad_arguments(tmp_path, image_folder, overrides, error, match):
@@ -177,3 +202,78 @@ def test_imagenet_recipes_are_valid():
     for path in paths:
         args = VisionArguments(**load_recipe(path))
         assert args.model == "resnet50"
+
+
+def test_acdc_minimum_sparsity_during_decompression_is_logged(tmp_path, image_folder):
+    args, results = run(tmp_path, image_folder, "acdc", acdc_decompressed_sparsity=0.5)
+    decompressed = [h for h in results["history"] if h["phase"] == "decompressed"]
+    assert decompressed and all(h["decompressed_zero_fraction"] >= 0.5 - 1e-3 for h in decompressed)
+    assert results["final_sparsity"] == pytest.approx(args.sparsity, abs=0.01)
+
+
+def test_unreadable_image_is_a_clear_error(tmp_path, image_folder):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(image_folder, data)
+    bad = data / "train" / "cat" / "000.png"  # the first training image, read before the model is built
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"Could not read .*000\.png.*Remove or replace"):
+        run(tmp_path, str(data), "dense", epochs=1)
+
+
+def test_push_to_hub_uploads_checkpoint_with_model_card(tmp_path, image_folder, monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+
+    class FakeApi:
+        def create_repo(self, repo_id, private=False, exist_ok=False, **kw):
+            calls["create_repo"] = (repo_id, private, exist_ok)
+
+        def upload_folder(self, folder_path, repo_id, commit_message, **kw):
+            calls["files"] = sorted(os.listdir(folder_path))
+            calls["card"] = open(os.path.join(folder_path, "README.md")).read()
+            calls["repo_id"] = repo_id
+            return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    _, results = run(tmp_path, image_folder, "constant", epochs=1, push_to_hub=True, hub_model_id="user/tiny-sparse",
+                     hub_private=True)
+    assert calls["create_repo"] == ("user/tiny-sparse", True, True) and calls["repo_id"] == "user/tiny-sparse"
+    assert {"model.safetensors", "config.json", "README.md", MASKS_NAME} <= set(calls["files"])
+    assert "70% sparsity" in calls["card"] and "eval_top1" in calls["card"] and "| layer |" in calls["card"]
+    assert results["hub_url"].endswith("/commit/abc")
+    assert json.loads((tmp_path / "constant" / "results.json").read_text())["hub_url"] == results["hub_url"]
+
+
+def test_push_refuses_checkpoint_with_nonzero_pruned_weights(tmp_path, image_folder, monkeypatch):
+    import huggingface_hub
+    from safetensors.torch import save_file
+
+    from sparse_transfer.vision.train import push_checkpoint
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: pytest.fail("must not reach the Hub"))
+    args, _ = run(tmp_path, image_folder, "constant", epochs=1)
+    last = tmp_path / "constant" / "last"
+    weights = load_file(str(last / "model.safetensors"))
+    masks = SparseMasks.load(last / MASKS_NAME)
+    name = next(iter(masks))
+    weights[name][~masks[name]] = 1.0
+    save_file(weights, str(last / "model.safetensors"))
+    with pytest.raises(ValueError, match="not zero; refusing"):
+        push_checkpoint(str(last), VisionArguments(**{**args.to_dict(), "push_to_hub": True, "hub_model_id": "u/x"}))
+
+
+def test_push_to_hub_flag_needs_a_repo_id():
+    with pytest.raises(ValueError, match="hub_model_id"):
+        parse_args(["--push-to-hub", "--data", "x"])
+    assert parse_args(["--push-to-hub", "--hub-model-id", "u/x", "--data", "x"]).push_to_hub
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, image_folder, capsys):
+    from sparse_transfer.vision.__main__ import main
+
+    assert main(["--model", "resnet_does_not_exist", "--data", image_folder, "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown timm model 'resnet_does_not_exist'") and "Traceback" not in err
