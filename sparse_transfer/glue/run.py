@@ -46,11 +46,11 @@ BEST_DIR = "best"
 _NOT_IN_FINGERPRINT = {
     "overwrite", "grid", "grid_learning_rates", "grid_dropouts", "grid_epochs", "grid_summary", "disable_tqdm",
     "logging_steps", "logging_strategy", "logging_first_step", "report_to", "dataloader_num_workers",
-    "per_device_eval_batch_size", "eval_accumulation_steps",
+    "per_device_eval_batch_size", "eval_accumulation_steps", "dataloader_pin_memory",
 }
 # TrainingArguments fields never written into a recipe: where the run goes, Hub credentials and pushing.
 _NOT_IN_RECIPE = {"output_dir", "logging_dir", "hub_token", "push_to_hub", "hub_model_id", "hub_strategy",
-                  "hub_private_repo", "hub_always_push", "hub_revision"}
+                  "hub_private_repo", "hub_always_push", "hub_revision", "dataloader_pin_memory"}
 # TrainingArguments fields written into every recipe even when they equal the transformers defaults.
 _ALWAYS_IN_RECIPE = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
                      "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler_type", "warmup_steps",
@@ -338,6 +338,8 @@ def train_one(
         changes.update(fp16=glue_args.mixed_precision == "fp16", bf16=glue_args.mixed_precision == "bf16")
     elif not (training_args.fp16 or training_args.bf16) and torch.cuda.is_available():
         changes["fp16"] = True
+    if not torch.cuda.is_available():
+        changes["dataloader_pin_memory"] = False  # pinning needs an accelerator; torch warns otherwise
     training_args = dataclasses.replace(training_args, **changes)
 
     recipe = resolved_recipe(glue_args, training_args)

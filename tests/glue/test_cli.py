@@ -1,0 +1,269 @@
+"""``python -m sparse_transfer.glue`` end to end on a tiny sparse BERT and tiny GLUE-layout files."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from sparse_transfer.glue import GLUE_TASKS, get_task, glue_metrics
+from sparse_transfer.glue.__main__ import main
+
+from .conftest import glue_rows, write_tsv
+
+TARGET_SUFFIXES = ("query.weight", "key.weight", "value.weight", "attention.output.dense.weight",
+                   "intermediate.dense.weight", "output.dense.weight")
+
+
+def pruned_positions(model_dir: Path) -> dict[str, torch.Tensor]:
+    weights = load_file(str(model_dir / "model.safetensors"))
+    return {n: w == 0 for n, w in weights.items() if "encoder.layer" in n and n.endswith(TARGET_SUFFIXES)}
+
+
+def fast_args(model_dir, data_dir, out, *extra):
+    return ["--model", str(model_dir), "--data_dir", str(data_dir), "--output_dir", str(out),
+            "--per_device_train_batch_size", "16", "--learning_rate", "1e-3", "--disable_tqdm", "true", *extra]
+
+
+@torch.no_grad()
+def dev_accuracy(checkpoint: Path, dev_tsv: Path) -> float:
+    """Scores a saved checkpoint on RTE dev with plain transformers, independently of the training code."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    rows = [line.split("\t") for line in dev_tsv.read_text().splitlines()[1:]]
+    batch = tokenizer([r[1] for r in rows], [r[2] for r in rows], truncation=True, max_length=128, padding=True,
+                      return_tensors="pt")
+    predictions = model(**batch).logits.argmax(-1).numpy()
+    labels = [["entailment", "not_entailment"].index(r[3]) for r in rows]
+    return glue_metrics("rte", predictions, labels)["accuracy"]
+
+
+def test_rte_end_to_end_with_push(tiny_model_dir, glue_dir, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    uploads = []
+
+    def create_repo(repo_id, token=None, private=False, exist_ok=False, **kw):
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(repo_id, folder_path, **kw):
+        # What would leave the machine: the folder's files, read now.
+        uploads.append((repo_id, {p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.is_file()}))
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+
+    out = tmp_path / "rte"
+    assert main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out), "--push-to-hub", "me/tiny-rte"]) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "rte" and results["num_encoder_blocks"] == 2
+    assert results["epochs"] == 4  # L + 2
+    assert [e["epoch"] for e in results["per_epoch"]] == [1, 2, 3, 4]
+    best = max(results["per_epoch"], key=lambda e: e["score"])
+    assert results["best"]["epoch"] == best["epoch"] and results["best"]["accuracy"] == best["accuracy"]
+    assert set(results["versions"]) >= {"sparse_transfer", "torch", "transformers", "datasets"}
+    assert results["recipe"]["learning_rate"] == 1e-3 and results["recipe"]["unfreeze"] == "gradual"
+    assert not list(out.glob("**/*.tmp")) and not list(out.glob("checkpoint-*"))
+
+    # Exact sparsity: every weight that was zero in the input is zero in the best checkpoint, no more masked.
+    before = pruned_positions(tiny_model_dir)
+    after = load_file(str(out / "best" / "model.safetensors"))
+    total = sum(int(m.sum()) for m in before.values())
+    for name, mask in before.items():
+        assert (after[f"bert.{name.split('bert.', 1)[1]}"][mask] == 0).all(), name
+    assert results["sparsity"]["masked_weights"] == total == results["sparsity"]["masked_weights_zero_in_checkpoint"]
+    assert results["sparsity"]["exact"] is True and results["sparsity"]["mask_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert len(results["sparsity"]["per_layer"]) == 12
+
+    # The saved checkpoint is the best epoch: plain transformers reproduces its dev accuracy.
+    assert dev_accuracy(out / "best", glue_dir / "RTE" / "dev.tsv") == pytest.approx(results["best"]["accuracy"])
+
+    # The resolved recipe reproduces the run's arguments.
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe == results["recipe"]
+    from sparse_transfer.glue import parse_args
+
+    glue, train, _ = parse_args(["--recipe", str(out / "recipe.yaml")])
+    assert glue.model == str(tiny_model_dir) and train.learning_rate == 1e-3 and glue.epochs == "L+2"
+
+    # Pushed: the sparse weights, their mask and a card with the sparsity, the recipe and the dev results.
+    assert len(uploads) == 1 and uploads[0][0] == "me/tiny-rte"
+    files = uploads[0][1]
+    assert {"model.safetensors", "sparse_masks.safetensors", "README.md", "config.json", "tokenizer.json"} <= set(files)
+    from safetensors.torch import load
+
+    pushed = load(files["model.safetensors"])
+    for name, mask in before.items():
+        assert (pushed[name.replace("bert.", "bert.", 1)][mask] == 0).all()
+    card = files["README.md"].decode()
+    assert "Global sparsity over the 12 pruned tensors: **50.00%**" in card
+    assert "bert.encoder.layer.1.output.dense.weight" in card and "## Recipe" in card and "learning_rate: 0.001" in card
+    assert f"| rte dev accuracy | {results['best']['accuracy']:.4f} |" in card
+
+
+def test_grid_caches_finished_runs(tiny_model_dir, glue_dir, tmp_path, capsys, monkeypatch):
+    from sparse_transfer.hf import SparseTrainer
+
+    calls = []
+    original = SparseTrainer.train
+
+    def counting_train(self, *args, **kwargs):
+        calls.append(self.args.output_dir)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SparseTrainer, "train", counting_train)
+    out = tmp_path / "grid"
+    argv = ["--task", "sst2", "--recipe", "dense_transfer", *fast_args(tiny_model_dir, glue_dir, out), "--grid",
+            "--grid_learning_rates", "1e-3", "3e-3", "--grid_dropouts", "0.05", "0.1", "--epochs", "1"]
+    assert main(argv) == 0
+    assert len(calls) == 4
+    grid = json.loads((out / "grid_results.json").read_text())
+    names = ["lr0.001_dropout0.05", "lr0.001_dropout0.1", "lr0.003_dropout0.05", "lr0.003_dropout0.1"]
+    assert [r["name"] for r in grid["runs"]] == names
+    scores = sorted((r["best"]["accuracy"] for r in grid["runs"]), reverse=True)
+    assert grid["summary"]["how"] == "mean_top2" and grid["summary"]["accuracy"] == pytest.approx(sum(scores[:2]) / 2)
+    for r in grid["runs"]:
+        run = json.loads((out / r["name"] / "results.json").read_text())
+        assert run["recipe"]["learning_rate"] == r["learning_rate"] and run["recipe"]["dropout"] == r["dropout"]
+        assert run["recipe"]["unfreeze"] == "none"
+    assert "mean of the two best" in capsys.readouterr().out
+
+    # Rerun: everything is cached.
+    assert main(argv) == 0
+    assert len(calls) == 4
+    assert json.loads((out / "grid_results.json").read_text())["summary"] == grid["summary"]
+
+    # An interrupted grid: only the run without results.json trains again.
+    (out / names[2] / "results.json").unlink()
+    assert main(argv) == 0
+    assert calls[4:] == [str(out / names[2])]
+
+    # A finished run with another recipe is not silently reused or overwritten.
+    assert main([*argv, "--max_seq_length", "64"]) == 2
+    assert "holds a finished run with a different recipe (differing fields: ['max_seq_length'])" in capsys.readouterr().err
+    assert len(calls) == 5
+
+
+@pytest.mark.parametrize("task", ["mnli", "stsb"])
+def test_two_dev_sets_and_regression(task, tiny_model_dir, glue_dir, tmp_path):
+    out = tmp_path / task
+    argv = ["--task", task, "--recipe", "dense_transfer", *fast_args(tiny_model_dir, glue_dir, out), "--epochs", "2"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    t = get_task(task)
+    assert results["metrics"] == list(t.metric_keys)
+    for e in results["per_epoch"]:
+        assert e["score"] == pytest.approx(sum(e[k] for k in t.metric_keys) / len(t.metric_keys))
+    config = json.loads((out / "best" / "config.json").read_text())
+    if task == "stsb":
+        assert config["problem_type"] == "regression" and len(config["id2label"]) == 1
+    else:
+        assert results["data"]["eval_examples"] == {"matched": 24, "mismatched": 24}
+        assert config["id2label"] == {"0": "entailment", "1": "neutral", "2": "contradiction"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(GLUE_TASKS))
+def test_every_task_trains(task, tiny_model_dir, glue_dir, tmp_path):
+    out = tmp_path / task
+    assert main(["--task", task, *fast_args(tiny_model_dir, glue_dir, out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["sparsity"]["exact"] and len(results["per_epoch"]) == 4
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def _rte_dir(root: Path, train_header=None, train_rows=None, dev_content=None) -> Path:
+    rng = random.Random(0)
+    header, rows = glue_rows("rte", 8, rng)
+    write_tsv(root / "RTE" / "train.tsv", train_header or header, train_rows or rows)
+    dev = root / "RTE" / "dev.tsv"
+    if dev_content is None:
+        write_tsv(dev, header, rows)
+    else:
+        dev.write_text(dev_content)
+    return root
+
+
+def _model_without_weights(root: Path, tiny_model_dir: Path) -> Path:
+    root.mkdir()
+    for name in ("config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        (root / name).write_bytes((tiny_model_dir / name).read_bytes())
+    return root
+
+
+BAD_INPUTS = {
+    "unknown task": (lambda tmp, m, g: (["--task", "glue"], m, g), "Unknown GLUE task 'glue': use one of cola, sst2"),
+    "missing column": (
+        lambda tmp, m, g: (["--task", "rte"], m, _rte_dir(tmp / "d", ["index", "sentence1", "label"],
+                                                          [["0", "a", "entailment"]])),
+        "missing column 'sentence2'",
+    ),
+    "label not in set": (
+        lambda tmp, m, g: (["--task", "rte"], m, _rte_dir(tmp / "d", dev_content="index\tsentence1\tsentence2\tlabel\n0\ta\tb\tneutral\n")),
+        "dev.tsv, line 2: label 'neutral' is not in the rte label set: 0 (entailment), 1 (not_entailment)",
+    ),
+    "empty file": (lambda tmp, m, g: (["--task", "rte"], m, _rte_dir(tmp / "d", dev_content="")), "dev.tsv is empty"),
+    "model without weights": (
+        lambda tmp, m, g: (["--task", "rte"], _model_without_weights(tmp / "noweights", m), g),
+        "has no weights (expected one of model.safetensors",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_ends_with_a_clear_error(case, tiny_model_dir, glue_dir, tmp_path, capsys):
+    make, message = BAD_INPUTS[case]
+    flags, model_dir, data_dir = make(tmp_path, tiny_model_dir, glue_dir)
+    out = tmp_path / "out"
+    assert main([*flags, *fast_args(model_dir, data_dir, out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not out.exists()  # nothing written, so no partial results.json
+
+
+def test_without_network_or_local_data_says_what_to_pass(tmp_path, capsys, monkeypatch):
+    from sparse_transfer.glue import data as data_module
+
+    monkeypatch.setattr(data_module, "hub_unreachable", lambda timeout=3.0: "huggingface.co:443 is unreachable (gaierror)")
+    out = tmp_path / "out"
+    assert main(["--task", "rte", "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Without network, pass --data_dir DIR with GLUE's TSV files" in err and "--train_file and --validation_file" in err
+    assert not out.exists()
+
+    # Data given, model not: the message names --model PATH.
+    rng = random.Random(0)
+    header, rows = glue_rows("rte", 4, rng)
+    write_tsv(tmp_path / "d" / "RTE" / "train.tsv", header, rows)
+    write_tsv(tmp_path / "d" / "RTE" / "dev.tsv", header, rows)
+    from sparse_transfer.glue import run as run_module
+
+    monkeypatch.setattr(run_module, "hub_unreachable", lambda timeout=3.0: "huggingface.co:443 is unreachable (gaierror)")
+    assert main(["--task", "rte", "--data_dir", str(tmp_path / "d"), "--output_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "neuralmagic/oBERT-12-upstream-pruned-unstructured-90-v2" in err and "pass --model PATH" in err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_python_dash_m(tiny_model_dir, glue_dir, tmp_path):
+    out = tmp_path / "cli"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sparse_transfer.glue", "--task", "wnli", *fast_args(tiny_model_dir, glue_dir, out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "wnli: best epoch" in proc.stdout and (out / "results.json").is_file()
+    proc = subprocess.run([sys.executable, "-m", "sparse_transfer.glue", "--task", "nope"], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 2 and "Unknown GLUE task 'nope'" in proc.stderr
