@@ -12,7 +12,9 @@ A run, under its folder ``RUN``::
     RUN/results.json                               # last, atomically: its presence means "finished"
 
 ``--grid`` runs one such folder per grid point under ``--output_dir`` and skips the ones whose
-``results.json`` holds the same recipe, so an interrupted grid continues where it stopped.
+``results.json`` holds the same recipe, so an interrupted grid continues where it stopped. Within a run,
+Trainer checkpoints (optimizer state included) are off by default; with ``--save_strategy epoch`` an
+interrupted run resumes from its last checkpoint to the same result as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -241,6 +243,34 @@ def finished_run(run_dir: Path, recipe: dict[str, Any], overwrite: bool) -> dict
     )
 
 
+def _checkpoint_to_resume(run_dir: Path, recipe: dict[str, Any], training_args, overwrite: bool) -> str | None:
+    """The last Trainer checkpoint of an unfinished run of the same recipe (only with a save_strategy)."""
+    import shutil
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not run_dir.is_dir():
+        return None
+    last = get_last_checkpoint(str(run_dir))
+    if last is None:
+        return None
+    recipe_file = run_dir / RECIPE_NAME
+    saved = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) if recipe_file.is_file() else {}
+    if fingerprint(saved or {}) == fingerprint(recipe):
+        if str(getattr(training_args.save_strategy, "value", training_args.save_strategy)) == "no":
+            return None
+        logger.info("Resuming the unfinished run in %s from %s.", run_dir, last)
+        return last
+    if not overwrite:
+        raise ValueError(
+            f"{run_dir} holds Trainer checkpoints of an unfinished run with a different recipe. Use another "
+            "--output_dir, or pass --overwrite to delete them and train again there."
+        )
+    for checkpoint in run_dir.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    return None
+
+
 # ----------------------------------------------------------------------------------------- one run
 def _evaluations(log_history: list[dict], task: GlueTask) -> list[dict[str, Any]]:
     """One entry per evaluation (epoch, step, metrics), merged over MNLI's two dev sets."""
@@ -288,6 +318,14 @@ def _make_trainer_classes(task: GlueTask):
             self.best_dir, self.masks, self.tokenizer = best_dir, masks, tokenizer
             self.best_score = -math.inf
             self.best_step: int | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            # Resuming from a Trainer checkpoint: the evaluations before it are in the restored log history, and
+            # the best of them is in best_dir already (an evaluation is saved before its checkpoint).
+            for entry in state.log_history:
+                score = entry.get("eval_score")
+                if score is not None and _score_key(score) > self.best_score:
+                    self.best_score, self.best_step = _score_key(score), entry["step"]
 
         def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
             score = (metrics or {}).get("eval_score")
@@ -348,6 +386,7 @@ def train_one(
         logger.info("%s finished before with this recipe: skipping it (score %.4f).", run_dir, cached["best"]["score"])
         return cached
 
+    resume_from = _checkpoint_to_resume(run_dir, recipe, training_args, glue_args.overwrite)
     masks = SparseMasks.from_zeros(model, training_args.mask_targets)
     pruned_before = masks.numel() - sum(int(m.sum()) for _, m in masks.items())
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -377,7 +416,7 @@ def train_one(
         masks=masks,
         callbacks=[best_callback],
     )
-    train_output = trainer.train()
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
 
     evaluations = _evaluations(trainer.state.log_history, task)
     if not evaluations or best_callback.best_step is None:

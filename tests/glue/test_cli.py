@@ -267,3 +267,43 @@ def test_python_dash_m(tiny_model_dir, glue_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sparse_transfer.glue", "--task", "nope"], capture_output=True,
                           text=True, env=env, timeout=600)
     assert proc.returncode == 2 and "Unknown GLUE task 'nope'" in proc.stderr
+
+
+def test_interrupted_run_resumes_to_the_same_result(tiny_model_dir, glue_dir, tmp_path, monkeypatch):
+    from sparse_transfer.hf import SparseTrainer
+
+    def run(out):
+        return main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out), "--save_strategy", "epoch",
+                     "--save_total_limit", "1", "--max_train_samples", "32"])
+
+    assert run(tmp_path / "straight") == 0
+
+    original, steps = SparseTrainer.training_step, []
+
+    def interrupted(self, *args, **kwargs):
+        steps.append(self.state.global_step)
+        if len(steps) == 6:  # in epoch 3, after the checkpoint of epoch 2 (2 steps per epoch)
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SparseTrainer, "training_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    assert (tmp_path / "resumed" / "checkpoint-4").is_dir()
+    steps.clear()
+
+    def counted(self, *args, **kwargs):
+        steps.append(self.state.global_step)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SparseTrainer, "training_step", counted)
+    assert run(tmp_path / "resumed") == 0
+    assert steps == [4, 5, 6, 7]  # continued after checkpoint-4, did not start over
+
+    straight = json.loads((tmp_path / "straight" / "results.json").read_text())
+    resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())
+    assert resumed["per_epoch"] == straight["per_epoch"] and resumed["best"] == straight["best"]
+    a = load_file(str(tmp_path / "straight" / "best" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "best" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
