@@ -70,8 +70,9 @@ class UpstreamArguments:
     lr_scheduler_type: str = _f("linear", "transformers scheduler name (linear, constant, cosine, ...).")
     warmup_steps: int = _f(0, "Linear warm-up steps.")
     weight_decay: float = _f(0.0, "AdamW weight decay (never revives pruned weights: their gradient and moments are masked).")
-    student_dropout: float | None = _f(0.0, "Dropout of the student while distilling (None keeps the model's own; the saved config is unchanged). "
-                                       "0 by default: dropout noise would dominate the small distillation errors.")
+    student_dropout: float = _f(0.0, "Dropout of the student while distilling (the saved config keeps the model's own). 0 by "
+                                "default: dropout noise would dominate the small distillation errors.")
+    keep_dropout: bool = _f(False, "Distill with the model's own dropout instead of student_dropout.")
     train_embeddings: bool = _f(False, "Also train the embeddings (not pruned; frozen by default so the teacher's input stays).")
     eval_steps: int = _f(100, "Evaluate the held-out distillation loss every N steps (0: only at the end).")
     save_steps: int = _f(100, "Write a resumable checkpoint every N steps.")
@@ -158,7 +159,7 @@ class UpstreamArguments:
             raise ValueError(f"temperature must be positive, got {self.temperature}.")
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}.")
-        if self.student_dropout is not None and not 0 <= self.student_dropout < 1:
+        if not 0 <= self.student_dropout < 1:
             raise ValueError(f"student_dropout must be in [0, 1), got {self.student_dropout}.")
         for name in ("eval_steps", "save_steps", "logging_steps"):
             if getattr(self, name) < 0:

@@ -128,6 +128,9 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
         logger.info("%s already holds this finished run; not training again.", args.output_dir)
         return finished
 
+    from transformers import set_seed
+
+    set_seed(args.seed)  # weights missing from the checkpoint (e.g. a pooler) are initialized the same way every run
     model, tokenizer = load_model_and_tokenizer(args)
     try:
         find_encoder_blocks(model)
@@ -158,7 +161,7 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
         for name, param in student.named_parameters():
             if "embeddings." in name:  # word/position/type embeddings and their LayerNorm
                 param.requires_grad_(False)
-    if args.student_dropout is not None:
+    if not args.keep_dropout:
         # Only the modules' p changes: the saved config keeps the model's dropout for downstream fine-tuning.
         for module in student.modules():
             if isinstance(module, torch.nn.Dropout):
@@ -182,7 +185,7 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
     os.replace(tmp, os.path.join(args.output_dir, RECIPE_NAME))
 
     # ------------------------------------------------------------------ trainer
-    from transformers import DataCollatorForLanguageModeling, default_data_collator
+    from transformers import default_data_collator
 
     evaluate_periodically = eval_blocks is not None and args.eval_steps > 0
     training_args = SparseTrainingArguments(
@@ -212,11 +215,6 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
-    collator = (
-        DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=args.mlm_probability)
-        if weights.mlm > 0
-        else default_data_collator
-    )
     trainer = UpstreamTrainer(
         student,
         training_args,
@@ -224,9 +222,10 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
         pruner=pruner,
         loss_weights=weights,
         temperature=args.temperature,
+        mlm_probability=args.mlm_probability,
         train_dataset=BlockDataset(train_blocks),
         eval_dataset=BlockDataset(eval_blocks) if evaluate_periodically else None,
-        data_collator=collator,
+        data_collator=default_data_collator,
         processing_class=tokenizer,
     )
     trainer.recipe_fingerprint = fingerprint

@@ -145,8 +145,19 @@ class UpstreamTrainer(SparseTrainer):
     """
 
     def __init__(self, model, args, teacher: nn.Module, pruner: UpstreamPruning, loss_weights: LossWeights,
-                 temperature: float, **kwargs):
+                 temperature: float, mlm_probability: float = 0.15, **kwargs):
         super().__init__(model, args, masks=pruner.masks, **kwargs)
+        self.mlm_masker = None
+        if loss_weights.mlm > 0:
+            from transformers import DataCollatorForLanguageModeling
+
+            # Masking happens here, not in the collator: the Trainer fetches the first batch after a resume before
+            # it restores the RNG state, so collator randomness would differ from the uninterrupted run. Each
+            # micro-batch gets its own generator seeded by (seed, step, micro-batch), which a resume reproduces.
+            self.mlm_masker = DataCollatorForLanguageModeling(
+                self.processing_class, mlm=True, mlm_probability=mlm_probability
+            )
+        self._mask_key = (-1, 0)  # (step, micro-batch) of the last masked batch
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
         self.pruner = pruner
         self.loss_weights = loss_weights
@@ -162,6 +173,8 @@ class UpstreamTrainer(SparseTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)
+        if self.mlm_masker is not None and labels is None:
+            inputs["input_ids"], labels = self._mask_tokens(inputs["input_ids"], model.training)
         flags = {"output_hidden_states": True, "output_attentions": self.loss_weights.attention > 0, "return_dict": True}
         student_out = model(**inputs, **flags)
         with torch.no_grad():
@@ -175,6 +188,15 @@ class UpstreamTrainer(SparseTrainer):
             self._term_count += 1
         return (total, student_out) if return_outputs else total
 
+    def _mask_tokens(self, input_ids: Tensor, training: bool) -> tuple[Tensor, Tensor]:
+        step = self.state.global_step if training else -1 - self.state.global_step
+        micro = self._mask_key[1] + 1 if self._mask_key[0] == step else 0
+        self._mask_key = (step, micro)
+        seed = (self.args.seed * 1_000_003 + (step + 10**9) * 4099 + micro) % (2**63)
+        self.mlm_masker.generator = torch.Generator().manual_seed(seed)
+        masked, labels = self.mlm_masker.torch_mask_tokens(input_ids.detach().cpu().clone())
+        return masked.to(input_ids.device), labels.to(input_ids.device)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
@@ -186,8 +208,6 @@ class UpstreamTrainer(SparseTrainer):
             for name, value in self._term_sums.items():
                 logs[f"kd_{name}"] = round(value / self._term_count, 6)
             self._term_sums, self._term_count = {}, 0
-        if self.is_in_train:
-            logs["target_sparsity"] = round(self.pruner.target_sparsity(max(self.state.global_step - 1, 0)), 6)
         super().log(logs, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial) -> None:

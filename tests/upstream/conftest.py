@@ -13,12 +13,13 @@ WORDS = [f"w{i}" for i in range(80)]
 
 def make_tokenizer(directory: Path):
     """A WordPiece BERT tokenizer over a made-up vocabulary (no download)."""
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ".", ","]
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
+    assert len(tokenizer) == len(vocab)
+    return tokenizer
 
 
 def make_encoder_dir(root: Path, mlm_head: bool, seed: int = 0) -> Path:
