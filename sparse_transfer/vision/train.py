@@ -307,6 +307,7 @@ def train(args: VisionArguments) -> dict[str, Any]:
     state_dir = os.path.join(out, "state")
     start_epoch, history, best = 0, [], {"eval_top1": -1.0, "epoch": None}
     prev_mask: dict[str, torch.Tensor] | None = None
+    explored: dict[str, torch.Tensor] | None = None  # union of every mask at target sparsity so far
     if args.resume and os.path.isfile(os.path.join(state_dir, "state.pt")):
         state = torch.load(os.path.join(state_dir, "state.pt"), map_location="cpu", weights_only=True)
         saved = {k: v for k, v in state["recipe"].items() if k not in _RUNTIME_FIELDS}
@@ -321,6 +322,7 @@ def train(args: VisionArguments) -> dict[str, Any]:
             method.load_state_dict(state["method"])
         start_epoch, history, best = state["epoch"], json.loads(state["history"]), json.loads(state["best"])
         prev_mask = state.get("prev_mask")
+        explored = state.get("explored")
         if main:
             logger.info("Resumed %s at epoch %d.", out, start_epoch)
     if main:
@@ -363,6 +365,7 @@ def train(args: VisionArguments) -> dict[str, Any]:
                 event = method.step(step, optimizer)
                 if event is not None:
                     events.append(event)
+                    explored = _explore(explored, _current_mask(method), args.sparsity)
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach().double()
@@ -398,13 +401,21 @@ def train(args: VisionArguments) -> dict[str, Any]:
                         still = sum(int((p.detach()[~pruned[n].to(p.device)] == 0).sum())
                                     for n, p in method.masks.params.items())
                         record["decompressed_pruned_still_zero"] = still / max(n_pruned, 1)
-            if any("iou" in e for e in events):
-                record["mask_iou_update"] = method.last_iou
-            if method.active and method.masks.sparsity() >= args.sparsity - 1e-3:
-                current = {n: m.cpu().clone() for n, m in method.masks.items()}
+            update_ious = [e["iou"] for e in events if e.get("iou") is not None]
+            if update_ious:  # each new mask against the one computed before it (compression, prune, drop/grow)
+                record["mask_iou_update"] = update_ious[-1]
+                record["mask_update_ious"] = [round(v, 6) for v in update_ious]
+            # The method's current mask, also while AC/DC is decompressed (its last compression): epoch-to-epoch
+            # IoU, and how many distinct weights the masks at target sparsity have used so far.
+            current = _current_mask(method)
+            explored = _explore(explored, current, args.sparsity)
+            if current is not None and _at_target(current, args.sparsity):
+                current = {n: m.cpu().clone() for n, m in current.items()}
                 if prev_mask is not None:
                     record["mask_iou_epoch"] = SparseMasks(prev_mask).iou(SparseMasks(current))
                 prev_mask = current
+                union = sum(int(m.sum()) for m in explored.values())
+                record["mask_explored_ratio"] = union / max(1, sum(int(m.sum()) for m in current.values()))
         history.append(record)
         at_target = method is None or (method.active and method.masks.sparsity() >= args.sparsity - 1e-3)
         improved = "eval_top1" in record and at_target and record["eval_top1"] > best["eval_top1"]
@@ -426,7 +437,7 @@ def train(args: VisionArguments) -> dict[str, Any]:
             torch.save({"model": unwrapped.state_dict(), "optimizer": inner.state_dict(), "scheduler": scheduler.state_dict(),
                         "method": method.state_dict() if method is not None else None, "epoch": epoch + 1,
                         "history": json.dumps(history), "best": json.dumps(best), "recipe": recipe,
-                        "prev_mask": prev_mask}, os.path.join(tmp, "state.pt"))
+                        "prev_mask": prev_mask, "explored": explored}, os.path.join(tmp, "state.pt"))
             _replace_dir(tmp, state_dir)
             _atomic_json(os.path.join(out, "results.json"), _results(args, history, best, False, step_times))
         accelerator.wait_for_everyone()
@@ -447,6 +458,32 @@ def train(args: VisionArguments) -> dict[str, Any]:
             _atomic_json(os.path.join(out, "results.json"), results)
     accelerator.wait_for_everyone()
     return results
+
+
+def _current_mask(method: MaskMethod | None) -> dict[str, torch.Tensor] | None:
+    """The mask the method computed last (AC/DC keeps its last compression while decompressed), else the imposed one."""
+    if method is None:
+        return None
+    if method.reference_mask is not None:
+        return method.reference_mask
+    return dict(method.masks.items()) if method.active else None
+
+
+def _at_target(mask: dict[str, torch.Tensor], sparsity: float) -> bool:
+    kept = sum(int(m.sum()) for m in mask.values())
+    total = sum(m.numel() for m in mask.values())
+    return total > 0 and 1 - kept / total >= sparsity - 1e-3
+
+
+def _explore(explored: dict[str, torch.Tensor] | None, mask: dict[str, torch.Tensor] | None, sparsity: float):
+    """Adds ``mask`` to the union of masks at target sparsity (GMP's intermediate, denser masks do not count)."""
+    if mask is None or not _at_target(mask, sparsity):
+        return explored
+    if explored is None:
+        return {n: m.detach().cpu().clone() for n, m in mask.items()}
+    for n, m in mask.items():
+        explored[n] |= m.detach().cpu()
+    return explored
 
 
 def _results(args: VisionArguments, history: list[dict], best: dict, complete: bool, step_times: list[float]) -> dict[str, Any]:

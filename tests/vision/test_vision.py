@@ -70,12 +70,16 @@ def test_method_trains_exactly_sparse_and_reloads_with_timm(tmp_path, image_fold
         assert 0.0 <= history[2]["decompressed_pruned_still_zero"] < 1.0
         assert history[2]["decompressed_zero_fraction"] < args.sparsity
         assert history[4]["mask_iou_update"] is not None
+        # the last compression counts as the current mask while decompressed: IoU across the D phase
+        assert 0 < history[4]["mask_iou_epoch"] <= 1 and history[-1]["mask_explored_ratio"] >= 1
         # the best checkpoint is never a dense (decompressed) epoch
         assert history[results["best_epoch"] - 1]["mask_active"]
     if name == "rigl":
         assert all(h["sparsity"] == pytest.approx(0.8, abs=0.01) for h in history)
         assert "mask_iou_epoch" in history[-1]
         assert 0 < history[0]["mask_iou_update"] < 1  # drop/grow changed the mask
+        assert history[0]["mask_update_ious"][-1] == pytest.approx(history[0]["mask_iou_update"], abs=1e-6)
+        assert history[-1]["mask_explored_ratio"] > 1  # grown weights were never in the initial mask
     if name == "gmp":
         assert 0 < history[1]["mask_iou_update"] <= 1
     for h in history:
