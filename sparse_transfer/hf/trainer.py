@@ -29,6 +29,7 @@ fine-tuning) and the masks are enforced in the same way.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import DefaultFlowCallback
 from transformers.trainer_utils import SchedulerType
 
 from ..core import MASKS_NAME, SparseMasks
@@ -170,6 +172,21 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
     return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature**2
 
 
+def _loss_uses_num_items(model: nn.Module) -> bool:
+    """Whether ``model``'s own loss normalizes by ``num_items_in_batch`` (transformers' ``self.loss_function``).
+
+    A model says so with an explicit ``accepts_loss_kwargs`` attribute; otherwise its ``forward`` has to call
+    ``self.loss_function`` (the shared losses that take ``num_items_in_batch``); heads that build
+    ``CrossEntropyLoss()`` themselves, as the BERT-family classifiers do, average over their own batch.
+    """
+    model = getattr(model, "module", model)  # DDP / DataParallel
+    if "accepts_loss_kwargs" in vars(type(model)) or "accepts_loss_kwargs" in vars(model):
+        return bool(model.accepts_loss_kwargs)
+    forward = inspect.unwrap(type(model).forward)
+    code = getattr(forward, "__code__", None)
+    return code is not None and "loss_function" in code.co_names
+
+
 class GradualUnfreezeCallback(TrainerCallback):
     """Puts the model into the unfreezing stage of the coming optimizer step.
 
@@ -264,7 +281,11 @@ class SparseTrainer(Trainer):
                 self.model, unfreeze_embeddings=args.unfreeze_embeddings, encoder_blocks_pattern=args.encoder_blocks_pattern
             )
             self.unfreeze_callback = GradualUnfreezeCallback(self.unfreezer)
-            self.add_callback(self.unfreeze_callback)
+            # First after DefaultFlowCallback rather than appended, so that the user's own callbacks already see
+            # the stage of the coming step in on_train_begin/on_step_begin.
+            callbacks = self.callback_handler.callbacks
+            position = next((i + 1 for i, cb in enumerate(callbacks) if isinstance(cb, DefaultFlowCallback)), 0)
+            callbacks.insert(position, self.unfreeze_callback)
 
         self.teacher_model = teacher_model
         if teacher_model is not None:
@@ -273,6 +294,11 @@ class SparseTrainer(Trainer):
             teacher_model.requires_grad_(False)
             # Our loss mixes per-batch means, so let the Trainer divide by the accumulation steps.
             self.loss_is_scaled_for_ga = False
+        if self.model_accepts_loss_kwargs and not _loss_uses_num_items(self.model):
+            # The Trainer takes any forward(**kwargs) to normalize its loss by num_items_in_batch and then skips
+            # the division by the accumulation steps; but the BERT-family heads compute a plain per-batch mean
+            # and drop that kwarg, so gradient accumulation would sum the micro-batch losses (transformers#47688).
+            self.model_accepts_loss_kwargs = False
 
     # ------------------------------------------------------------------------------------------ schedule
     def set_initial_training_values(self, args, dataloader):
@@ -416,22 +442,26 @@ class SparseTrainer(Trainer):
             self.masks.save(os.path.join(output_dir, MASKS_NAME))
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        if not self.args.should_save:
-            return
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+        # Written before the parent's checkpoint files, so that a checkpoint with a trainer_state.json (what
+        # resume looks for, written last by the parent) always has ours too.
+        if self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-        output_dir = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        state = {
-            "global_step": self.state.global_step,
-            "steps_per_stage": self.steps_per_stage,
-            "unfreeze": self.args.unfreeze,
-            "unfreezer": self.unfreezer.state_dict() if self.unfreezer is not None else None,
-        }
-        path = os.path.join(output_dir, SPARSE_TRAINER_STATE_NAME)
-        with open(path + ".tmp", "w") as f:
-            json.dump(state, f, indent=2)
-        os.replace(path + ".tmp", path)
+            output_dir = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            os.makedirs(output_dir, exist_ok=True)
+            state = {
+                "global_step": self.state.global_step,
+                "steps_per_stage": self.steps_per_stage,
+                "unfreeze": self.args.unfreeze,
+                "unfreezer": self.unfreezer.state_dict() if self.unfreezer is not None else None,
+            }
+            path = os.path.join(output_dir, SPARSE_TRAINER_STATE_NAME)
+            with open(path + ".tmp", "w") as f:
+                json.dump(state, f, indent=2)
+            os.replace(path + ".tmp", path)
+        super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
