@@ -99,10 +99,11 @@ def build_method(args: VisionArguments, model: nn.Module, steps_per_epoch: int, 
     if args.method == "dense":
         return None
     if args.method == "constant":
-        masks = SparseMasks.from_zeros(model, args.targets)
         if args.sparsity:
-            masks = SparseMasks.from_magnitude(model, args.sparsity, args.distribution, targets=args.targets)
-        return Constant(masks)
+            return Constant(SparseMasks.from_magnitude(model, args.sparsity, args.distribution, targets=args.targets))
+        # Fine-tuning a sparse checkpoint: its stored mask is the source of truth; its zeros only without one.
+        stored = _stored_mask_path(args.init_checkpoint)
+        return Constant(SparseMasks.load(stored, model) if stored else SparseMasks.from_zeros(model, args.targets))
     if args.method == "gmp":
         start = int(round(args.gmp_start_epoch * steps_per_epoch))
         end = int(round(args.gmp_end_epoch * steps_per_epoch))
@@ -115,6 +116,15 @@ def build_method(args: VisionArguments, model: nn.Module, steps_per_epoch: int, 
     return RigL.from_model(model, args.sparsity, total_steps, args.distribution, args.targets, init=args.rigl_init,
                            seed=args.seed, update_interval=args.rigl_interval_steps, alpha=args.rigl_alpha,
                            end_fraction=args.rigl_end_fraction)
+
+
+def _stored_mask_path(init_checkpoint: str | None) -> str | None:
+    """The mask file written next to an ``--init_checkpoint`` by this tool, if there is one."""
+    if not init_checkpoint:
+        return None
+    folder = init_checkpoint if os.path.isdir(init_checkpoint) else os.path.dirname(init_checkpoint)
+    path = os.path.join(folder, MASKS_NAME)
+    return path if os.path.isfile(path) else None
 
 
 def _seed_everything(seed: int) -> None:

@@ -281,3 +281,48 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, image_folder, capsys)
     assert main(["--model", "resnet_does_not_exist", "--data", image_folder, "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Unknown timm model 'resnet_does_not_exist'") and "Traceback" not in err
+
+
+def test_constant_fine_tunes_a_sparse_checkpoint_with_its_stored_mask(tmp_path, image_folder):
+    run(tmp_path / "a", image_folder, "gmp")
+    source = tmp_path / "a" / "gmp" / "last"
+    args, results = run(tmp_path / "b", image_folder, "constant", sparsity=0.0, epochs=1, init_checkpoint=str(source))
+    before = SparseMasks.load(source / MASKS_NAME)
+    after = SparseMasks.load(tmp_path / "b" / "constant" / "last" / MASKS_NAME)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    weights = load_file(str(tmp_path / "b" / "constant" / "last" / "model.safetensors"))
+    assert all((weights[n][~after[n]] == 0).all() for n in after)
+    assert results["final_sparsity"] == pytest.approx(0.8, abs=0.01)
+
+
+def test_imagenet_recipes_match_their_generator_and_schedules():
+    import importlib.util
+
+    from sparse_transfer.methods import acdc_boundaries
+
+    spec = importlib.util.spec_from_file_location("gen", os.path.join(REPO, "recipes", "imagenet", "generate.py"))
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    expected = gen.recipes()
+    paths = sorted(glob.glob(os.path.join(REPO, "recipes", "imagenet", "*.yaml")))
+    assert sorted(os.path.basename(p)[:-5] for p in paths) == sorted(expected)
+    for path in paths:
+        recipe = load_recipe(path)
+        want = dict(expected[os.path.basename(path)[:-5]])
+        want.pop("description")
+        assert recipe == want, f"{path} differs from recipes/imagenet/generate.py: rerun it"
+        args = VisionArguments(**recipe)
+        assert args.lr_warmup_epochs == 2 and args.resize_start_epoch == pytest.approx(0.74 * args.epochs)
+        if args.method == "acdc":
+            # extended runs keep the 10/5/15 lengths and add cycles: 7 compressions at 1x, 22 at 2.5x, 47 at 5x
+            phases = acdc_boundaries(args.epochs, 10, 5, 15)
+            n_compressed = sum(p == "compressed" for _, p in phases)
+            assert n_compressed == {100: 7, 250: 22, 500: 47, 1000: 97}[args.epochs]
+            assert phases[-1] == (args.epochs - 15, "final")
+    names = set(expected)
+    for sp in (90, 95, 98):
+        for length in ("1x", "2.5x", "5x", "10x"):
+            assert {f"resnet50_acdc_{sp}_uniform_fld_{length}", f"resnet50_acdc_{sp}_global_{length}"} <= names
+    for sp in (90, 95):
+        assert f"resnet50_gmp_{sp}_1x" in names and f"resnet50_rigl_{sp}_erk_1x" in names
+    assert "resnet50_dense_1x" in names
