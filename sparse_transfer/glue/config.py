@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import operator
 import os
 import sys
@@ -109,11 +110,37 @@ class GlueArguments:
         self.epochs = str(self.epochs)
         self.grid_epochs = [str(e) for e in self.grid_epochs]
         for expression in [self.epochs, *self.grid_epochs]:
-            resolve_epochs(expression, 12)  # a syntax check; L is known only once the model is loaded
+            _parse_epochs(expression)  # the syntax only: L is known once the model is loaded
 
 
 # ------------------------------------------------------------------------------------------- epochs
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+
+
+def _epochs_value(node: ast.AST, num_blocks: int) -> float:
+    if isinstance(node, ast.Expression):
+        return _epochs_value(node.body, num_blocks)
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+        return float(node.value)
+    if isinstance(node, ast.Name) and node.id == "L":
+        return float(num_blocks)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_epochs_value(node.left, num_blocks), _epochs_value(node.right, num_blocks))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_epochs_value(node.operand, num_blocks)
+    raise ValueError
+
+
+def _parse_epochs(expression: str | int | float) -> ast.Expression:
+    try:
+        tree = ast.parse(str(expression).strip(), mode="eval")
+        _epochs_value(tree, 1)  # rejects names other than L, calls, powers...
+        return tree
+    except (SyntaxError, ValueError, ZeroDivisionError):
+        raise ValueError(
+            f"epochs {expression!r} is not a number or an expression in L (the number of encoder blocks), "
+            "such as '3' or 'L+2'."
+        ) from None
 
 
 def resolve_epochs(expression: str | int | float, num_blocks: int) -> float:
@@ -124,28 +151,12 @@ def resolve_epochs(expression: str | int | float, num_blocks: int) -> float:
     Raises:
         ValueError: for anything else, or a result that is not positive.
     """
-
-    def value(node: ast.AST) -> float:
-        if isinstance(node, ast.Expression):
-            return value(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
-            return float(node.value)
-        if isinstance(node, ast.Name) and node.id == "L":
-            return float(num_blocks)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](value(node.left), value(node.right))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -value(node.operand)
-        raise ValueError
-
+    tree = _parse_epochs(expression)
     try:
-        epochs = value(ast.parse(str(expression).strip(), mode="eval"))
-    except (SyntaxError, ValueError, ZeroDivisionError):
-        raise ValueError(
-            f"epochs {expression!r} is not a number or an expression in L (the number of encoder blocks), "
-            "such as '3' or 'L+2'."
-        ) from None
-    if epochs <= 0:
+        epochs = _epochs_value(tree, num_blocks)
+    except ZeroDivisionError:
+        epochs = math.nan
+    if not epochs > 0:
         raise ValueError(f"epochs {expression!r} gives {epochs:g} for L={num_blocks}: it must be positive.")
     return epochs
 
@@ -214,6 +225,11 @@ def make_parser():
     parser = HfArgumentParser(
         (GlueArguments, SparseTrainingArguments),
         description="Sparse transfer on a GLUE task with the gradual-unfreezing recipe of arXiv 2308.02060.",
+    )
+    # The command pushes once, the best checkpoint after its sparsity check; not the Trainer's every-save push.
+    parser._option_string_actions["--push_to_hub"].help = (
+        "--push-to-hub USER/NAME: upload the best checkpoint (of the best grid run with --grid) with its model card, "
+        "after checking its zeros against its mask."
     )
     parser.add_argument(
         "--recipe", default=None,

@@ -12,7 +12,7 @@ Pearson/Spearman, and MNLI's matched/mismatched accuracies).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
@@ -51,11 +51,24 @@ def glue_metrics(task: str | GlueTask, predictions, references) -> dict[str, flo
     return {"accuracy": accuracy}
 
 
-def glue_score(task: str | GlueTask, metrics: Mapping[str, float], prefix: str = "") -> float:
-    """The mean of the task's metrics (``metrics`` keyed as :attr:`GlueTask.metric_keys`, after ``prefix``)."""
+def glue_score(
+    task: str | GlueTask, metrics: Mapping[str, float], prefix: str = "", keys: Sequence[str] | None = None
+) -> float:
+    """The mean of the task's metrics: ``metrics[prefix + key]`` for ``key`` in ``keys``.
+
+    ``keys`` defaults to :attr:`GlueTask.metric_keys` (MNLI: ``matched_accuracy``, ``mismatched_accuracy``);
+    pass :func:`metric_keys` of the evaluation sets actually used.
+    """
     task = get_task(task) if isinstance(task, str) else task
-    values = [float(metrics[prefix + key]) for key in task.metric_keys]
+    values = [float(metrics[prefix + key]) for key in (task.metric_keys if keys is None else keys)]
     return float(np.mean(values))
+
+
+def metric_keys(task: GlueTask, eval_names: Sequence[str]) -> list[str]:
+    """The metric keys of one evaluation over ``eval_names``: the bare metrics for one set, else prefixed by set."""
+    if len(eval_names) == 1:
+        return list(task.metrics)
+    return [f"{name}_{metric}" for name in eval_names for metric in task.metrics]
 
 
 def predictions_from_logits(task: GlueTask, logits) -> np.ndarray:

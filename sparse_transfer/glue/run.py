@@ -34,7 +34,7 @@ import yaml
 
 from .config import GlueArguments, resolve_epochs
 from .data import GlueData, hub_unreachable, load_glue_data, tokenize_glue
-from .metrics import glue_score, make_compute_metrics
+from .metrics import glue_score, make_compute_metrics, metric_keys
 from .tasks import GlueTask, get_task
 
 logger = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ def _checkpoint_to_resume(run_dir: Path, recipe: dict[str, Any], training_args, 
 
 
 # ----------------------------------------------------------------------------------------- one run
-def _evaluations(log_history: list[dict], task: GlueTask) -> list[dict[str, Any]]:
+def _evaluations(log_history: list[dict], keys: list[str]) -> list[dict[str, Any]]:
     """One entry per evaluation (epoch, step, metrics), merged over MNLI's two dev sets."""
     by_step: dict[int, dict[str, Any]] = {}
     for entry in log_history:
@@ -287,13 +287,13 @@ def _evaluations(log_history: list[dict], task: GlueTask) -> list[dict[str, Any]
             merged[name] = entry[key]
     evaluations = [e for _, e in sorted(by_step.items()) if "score" in e]
     for e in evaluations:
-        missing = [k for k in task.metric_keys if k not in e]
+        missing = [k for k in keys if k not in e]
         if missing:
             raise RuntimeError(f"Evaluation at step {e['step']} lacks {missing}; got {sorted(e)}.")
     return evaluations
 
 
-def _make_trainer_classes(task: GlueTask):
+def _make_trainer_classes(task: GlueTask, keys: list[str]):
     from transformers import TrainerCallback
 
     from ..hf import SparseTrainer
@@ -306,7 +306,7 @@ def _make_trainer_classes(task: GlueTask):
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
             key = f"{metric_key_prefix}_score"
             if eval_dataset is None and isinstance(self.eval_dataset, dict) and key not in metrics:
-                metrics[key] = glue_score(task, metrics, prefix=f"{metric_key_prefix}_")
+                metrics[key] = glue_score(task, metrics, prefix=f"{metric_key_prefix}_", keys=keys)
                 self.log({key: metrics[key]})
                 self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
             return metrics
@@ -394,16 +394,17 @@ def train_one(
     header = f"# Resolved recipe of {run_dir} (sparse_transfer.glue); rerun with --recipe {run_dir / RECIPE_NAME}\n"
     write_yaml_atomic(run_dir / RECIPE_NAME, recipe, header=header)
 
-    GlueTrainer, BestCheckpointCallback = _make_trainer_classes(task)
+    keys = metric_keys(task, list(data.evals))
+    GlueTrainer, BestCheckpointCallback = _make_trainer_classes(task, keys)
     best_dir = run_dir / BEST_DIR
     best_callback = BestCheckpointCallback(best_dir, masks, tokenizer)
     compute_metrics = make_compute_metrics(task)
-    if len(task.eval_splits) == 1:
+    if len(data.evals) == 1:
         base_metrics = compute_metrics
 
         def compute_metrics(eval_prediction):  # noqa: F811 - one set: its score is the mean of its metrics
             metrics = base_metrics(eval_prediction)
-            return {**metrics, "score": glue_score(task, metrics)}
+            return {**metrics, "score": glue_score(task, metrics, keys=keys)}
 
     eval_dataset = data.evals if len(data.evals) > 1 else next(iter(data.evals.values()))
     trainer = GlueTrainer(
@@ -418,7 +419,7 @@ def train_one(
     )
     train_output = trainer.train(resume_from_checkpoint=resume_from)
 
-    evaluations = _evaluations(trainer.state.log_history, task)
+    evaluations = _evaluations(trainer.state.log_history, keys)
     if not evaluations or best_callback.best_step is None:
         raise RuntimeError(
             f"No evaluation ran during training of {run_dir} (eval_strategy={training_args.eval_strategy}): nothing "
@@ -434,7 +435,7 @@ def train_one(
     loaded = model.load_state_dict(load_state_dict_from_checkpoint(best_dir), strict=False)
     if loaded.unexpected_keys:
         raise RuntimeError(f"{best_dir} holds tensors this model does not have: {loaded.unexpected_keys[:5]}.")
-    dev_results = {k: v for k, v in best.items() if k in task.metric_keys}
+    dev_results = {k: best[k] for k in keys}
     card = {
         "title": f"{Path(glue_args.model).name} fine-tuned sparse on GLUE {task.name.upper()}",
         "base_model": glue_args.model,
@@ -459,7 +460,9 @@ def train_one(
         "mask_sparsity": masks.sparsity(),
         "checkpoint_target_sparsity": report.target_sparsity,
         "checkpoint_model_sparsity": report.model_sparsity,
-        "exact": pruned_zero == pruned_before and saved_masks is not None and saved_masks.numel() == masks.numel(),
+        # Every masked weight is zero, and the saved mask file is the mask that was enforced.
+        "exact": pruned_zero == pruned_before and saved_masks is not None and set(saved_masks) == set(masks)
+        and all(torch.equal(saved_masks[name].cpu(), mask.cpu()) for name, mask in masks.items()),
         "per_layer": {layer.name: layer.sparsity for layer in report.layers},
     }
     if not sparsity["exact"]:
@@ -467,7 +470,7 @@ def train_one(
 
     results = {
         "task": task.name,
-        "metrics": list(task.metric_keys),
+        "metrics": keys,
         "best": {"epoch": best["epoch"], "step": best["step"], "score": best["score"], **dev_results},
         "per_epoch": evaluations,
         "train": {k: v for k, v in train_output.metrics.items()},
@@ -500,11 +503,11 @@ def grid_points(glue_args: GlueArguments, training_args) -> list[dict[str, Any]]
     return points
 
 
-def summarize_grid(task: GlueTask, runs: list[dict[str, Any]], how: str) -> dict[str, Any]:
+def summarize_grid(runs: list[dict[str, Any]], how: str, keys: list[str]) -> dict[str, Any]:
     """The paper's grid summary: the mean of the two best runs (``mean_top2``), or the best run (``best``)."""
     ranked = sorted(runs, key=lambda r: _score_key(r["best"]["score"]), reverse=True)
     top = ranked[:2] if how == "mean_top2" else ranked[:1]
-    keys = [*task.metric_keys, "score"]
+    keys = [*keys, "score"]
     return {
         "how": how,
         "runs": [r["name"] for r in top],
@@ -512,8 +515,7 @@ def summarize_grid(task: GlueTask, runs: list[dict[str, Any]], how: str) -> dict
     }
 
 
-def format_grid_table(task: GlueTask, runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    keys = list(task.metric_keys)
+def format_grid_table(runs: list[dict[str, Any]], summary: dict[str, Any], keys: list[str]) -> str:
     width = max(len("run"), *(len(r["name"]) for r in runs))
     lines = [f"{'run':<{width}}  " + "  ".join(f"{k:>22}" for k in keys) + f"  {'best epoch':>10}"]
     for r in runs:
@@ -563,11 +565,12 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
         run_glue_args = dataclasses.replace(glue_args, dropout=point["dropout"], epochs=point["epochs"], grid=False)
         run_training_args = dataclasses.replace(training_args, learning_rate=point["learning_rate"])
         results = train_one(run_glue_args, run_training_args, data, tokenizer, output_dir / point["name"], recipe_file)
-        runs.append({"name": point["name"], **point, "best": results["best"], "run_dir": str(output_dir / point["name"])})
-    summary = summarize_grid(task, runs, glue_args.grid_summary)
+        runs.append({**point, "best": results["best"], "run_dir": str(output_dir / point["name"])})
+    keys = metric_keys(task, list(data.evals))
+    summary = summarize_grid(runs, glue_args.grid_summary, keys)
     grid = {"task": task.name, "summary": summary, "runs": runs, "versions": library_versions()}
     write_json_atomic(output_dir / GRID_RESULTS_NAME, _plain(grid))
-    print(format_grid_table(task, runs, summary))
+    print(format_grid_table(runs, summary, keys))
     if push_repo:
         best_run = max(runs, key=lambda r: _score_key(r["best"]["score"]))
         push_best(str(Path(best_run["run_dir"]) / BEST_DIR), push_repo, training_args)
@@ -576,7 +579,7 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
 
 def _print_run(task: GlueTask, results: dict[str, Any]) -> None:
     best = results["best"]
-    shown = ", ".join(f"{k} {100 * best[k]:.2f}" for k in task.metric_keys)
+    shown = ", ".join(f"{k} {100 * best[k]:.2f}" for k in results["metrics"])
     print(
         f"{task.name}: best epoch {best['epoch']:g}: {shown}; sparsity of the pruned weights "
         f"{results['sparsity']['checkpoint_target_sparsity']:.2%} (exact: {results['sparsity']['exact']}); "

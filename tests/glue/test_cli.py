@@ -123,7 +123,8 @@ def test_grid_caches_finished_runs(tiny_model_dir, glue_dir, tmp_path, capsys, m
     monkeypatch.setattr(SparseTrainer, "train", counting_train)
     out = tmp_path / "grid"
     argv = ["--task", "sst2", "--recipe", "dense_transfer", *fast_args(tiny_model_dir, glue_dir, out), "--grid",
-            "--grid_learning_rates", "1e-3", "3e-3", "--grid_dropouts", "0.05", "0.1", "--epochs", "1"]
+            "--grid_learning_rates", "1e-3", "3e-3", "--grid_dropouts", "0.05", "0.1", "--epochs", "1",
+            "--max_train_samples", "16"]
     assert main(argv) == 0
     assert len(calls) == 4
     grid = json.loads((out / "grid_results.json").read_text())
@@ -153,21 +154,51 @@ def test_grid_caches_finished_runs(tiny_model_dir, glue_dir, tmp_path, capsys, m
     assert len(calls) == 5
 
 
-@pytest.mark.parametrize("task", ["mnli", "stsb"])
-def test_two_dev_sets_and_regression(task, tiny_model_dir, glue_dir, tmp_path):
+def _as_files(glue_dir: Path, tmp_path: Path, task: str, fmt: str) -> list[str]:
+    """The tiny GLUE files of ``task`` rewritten as csv/json with nyu-mll/glue's columns (MNLI: matched only)."""
+    import csv
+
+    from sparse_transfer.glue import read_glue_tsv
+
+    t = get_task(task)
+    folder = glue_dir / {"stsb": "STS-B", "mnli": "MNLI"}[task]
+    paths = []
+    for split, name in (("train", "train.tsv"), ("validation", "dev_matched.tsv" if task == "mnli" else "dev.tsv")):
+        cols = read_glue_tsv(folder / name, t)
+        records = [{t.text_columns[0]: a, t.text_columns[1]: b, "label": y}
+                   for a, b, y in zip(cols["text_a"], cols["text_b"], cols["label"])]
+        path = tmp_path / f"{split}.{fmt}"
+        if fmt == "csv":
+            with open(path, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(records[0]))
+                writer.writeheader()
+                writer.writerows(records)
+        else:
+            path.write_text("\n".join(json.dumps(r) for r in records))
+        paths.append(str(path))
+    return ["--train_file", paths[0], "--validation_file", paths[1]]
+
+
+@pytest.mark.parametrize("task, source", [("mnli", "tsv"), ("stsb", "csv"), ("mnli", "json")])
+def test_two_dev_sets_regression_and_files(task, source, tiny_model_dir, glue_dir, tmp_path):
     out = tmp_path / task
     argv = ["--task", task, "--recipe", "dense_transfer", *fast_args(tiny_model_dir, glue_dir, out), "--epochs", "2"]
+    if source != "tsv":
+        argv += _as_files(glue_dir, tmp_path, task, source)
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    t = get_task(task)
-    assert results["metrics"] == list(t.metric_keys)
+    keys = {("mnli", "tsv"): ["matched_accuracy", "mismatched_accuracy"], ("stsb", "csv"): ["pearson", "spearmanr"],
+            ("mnli", "json"): ["accuracy"]}[task, source]
+    assert results["metrics"] == keys and len(results["per_epoch"]) == 2
     for e in results["per_epoch"]:
-        assert e["score"] == pytest.approx(sum(e[k] for k in t.metric_keys) / len(t.metric_keys))
+        assert e["score"] == pytest.approx(sum(e[k] for k in keys) / len(keys))
     config = json.loads((out / "best" / "config.json").read_text())
     if task == "stsb":
         assert config["problem_type"] == "regression" and len(config["id2label"]) == 1
+        assert results["data"]["train_file"].endswith("train.csv")
     else:
-        assert results["data"]["eval_examples"] == {"matched": 24, "mismatched": 24}
+        expected = {"matched": 24, "mismatched": 24} if source == "tsv" else {"matched": 24}
+        assert results["data"]["eval_examples"] == expected
         assert config["id2label"] == {"0": "entailment", "1": "neutral", "2": "contradiction"}
 
 
@@ -274,7 +305,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_model_dir, glue_dir, tm
 
     def run(out):
         return main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out), "--save_strategy", "epoch",
-                     "--save_total_limit", "1", "--max_train_samples", "32"])
+                     "--save_total_limit", "1", "--max_train_samples", "32", "--max_eval_samples", "8"])
 
     assert run(tmp_path / "straight") == 0
 
