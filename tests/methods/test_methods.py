@@ -327,3 +327,16 @@ def test_erk_densities_follow_the_formula():
         assert abs(kept[n] - expected) <= 1, n
     assert abs(sum(kept.values()) - 0.1 * total) <= len(shapes)
     assert "0.weight" in dense or kept["0.weight"] / numel["0.weight"] > kept["3.weight"] / numel["3.weight"]
+
+
+def test_enforcement_follows_a_mask_changed_in_place():
+    # the hooks keep float copies of the masks; a mask written in place must be enforced from the next step on
+    model, opt, method = setup("constant", 8)
+    run(model, method, opt, 0, 2)
+    sparser = {n: m & (torch.rand(m.shape, generator=torch.Generator().manual_seed(1)) > 0.5) for n, m in method.masks.items()}
+    for n, m in sparser.items():
+        method.masks[n].copy_(m)  # behind the method's back: no update_, no notification
+    run(model, method, opt, 2, 3)
+    for n, p in method.masks.params.items():
+        assert (p.detach()[~sparser[n]] == 0).all()
+        assert (p.grad[~sparser[n]] == 0).all()
