@@ -134,9 +134,10 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
     model, tokenizer = load_model_and_tokenizer(args)
     try:
         find_encoder_blocks(model)
-    except ValueError as err:
+    except ValueError:
         raise ValueError(
-            f"{args.model} does not look like a transformer encoder: {err} Upstream pruning needs a BERT-family encoder."
+            f"No encoder blocks found in {args.model} ({type(model).__name__} has no nn.ModuleList of transformer "
+            "layers): upstream pruning needs a BERT-family encoder (BERT, RoBERTa, DistilBERT, ELECTRA, MiniLM...)."
         ) from None
     weights = effective_loss_weights(args, model)
 

@@ -16,7 +16,7 @@ def make_tokenizer(directory: Path):
     from transformers import BertTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ".", ","]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ".", ",", "="]
     tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(vocab)})
     assert len(tokenizer) == len(vocab)
     return tokenizer
