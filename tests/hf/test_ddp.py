@@ -1,0 +1,87 @@
+"""Data-parallel SparseTrainer: 2 CPU processes (gloo, torchrun) against 1 process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sparse_transfer.core import select_targets
+
+from .conftest import make_sparse_bert
+from .ddp_train import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port() -> int:
+    # torchrun's --master_port 0 hangs with the static rendezvous: ask the OS for a free port instead.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(output_dir, per_device_batch: int, processes: int, timeout: float = 300) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    script = ["-m", "tests.hf.ddp_train", str(output_dir), "--per-device-batch", str(per_device_batch)]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *script,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": REPO}
+    # A session of its own, so that a hang is cleaned up with every worker torchrun started.
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(command)} did not finish in {timeout} s:\n{stdout[-3000:]}\n{stderr[-5000:]}")
+    assert process.returncode == 0, f"{' '.join(command)} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}"
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    os.makedirs(tmp_path / "one")
+    train(str(tmp_path / "one"), per_device_batch=4)  # the reference: one process, in this one
+    launch(tmp_path / "two", per_device_batch=2, processes=2)
+
+    single = load_file(tmp_path / "one" / "rank0.safetensors")
+    ranks = [load_file(tmp_path / "two" / f"rank{r}.safetensors") for r in range(2)]
+    reports = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in range(2)]
+    single_report = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    assert single_report["world_size"] == 1
+    for report in reports:
+        assert report["world_size"] == 2 and report["parallel_mode"] == "distributed"
+        assert report["global_step"] == 8 and report["steps_per_stage"] == 2
+        # The same stages and LRs as one process, every step: pruned weights exactly zero, frozen ones gradient-free.
+        assert [s["trainable"] for s in report["steps"]] == [s["trainable"] for s in single_report["steps"]]
+        assert [s["lr"] for s in report["steps"]] == [s["lr"] for s in single_report["steps"]]
+        assert all(s["nonzero_pruned"] == 0 and s["frozen_with_grad"] == [] for s in report["steps"])
+    # Every stage was reached: 2 steps each; with the embeddings frozen, the final stage trains what stage 2 does.
+    counts = [s["trainable"] for s in single_report["steps"]]
+    assert counts[0::2] == counts[1::2] and counts[0] < counts[2] < counts[4] == counts[6]
+
+    # Every rank ends with bit-identical weights, with the pruned ones exactly zero.
+    assert ranks[0].keys() == ranks[1].keys() == single.keys()
+    for name in ranks[0]:
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+    initial = make_sparse_bert(dropout=0.0)
+    for name, param in select_targets(initial, "bert").items():
+        pruned = param.detach() == 0
+        assert pruned.float().mean() > 0.2, name
+        for weights in (*ranks, single):
+            assert torch.all(weights[name][pruned] == 0), name
+    # ... and the same result as one process with the same global batch, up to the all-reduce's summation order.
+    for name in single:
+        if name.endswith("attention.self.key.bias"):
+            continue  # its exact gradient is 0 (softmax ignores a per-query constant): AdamW amplifies rounding noise
+        torch.testing.assert_close(ranks[0][name], single[name], rtol=1e-4, atol=5e-5, msg=name)
