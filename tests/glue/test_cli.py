@@ -338,3 +338,13 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_model_dir, glue_dir, tm
     a = load_file(str(tmp_path / "straight" / "best" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "best" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.gpu
+def test_fp16_on_cuda_keeps_exact_sparsity(tiny_model_dir, glue_dir, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    out = tmp_path / "cuda"
+    assert main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out)]) == 0  # mixed_precision auto -> fp16
+    results = json.loads((out / "results.json").read_text())
+    assert results["recipe"]["fp16"] is True and results["sparsity"]["exact"] is True
