@@ -48,7 +48,8 @@ BEST_DIR = "best"
 _NOT_IN_FINGERPRINT = {
     "overwrite", "grid", "grid_learning_rates", "grid_dropouts", "grid_epochs", "grid_summary", "disable_tqdm",
     "logging_steps", "logging_strategy", "logging_first_step", "report_to", "dataloader_num_workers",
-    "per_device_eval_batch_size", "eval_accumulation_steps", "dataloader_pin_memory",
+    "per_device_eval_batch_size", "eval_accumulation_steps", "dataloader_pin_memory", "save_strategy", "save_steps",
+    "save_total_limit", "save_only_model",
 }
 # TrainingArguments fields never written into a recipe: where the run goes, Hub credentials and pushing.
 _NOT_IN_RECIPE = {"output_dir", "logging_dir", "hub_token", "push_to_hub", "hub_model_id", "hub_strategy",
