@@ -7,6 +7,7 @@ One optimizer step of ``SparseTrainer.train()``, with where things happen::
     for step in range(max_steps):                                     # optimizer steps, GA-aware
         on_step_begin:   stage = unfreeze_stage(step, steps_per_stage, L + 2)
                          if stage changed: unfreezer.set_stage_(stage)   # <- STAGE CHANGES (requires_grad)
+                         lr = lr0 * rewind_lr_factor(step, ...) if the scheduler lags (fp16 skipped a step)
         for micro_batch in gradient_accumulation:
             loss = (1 - h) * task_loss + h * T^2 * KL(softmax(teacher / T) || softmax(student / T))
             loss.backward()                                           # frozen weights: no weight-grad computed
@@ -219,6 +220,16 @@ class GradualUnfreezeCallback(TrainerCallback):
         self._sync(state)
 
 
+class _RewindSyncCallback(TrainerCallback):
+    """Calls :meth:`SparseTrainer._sync_rewind_lr` before every optimizer step."""
+
+    def __init__(self, trainer: SparseTrainer):
+        self.trainer = trainer
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.trainer._sync_rewind_lr()
+
+
 class SparseTrainer(Trainer):
     """A ``transformers.Trainer`` that keeps fixed masks exact and trains with gradual unfreezing.
 
@@ -287,6 +298,9 @@ class SparseTrainer(Trainer):
             position = next((i + 1 for i, cb in enumerate(callbacks) if isinstance(cb, DefaultFlowCallback)), 0)
             callbacks.insert(position, self.unfreeze_callback)
 
+        if args.uses_rewind:
+            self.add_callback(_RewindSyncCallback(self))
+
         self.teacher_model = teacher_model
         if teacher_model is not None:
             teacher_model.to(self.args.device)
@@ -326,10 +340,15 @@ class SparseTrainer(Trainer):
             self.unfreeze_callback.steps_per_stage = steps_per_stage
             planned = self.unfreezer.num_stages * steps_per_stage
             if max_steps < planned:
+                fix = (
+                    f"max_steps = {planned}"
+                    if self.args.stage_steps is not None or self.args.max_steps > 0
+                    else f"num_train_epochs = {self.unfreezer.num_stages} x stage_epochs"
+                )
                 logger.warning(
                     "Training stops after %d optimizer steps, before the last unfreezing stage ends (%d stages x %d "
-                    "steps = %d): set num_train_epochs = %d x stage_epochs to run the whole schedule.",
-                    max_steps, self.unfreezer.num_stages, steps_per_stage, planned, self.unfreezer.num_stages,
+                    "steps = %d): set %s to run the whole schedule.",
+                    max_steps, self.unfreezer.num_stages, steps_per_stage, planned, fix,
                 )
         return values
 
@@ -345,6 +364,23 @@ class SparseTrainer(Trainer):
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
             self._created_lr_scheduler = True
         return self.lr_scheduler
+
+    def _sync_rewind_lr(self) -> None:
+        """Puts the rewind schedule at ``state.global_step``, the step about to run.
+
+        The Trainer does not step the scheduler after a step that fp16's GradScaler skipped, but it does count the
+        step, so the LR would lag the unfreezing stages by one step per skipped step; this keeps the LR, like the
+        stage, a pure function of the optimizer step.
+        """
+        scheduler = self.lr_scheduler
+        step = self.state.global_step
+        if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) or scheduler.last_epoch == step:
+            return
+        scheduler.last_epoch = step
+        lrs = [base * factor(step) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        scheduler._last_lr = lrs  # what get_last_lr() returns, hence what the Trainer logs
 
     # ----------------------------------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None):

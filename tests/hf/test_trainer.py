@@ -176,6 +176,25 @@ def test_lr_end_factor(tmp_path):
     assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(LR)  # the next step would start a new stage
 
 
+def test_lr_follows_the_step_after_a_skipped_optimizer_step(tmp_path, monkeypatch):
+    """fp16's GradScaler skips steps with inf gradients; the Trainer then does not step the scheduler but still
+    counts the step. The LR must stay in phase with the stages (simulated here on CPU: steps 1 and 5 'skipped')."""
+    from accelerate import Accelerator
+
+    steps = []
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: steps[-1] in (1, 5)))
+
+    class StepProbe(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            steps.append(state.global_step)
+
+    recorder = Recorder()
+    trainer = run(tmp_path, callbacks=[StepProbe(), recorder], stage_steps=3, max_steps=9)
+    assert steps == list(range(9))
+    assert [lrs[0] for lrs in recorder.lrs] == pytest.approx([rewind_lr(s, 3) for s in range(9)], rel=1e-12)
+    assert [e["learning_rate"] for e in train_log(trainer)] == pytest.approx([rewind_lr(s, 3) for s in range(9)])
+
+
 @pytest.mark.parametrize(
     "overrides, steps_per_stage, num_steps",
     [
