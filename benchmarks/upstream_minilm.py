@@ -79,6 +79,7 @@ def run_one(name: str, recipe: str, overrides: dict, command: str) -> dict:
         "sparsity": results["sparsity"],
         "steps": results["steps"],
         "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
         "block_size": args.block_size,
         "loss_weights": results["loss_weights"],
         "final": results["final"],
@@ -99,6 +100,42 @@ def run_one(name: str, recipe: str, overrides: dict, command: str) -> dict:
     return summary
 
 
+def floor_one(sparsity: str, distribution: str, command: str) -> dict:
+    """Magnitude-only (no retraining) at ``distribution``: the floor, measured exactly as the trained runs are."""
+    import copy
+
+    from transformers import AutoModel, AutoTokenizer
+
+    from sparse_transfer.upstream.data import held_out_sentences, read_text_files, tokenize_blocks
+    from sparse_transfer.upstream.train import evaluate_student, magnitude_prune_
+
+    name = f"floor_{distribution}_{sparsity}"
+    cache = os.path.join(RESULTS_DIR, f"{name}.json")
+    if os.path.isfile(cache):
+        with open(cache) as f:
+            return json.load(f)
+    values = load_recipe(os.path.join(REPO, f"recipes/upstream/minilm_{sparsity}.yaml"))
+    block_size = CPU_BUDGET["block_size"]
+    model_dir = os.path.normpath(os.path.join(REPO, values["model"]))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    teacher = AutoModel.from_pretrained(model_dir).eval()
+    lines = read_text_files([os.path.normpath(os.path.join(REPO, values["eval_text"]))])
+    blocks = tokenize_blocks(lines, tokenizer, block_size, UpstreamArguments.max_eval_blocks)
+    sentences = held_out_sentences(lines, UpstreamArguments.eval_sentences)
+    student = copy.deepcopy(teacher)
+    masks = magnitude_prune_(student, float(values["sparsity"]), distribution)
+    result = {"name": name, "command": command, "distribution": distribution, "sparsity": masks.sparsity(),
+              "block_size": block_size, "eval_blocks": len(blocks), "eval_sentences": len(sentences),
+              "layer_sparsity": masks.layer_sparsity(),
+              "magnitude_only": evaluate_student(student, teacher, tokenizer, blocks, sentences, desc=name)}
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    with open(cache + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(cache + ".tmp", cache)
+    print(f"[done] {name}: {json.dumps(result['magnitude_only'])}")
+    return result
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| run | sparsity | steps | held-out hidden loss | held-out last-block loss | embedding cosine | "
@@ -117,7 +154,9 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--study", choices=["losses", "sparsity"], required=True)
+    parser.add_argument("--study", choices=["losses", "sparsity", "floor"], required=True,
+                        help="losses: loss-choice runs at 90%%; sparsity: the 80/90/97%% runs; floor: magnitude-only "
+                        "models (no training) with global and uniform distribution.")
     parser.add_argument("--budget", choices=["cpu", "full"], default="cpu",
                         help="cpu: the shortened schedule that fits the shared 2-core machine; full: the recipes as written.")
     parser.add_argument("--loss-configs", nargs="+", default=list(LOSS_CONFIGS), choices=list(LOSS_CONFIGS))
@@ -130,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             weights = LOSS_CONFIGS[loss_name]
             rows.append(run_one(f"losses_90_{loss_name}", "recipes/upstream/minilm_90.yaml", {**LOSS_BUDGET, **weights},
                                 command))
+    elif opts.study == "floor":
+        for s in opts.sparsities:
+            for distribution in ("global", "uniform"):
+                r = floor_one(s, distribution, command)
+                m = r["magnitude_only"]
+                print(f"| {distribution} | {r['sparsity']:.2%} | {m['heldout_hidden_loss']:.4f} | "
+                      f"{m['heldout_last_hidden_loss']:.4f} | {m['embedding_cosine']:.4f} |")
+        return 0
     else:
         for s in opts.sparsities:
             overrides = dict(CPU_BUDGET) if opts.budget == "cpu" else {}
