@@ -14,8 +14,9 @@ The machine this runs on is shared, and its load swings by 2x within minutes. So
 side by side in two threads whose optimizer steps take turns (a baton passed in ``on_step_begin`` /
 ``on_step_end``): both arms see the same load, step for step. The number reported is the ratio of the time
 each arm spends in its optimizer steps (forward, backward, gradient clipping, AdamW, mask hooks, scheduler),
-summed over the whole recipe (target: at most 0.9), plus the mean step time of each stage, which shows where the
-saving comes from. Data loading and logging between steps are the same in both arms and are left out.
+summed over the whole recipe (target: at most 0.9), plus the mean and median step time of each stage, which show
+where the saving comes from. The interleaving evens out load that lasts longer than a step, not a spike within
+one step; so a second ratio counts every stage at its median step time, which a few spiked steps do not move. Data loading and logging between steps are the same in both arms and are left out.
 ``--sequential`` instead trains the arms one after the other and also reports the plain wall-time ratio of
 ``trainer.train()``. Dev accuracy of each arm is printed as a sanity check only: at the reduced sizes used on a
 2-core CPU it says little about the recipe.

@@ -292,14 +292,12 @@ class SparseTrainer(Trainer):
                 self.model, unfreeze_embeddings=args.unfreeze_embeddings, encoder_blocks_pattern=args.encoder_blocks_pattern
             )
             self.unfreeze_callback = GradualUnfreezeCallback(self.unfreezer)
-            # First after DefaultFlowCallback rather than appended, so that the user's own callbacks already see
-            # the stage of the coming step in on_train_begin/on_step_begin.
-            callbacks = self.callback_handler.callbacks
-            position = next((i + 1 for i, cb in enumerate(callbacks) if isinstance(cb, DefaultFlowCallback)), 0)
-            callbacks.insert(position, self.unfreeze_callback)
-
-        if args.uses_rewind:
-            self.add_callback(_RewindSyncCallback(self))
+        # Right after DefaultFlowCallback rather than appended, so that the user's own callbacks already see the
+        # stage and LR of the coming step in on_train_begin/on_step_begin.
+        ours = [cb for cb in (self.unfreeze_callback, _RewindSyncCallback(self) if args.uses_rewind else None) if cb]
+        callbacks = self.callback_handler.callbacks
+        position = next((i + 1 for i, cb in enumerate(callbacks) if isinstance(cb, DefaultFlowCallback)), 0)
+        callbacks[position:position] = ours
 
         self.teacher_model = teacher_model
         if teacher_model is not None:
