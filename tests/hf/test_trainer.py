@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+from transformers import BertForSequenceClassification, TrainerCallback, TrainingArguments
 
 from sparse_transfer.core import MASKS_NAME, SparseMasks, select_targets
 from sparse_transfer.hf import (
     SPARSE_TRAINER_STATE_NAME,
     SparseTrainer,
-    SparseTrainingArguments,
     distillation_loss,
 )
 
@@ -441,4 +439,3 @@ def test_plain_trainer_optimizer_would_miss_later_stages(tmp_path, sparse_bert, 
             model=sparse_bert, args=make_args(tmp_path, max_steps=1), train_dataset=dataset, optimizers=(optimizer, None)
         ).train()
     assert "will never train" in caplog.text
-    assert isinstance(Trainer, type)
