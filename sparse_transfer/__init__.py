@@ -26,8 +26,13 @@ from .methods import ACDC, GMP, Constant, RigL, acdc_phase, dense_masks, rigl_dr
 # The transformers integration is imported on first use, so that the mask engine and the vision methods
 # do not pay for importing transformers.
 _LAZY = {
+    "GradualUnfreezer": "sparse_transfer.hf",
     "SparseTrainer": "sparse_transfer.hf",
     "SparseTrainingArguments": "sparse_transfer.hf",
+    "distillation_loss": "sparse_transfer.hf",
+    "find_encoder_blocks": "sparse_transfer.hf",
+    "glue_metrics": "sparse_transfer.glue",
+    "run_glue": "sparse_transfer.glue",
 }
 
 
@@ -44,6 +49,7 @@ __all__ = [
     "Constant",
     "DISTRIBUTIONS",
     "GMP",
+    "GradualUnfreezer",
     "MASKS_NAME",
     "RigL",
     "SparseMasks",
@@ -56,11 +62,15 @@ __all__ = [
     "check_sparsity",
     "compute_masks",
     "dense_masks",
+    "distillation_loss",
     "erk_densities",
+    "find_encoder_blocks",
+    "glue_metrics",
     "load_sparse_masks",
     "load_state_dict_from_checkpoint",
     "push_sparse_to_hub",
     "rigl_drop_fraction",
+    "run_glue",
     "save_sparse_pretrained",
     "select_targets",
     "sparsity_report",
