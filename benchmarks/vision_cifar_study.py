@@ -50,6 +50,12 @@ def run_names() -> list[tuple[str, str, float, int]]:
         for sparsity in SPARSITIES:
             for method in METHODS[1:]:
                 out.append((f"{method}_{int(sparsity * 100)}_{length}x", method, sparsity, length))
+    # Extra, after the main grid: AC/DC with phases 2.5x longer. Scaled by epochs, the ImageNet phases (5 of 100
+    # epochs = 1560 steps) become 12 steps here, too short for regrown weights to leave zero before the next
+    # compression; this variant keeps fewer cycles (3 at 1x) of 31 steps each.
+    for length in LENGTHS:
+        for sparsity in SPARSITIES:
+            out.append((f"acdclong_{int(sparsity * 100)}_{length}x", "acdclong", sparsity, length))
     return out
 
 
@@ -73,6 +79,9 @@ def run_arguments(opts: argparse.Namespace, method: str, sparsity: float, length
     if method == "acdc":
         return VisionArguments(**sparse, distribution="global", acdc_warmup_epochs=0.10 * base_epochs,
                                acdc_phase_epochs=0.05 * base_epochs, acdc_final_epochs=0.15 * base_epochs)
+    if method == "acdclong":
+        return VisionArguments(**dict(sparse, method="acdc"), distribution="global", acdc_warmup_epochs=0.125 * base_epochs,
+                               acdc_phase_epochs=0.125 * base_epochs, acdc_final_epochs=0.25 * base_epochs)
     if method == "gmp":
         return VisionArguments(**sparse, distribution="global", gmp_start_epoch=0.20 * epochs, gmp_end_epoch=0.79 * epochs,
                                gmp_interval_steps=interval)
@@ -151,18 +160,19 @@ def findings(rows: dict[str, dict[str, Any]]) -> list[str]:
     out = []
     for length in LENGTHS:
         for sp in (90, 95):
-            acdc, gmp, rigl = (get(f"{m}_{sp}_{length}x", "top1") for m in ("acdc", "gmp", "rigl"))
-            if None not in (acdc, gmp, rigl):
-                best = max(("AC/DC", acdc), ("GMP", gmp), ("RigL", rigl), key=lambda t: t[1])
-                held = best[0] == "AC/DC"
-                out.append(f"- AC/DC ahead at {sp}% ({length}x): {'held' if held else 'did not hold'} "
-                           f"(AC/DC {acdc:.4f}, GMP {gmp:.4f}, RigL {rigl:.4f}; best {best[0]}).")
+            for variant, label in (("acdc", "AC/DC"), ("acdclong", "AC/DC with long phases")):
+                acdc, gmp, rigl = (get(f"{m}_{sp}_{length}x", "top1") for m in (variant, "gmp", "rigl"))
+                if None not in (acdc, gmp, rigl):
+                    best = max((label, acdc), ("GMP", gmp), ("RigL", rigl), key=lambda t: t[1])
+                    held = best[0] == label
+                    out.append(f"- {label} ahead at {sp}% ({length}x): {'held' if held else 'did not hold'} "
+                               f"({label} {acdc:.4f}, GMP {gmp:.4f}, RigL {rigl:.4f}; best {best[0]}).")
     for length in LENGTHS:
         dense_loss, dense_ent = get(f"dense_{length}x", "train_loss"), get(f"dense_{length}x", "eval_entropy")
         if dense_loss is None:
             continue
         for sp in (90, 95):
-            for m in ("acdc", "gmp", "rigl"):
+            for m in ("acdc", "gmp", "rigl", "acdclong"):
                 loss, ent = get(f"{m}_{sp}_{length}x", "train_loss"), get(f"{m}_{sp}_{length}x", "eval_entropy")
                 if loss is None:
                     continue
@@ -175,7 +185,7 @@ def findings(rows: dict[str, dict[str, Any]]) -> list[str]:
         gain_dense = rows["dense_2x"]["top1"] - rows["dense_1x"]["top1"]
     if gain_dense is not None:
         for sp in (90, 95):
-            for m in ("acdc", "gmp", "rigl"):
+            for m in ("acdc", "gmp", "rigl", "acdclong"):
                 a, b = get(f"{m}_{sp}_1x", "top1"), get(f"{m}_{sp}_2x", "top1")
                 if a is None or b is None:
                     continue
@@ -184,21 +194,25 @@ def findings(rows: dict[str, dict[str, Any]]) -> list[str]:
                            f"(+{gain:.4f} vs dense +{gain_dense:.4f}).")
     for length in LENGTHS:
         for sp in (90, 95):
-            ratio = {m: get(f"{m}_{sp}_{length}x", "mask_explored_ratio") for m in ("acdc", "gmp", "rigl")}
-            ious = {m: get(f"{m}_{sp}_{length}x", "mean_epoch_mask_iou") for m in ("acdc", "gmp", "rigl")}
-            if None in ratio.values():
-                continue
-            held = ratio["acdc"] > max(ratio["gmp"], ratio["rigl"])
-            iou_text = ", ".join(f"{k} {_fmt(v)}" for k, v in ious.items())
-            out.append(f"- AC/DC explores masks more (most distinct weights ever in the mask, relative to the mask "
-                       f"size) at {sp}% ({length}x): {'held' if held else 'did not hold'} (AC/DC {ratio['acdc']:.3f}, "
-                       f"GMP {ratio['gmp']:.3f}, RigL {ratio['rigl']:.3f}; mean epoch-to-epoch mask IoU {iou_text}).")
-    for m in ("acdc", "gmp", "rigl"):
+            for variant in ("acdc", "acdclong"):
+                ms = (variant, "gmp", "rigl")
+                ratio = {m: get(f"{m}_{sp}_{length}x", "mask_explored_ratio") for m in ms}
+                ious = {m: get(f"{m}_{sp}_{length}x", "mean_epoch_mask_iou") for m in ms}
+                if None in ratio.values():
+                    continue
+                held = ratio[variant] > max(ratio["gmp"], ratio["rigl"])
+                iou_text = ", ".join(f"{k} {_fmt(v)}" for k, v in ious.items())
+                out.append(f"- {variant} explores masks more (most distinct weights ever in the mask, relative to the "
+                           f"mask size) at {sp}% ({length}x): {'held' if held else 'did not hold'} ({variant} "
+                           f"{ratio[variant]:.3f}, GMP {ratio['gmp']:.3f}, RigL {ratio['rigl']:.3f}; mean "
+                           f"epoch-to-epoch mask IoU {iou_text}).")
+    for m in ("acdc", "gmp", "rigl", "acdclong"):
         ch = {k: get(f"{m}_{k}", "zero_channel_fraction") for k in ("90_1x", "95_1x", "90_2x", "95_2x")}
         if None in ch.values():
             continue
         grows = ch["95_1x"] >= ch["90_1x"] and ch["95_2x"] >= ch["90_2x"] and ch["90_2x"] >= ch["90_1x"] and ch["95_2x"] >= ch["95_1x"]
-        out.append(f"- {m}: channel sparsity grows with sparsity and length: {'held' if grows else 'did not hold'} "
+        verdict = "not observable (no all-zero channels)" if max(ch.values()) == 0 else ("held" if grows else "did not hold")
+        out.append(f"- {m}: channel sparsity grows with sparsity and length: {verdict} "
                    f"(90/95% at 1x {ch['90_1x']:.4f}/{ch['95_1x']:.4f}, at 2x {ch['90_2x']:.4f}/{ch['95_2x']:.4f}).")
     return out
 
@@ -258,9 +272,9 @@ def plot(rows: dict[str, dict[str, Any]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [("dense", 0.0)] + [(m, s) for s in SPARSITIES for m in METHODS[1:]]
+    groups = [("dense", 0.0)] + [(m, s) for s in SPARSITIES for m in (*METHODS[1:], "acdclong")]
     labels = ["dense" if m == "dense" else f"{m} {int(s * 100)}%" for m, s in groups]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
     width = 0.38
     for ax, key, title in zip(axes, ("top1", "train_loss", "eval_entropy"), ("eval top-1", "final train loss", "eval prediction entropy")):
         for j, length in enumerate(LENGTHS):
