@@ -277,6 +277,7 @@ def plot(rows: dict[str, dict[str, Any]]) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
     width = 0.38
     for ax, key, title in zip(axes, ("top1", "train_loss", "eval_entropy"), ("eval top-1", "final train loss", "eval prediction entropy")):
+        finite = []
         for j, length in enumerate(LENGTHS):
             values = []
             for m, s in groups:
@@ -284,6 +285,10 @@ def plot(rows: dict[str, dict[str, Any]]) -> None:
                 values.append(rows[name][key] if name in rows and rows[name][key] is not None else float("nan"))
             xs = [i + (j - 0.5) * width for i in range(len(groups))]
             ax.bar(xs, values, width, label=f"{length}x")
+            finite.extend(v for v in values if v == v)
+        if finite:  # differences are a few percent: do not start the axis at 0
+            lo, hi = min(finite), max(finite)
+            ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(labels, rotation=45, ha="right")
         ax.set_title(title)
