@@ -18,7 +18,8 @@ Workloads (issue "Package foundation and the mask engine"):
                 conv/linear.
 
 Prints the per-step time of each variant (median over the timed steps), the ratios, the time spent inside the
-two enforcement hooks as a share of a dense step (the cost of enforcement, free of step-to-step noise), and the
+two enforcement hooks as a share of a dense step (the cost of enforcement, free of step-to-step noise) beside
+the time of the peer's forward pre-hooks alone (a lower bound of its cost: their backward is not counted), and the
 memory the masks take per prunable weight while training; writes the same to ``benchmarks/results/enforcement.json``.
 
 Example:
@@ -82,12 +83,20 @@ def build_resnet50(batch_size: int, image_size: int, device: torch.device):
     return model, "cnn", optimizer, loss_fn
 
 
-def prune_peer(model: nn.Module, masks: SparseMasks) -> None:
-    """Applies ``torch.nn.utils.prune.custom_from_mask`` with our masks to every target of ``model``."""
+def prune_peer(model: nn.Module, masks: SparseMasks, hook_times: list[float]) -> None:
+    """Applies ``torch.nn.utils.prune.custom_from_mask`` with our masks to every target of ``model``.
+
+    The time of each forward pre-hook's ``weight_orig * weight_mask`` goes to ``hook_times`` (a lower bound of
+    the peer's cost: the backward of that product is not counted).
+    """
     modules = dict(model.named_modules())
     for name, mask in masks.items():
         module_name, _, param_name = name.rpartition(".")
-        prune.custom_from_mask(modules[module_name], param_name, mask.to(torch.float32))
+        module = modules[module_name]
+        prune.custom_from_mask(module, param_name, mask.to(torch.float32))
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, prune.BasePruningMethod):
+                hook.apply_mask = _timed_returning(hook.apply_mask, hook_times)
 
 
 def _sync(device: torch.device) -> None:
@@ -102,6 +111,16 @@ def _timed(fn: Callable[[], None], sink: list[float]) -> Callable[[], None]:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         sink.append(time.perf_counter() - start)
+
+    return wrapper
+
+
+def _timed_returning(fn: Callable, sink: list[float]) -> Callable:
+    def wrapper(*args):
+        start = time.perf_counter()
+        out = fn(*args)
+        sink.append(time.perf_counter() - start)
+        return out
 
     return wrapper
 
@@ -130,7 +149,8 @@ def run_workload(name: str, args: argparse.Namespace, device: torch.device) -> d
     enforced = copy.deepcopy(model)
     peer = copy.deepcopy(model)
     enforced_masks = SparseMasks(masks.state_dict(), enforced)
-    prune_peer(peer, SparseMasks(masks.state_dict()))
+    peer_hook_times: list[float] = []
+    prune_peer(peer, SparseMasks(masks.state_dict()), peer_hook_times)
 
     # Time the two hooks themselves too: their share of a step is the enforcement cost, measured without the
     # step-to-step noise of a shared machine (the hooks call these methods through the instance).
@@ -147,6 +167,7 @@ def run_workload(name: str, args: argparse.Namespace, device: torch.device) -> d
     }
     times: dict[str, list[float]] = {k: [] for k in steps}
     enforcement_times: list[float] = []
+    peer_forward_times: list[float] = []
     order = list(steps)
     total = args.warmup + args.steps
     for i in range(total):
@@ -154,6 +175,7 @@ def run_workload(name: str, args: argparse.Namespace, device: torch.device) -> d
         for variant in order:
             _sync(device)
             hook_times.clear()
+            peer_hook_times.clear()
             start = time.perf_counter()
             steps[variant]()
             _sync(device)
@@ -161,6 +183,8 @@ def run_workload(name: str, args: argparse.Namespace, device: torch.device) -> d
                 times[variant].append(time.perf_counter() - start)
                 if variant == "enforced":
                     enforcement_times.append(sum(hook_times))
+                elif variant == "prune":
+                    peer_forward_times.append(sum(peer_hook_times))
         print(f"  [{name}] step {i + 1}/{total}", file=sys.stderr, flush=True)
 
     violations = enforced_masks.violations()
@@ -187,6 +211,8 @@ def run_workload(name: str, args: argparse.Namespace, device: torch.device) -> d
         "mean_step_s": {k: round(statistics.fmean(v), 5) for k, v in times.items()},
         "median_enforcement_hooks_s": round(statistics.median(enforcement_times), 5),
         "hooks_share_of_dense_step": round(statistics.median(enforcement_times) / median["dense"], 5),
+        "median_prune_forward_hooks_s": round(statistics.median(peer_forward_times), 5),
+        "prune_forward_hooks_share_of_dense_step": round(statistics.median(peer_forward_times) / median["dense"], 5),
         "enforced_over_dense": round(median["enforced"] / median["dense"], 4),
         "prune_over_dense": round(median["prune"] / median["dense"], 4),
         "enforced_over_prune": round(median["enforced"] / median["prune"], 4),
@@ -219,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['median_step_s']['enforced']:.4f}s  prune {result['median_step_s']['prune']:.4f}s | "
             f"enforced/dense {result['enforced_over_dense']:.4f}  prune/dense {result['prune_over_dense']:.4f}  "
             f"enforced/prune {result['enforced_over_prune']:.4f} | hooks {result['median_enforcement_hooks_s']:.4f}s = "
-            f"{100 * result['hooks_share_of_dense_step']:.2f}% of a dense step | mask bytes/weight "
+            f"{100 * result['hooks_share_of_dense_step']:.2f}% of a dense step (prune's forward hooks alone "
+            f"{result['median_prune_forward_hooks_s']:.4f}s = {100 * result['prune_forward_hooks_share_of_dense_step']:.2f}%) | "
+            "mask bytes/weight "
             f"{result['mask_bytes_per_prunable_weight']} (prune peer: +{result['prune_extra_bytes_per_prunable_weight']})"
         )
     record = {
