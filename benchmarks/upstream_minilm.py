@@ -43,6 +43,9 @@ RUNS_DIR = os.path.join(REPO, "runs", "upstream", "bench")
 # --budget full.
 CPU_BUDGET = {"max_steps": 96, "prune_end_step": 64, "prune_interval": 8, "batch_size": 8, "block_size": 64,
               "save_steps": 16, "eval_steps": 0}
+# 4x the CPU budget, for when the machine is less busy (shows the trend with length).
+CPU_LONG_BUDGET = {**CPU_BUDGET, "max_steps": 384, "prune_end_step": 256, "prune_interval": 16, "save_steps": 32}
+CPU_XL_BUDGET = {**CPU_BUDGET, "max_steps": 1536, "prune_end_step": 1024, "prune_interval": 32, "save_steps": 128}
 # The loss-choice runs: shorter still (GMP to step 20 every 4 steps, 10 fixed-mask steps).
 LOSS_BUDGET = {"max_steps": 30, "prune_end_step": 20, "prune_interval": 4, "batch_size": 8, "block_size": 64,
                "save_steps": 10, "eval_steps": 0}
@@ -154,11 +157,12 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--study", choices=["losses", "sparsity", "floor"], required=True,
+    parser.add_argument("--study", choices=["losses", "sparsity", "floor", "table"], required=True,
                         help="losses: loss-choice runs at 90%%; sparsity: the 80/90/97%% runs; floor: magnitude-only "
                         "models (no training) with global and uniform distribution.")
-    parser.add_argument("--budget", choices=["cpu", "full"], default="cpu",
-                        help="cpu: the shortened schedule that fits the shared 2-core machine; full: the recipes as written.")
+    parser.add_argument("--budget", choices=["cpu", "cpu-long", "cpu-xl", "full"], default="cpu",
+                        help="cpu: the shortened schedule that fits the shared 2-core machine; cpu-long: 4x that; cpu-xl: 16x; full: "
+                        "the recipes as written.")
     parser.add_argument("--loss-configs", nargs="+", default=list(LOSS_CONFIGS), choices=list(LOSS_CONFIGS))
     parser.add_argument("--sparsities", nargs="+", default=["90", "80", "97"], choices=["80", "90", "97"])
     opts = parser.parse_args(argv)
@@ -169,6 +173,15 @@ def main(argv: list[str] | None = None) -> int:
             weights = LOSS_CONFIGS[loss_name]
             rows.append(run_one(f"losses_90_{loss_name}", "recipes/upstream/minilm_90.yaml", {**LOSS_BUDGET, **weights},
                                 command))
+    elif opts.study == "table":  # every cached trained run, for the README
+        import glob
+
+        for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "*.json"))):
+            with open(path) as f:
+                result = json.load(f)
+            if "final" in result:
+                rows.append(result)
+        rows.sort(key=lambda r: (not r["name"].startswith("losses"), r["sparsity"], r["steps"], r["name"]))
     elif opts.study == "floor":
         for s in opts.sparsities:
             for distribution in ("global", "uniform"):
@@ -179,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     else:
         for s in opts.sparsities:
-            overrides = dict(CPU_BUDGET) if opts.budget == "cpu" else {}
+            overrides = {"cpu": CPU_BUDGET, "cpu-long": CPU_LONG_BUDGET, "cpu-xl": CPU_XL_BUDGET, "full": {}}[opts.budget]
             rows.append(run_one(f"minilm_{s}_{opts.budget}", f"recipes/upstream/minilm_{s}.yaml", overrides, command))
     print(table(rows))
     return 0
