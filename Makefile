@@ -20,3 +20,6 @@ test-all: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+bench: install
+	$(PY) benchmarks/bench_enforcement.py
