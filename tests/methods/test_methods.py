@@ -330,7 +330,7 @@ def test_erk_densities_follow_the_formula():
 
 
 def test_enforcement_follows_a_mask_changed_in_place():
-    # the hooks keep float copies of the masks; a mask written in place must be enforced from the next step on
+    # a mask written in place (no update_) must be enforced from the next step on: the hooks hold no copy of it
     model, opt, method = setup("constant", 8)
     run(model, method, opt, 0, 2)
     sparser = {n: m & (torch.rand(m.shape, generator=torch.Generator().manual_seed(1)) > 0.5) for n, m in method.masks.items()}
