@@ -7,7 +7,7 @@ selected by the type of the module that owns it and by include/exclude regular e
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from torch import nn
 

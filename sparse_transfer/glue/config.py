@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .._recipes import read_recipe
 from .tasks import GLUE_TASKS, get_task
 
 DEFAULT_MODEL = "neuralmagic/oBERT-12-upstream-pruned-unstructured-90-v2"
@@ -178,21 +177,7 @@ def recipe_path(name_or_path: str) -> Path:
 
 def load_recipe(path: str | os.PathLike, known_fields: set[str]) -> dict[str, Any]:
     """Reads a recipe YAML: a mapping of :class:`GlueArguments` / ``SparseTrainingArguments`` fields."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            recipe = yaml.safe_load(f) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"Recipe {path} is not valid YAML: {err}") from None
-    if not isinstance(recipe, dict):
-        raise ValueError(f"Recipe {path} must be a mapping of field: value.")
-    recipe.pop("description", None)
-    unknown = sorted(set(recipe) - known_fields)
-    if unknown:
-        raise ValueError(
-            f"Recipe {path} has unknown field(s) {unknown}; the fields are those of "
-            "`python -m sparse_transfer.glue --help`."
-        )
-    return recipe
+    return read_recipe(path, known_fields, "python -m sparse_transfer.glue")
 
 
 def _push_to_hub_argv(argv: list[str]) -> list[str]:

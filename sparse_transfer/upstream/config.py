@@ -8,8 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
+from .._recipes import read_recipe
 from ..core import validate_sparsity
 
 DISTRIBUTIONS = ("global", "uniform", "nm")
@@ -178,18 +177,7 @@ RESUME_FREE_FIELDS = frozenset(
 
 def load_recipe(path: str) -> dict[str, Any]:
     """Reads a recipe YAML (keys are :class:`UpstreamArguments` fields; ``description`` is ignored)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No recipe file at {path}.")
-    with open(path) as f:
-        recipe = yaml.safe_load(f) or {}
-    if not isinstance(recipe, dict):
-        raise ValueError(f"Recipe {path} must be a mapping of field: value.")
-    recipe.pop("description", None)
-    known = {f.name for f in dataclasses.fields(UpstreamArguments)}
-    unknown = sorted(set(recipe) - known)
-    if unknown:
-        raise ValueError(f"Recipe {path} has unknown field(s) {unknown}; see `python -m sparse_transfer.upstream --help`.")
-    return recipe
+    return read_recipe(path, (f.name for f in dataclasses.fields(UpstreamArguments)), "python -m sparse_transfer.upstream")
 
 
 def parse_args(argv: list[str] | None = None) -> UpstreamArguments:

@@ -35,7 +35,7 @@ from transformers import TrainerCallback
 
 from ..core import SparseMasks, compute_masks
 from ..core.schedules import gmp_sparsity
-from ..hf.trainer import SparseTrainer, SparseTrainingArguments
+from ..hf.trainer import SparseTrainer
 from ..methods._base import dense_masks
 from ..methods.gmp import GMP
 from .losses import LossWeights, distillation_losses

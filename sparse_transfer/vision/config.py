@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+from .._recipes import read_recipe
 
 METHODS = ("dense", "constant", "gmp", "acdc", "rigl")
 
@@ -137,18 +136,7 @@ class VisionArguments:
 
 def load_recipe(path: str) -> dict[str, Any]:
     """Reads a recipe YAML (keys are :class:`VisionArguments` fields) and checks its keys."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No recipe file at {path}.")
-    with open(path) as f:
-        recipe = yaml.safe_load(f) or {}
-    if not isinstance(recipe, dict):
-        raise ValueError(f"Recipe {path} must be a mapping of field: value.")
-    recipe.pop("description", None)
-    known = {f.name for f in dataclasses.fields(VisionArguments)}
-    unknown = sorted(set(recipe) - known)
-    if unknown:
-        raise ValueError(f"Recipe {path} has unknown field(s) {unknown}; known fields: see `python -m sparse_transfer.vision --help`.")
-    return recipe
+    return read_recipe(path, (f.name for f in dataclasses.fields(VisionArguments)), "python -m sparse_transfer.vision")
 
 
 def parse_args(argv: list[str] | None = None) -> VisionArguments:

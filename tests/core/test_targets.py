@@ -1,5 +1,4 @@
 import pytest
-import torch
 from torch import nn
 
 from sparse_transfer.core import TargetSpec, select_targets
