@@ -38,6 +38,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from sparse_transfer.upstream.train import write_json_atomic  # noqa: E402
+
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results", "downstream_rte")
 RUNS_DIR = os.path.join(REPO, "runs", "downstream_rte")
 DENSE = os.path.join(REPO, "..", "shared", "models", "all-MiniLM-L6-v2")
@@ -127,9 +129,7 @@ def run_arm(model: str, recipe: str, max_train_samples: int | None, threads: int
         "versions": results["versions"],
     }
     os.makedirs(RESULTS_DIR, exist_ok=True)
-    with open(cache + ".tmp", "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(cache + ".tmp", cache)
+    write_json_atomic(cache, summary)
     print(f"[done] {name}: accuracy {summary['best']['accuracy']:.4f} (epoch {summary['best']['epoch']:g})")
     return summary
 

@@ -32,6 +32,7 @@ sys.path.insert(0, REPO)
 
 from sparse_transfer.upstream.config import UpstreamArguments, load_recipe  # noqa: E402
 from sparse_transfer.upstream.run import run_upstream  # noqa: E402
+from sparse_transfer.upstream.train import write_json_atomic  # noqa: E402
 
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results", "upstream")
 RUNS_DIR = os.path.join(REPO, "runs", "upstream", "bench")
@@ -95,10 +96,7 @@ def run_one(name: str, recipe: str, overrides: dict, command: str) -> dict:
         "versions": results["versions"],
     }
     os.makedirs(RESULTS_DIR, exist_ok=True)
-    tmp = cache + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, cache)
+    write_json_atomic(cache, summary)
     print(f"[done] {name}: {json.dumps(summary['final'])} | floor {json.dumps(summary['magnitude_only'])}")
     return summary
 
@@ -132,9 +130,7 @@ def floor_one(sparsity: str, distribution: str, command: str) -> dict:
               "layer_sparsity": masks.layer_sparsity(),
               "magnitude_only": evaluate_student(student, teacher, tokenizer, blocks, sentences, desc=name)}
     os.makedirs(RESULTS_DIR, exist_ok=True)
-    with open(cache + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(cache + ".tmp", cache)
+    write_json_atomic(cache, result)
     print(f"[done] {name}: {json.dumps(result['magnitude_only'])}")
     return result
 

@@ -274,7 +274,7 @@ def report(opts: argparse.Namespace) -> str:
         f"`dead_weight_fraction`): {100 * dead:.1f}%.",
     ]
     if dead > 0.05:
-        effective = [1 - (1 - s) / (1 - dead) for s in SPARSITIES if s > dead]
+        effective = [max(0.0, 1 - (1 - s) / (1 - dead)) for s in SPARSITIES]  # sparsity among the live weights
         lines[-1] += (
             " **Caveat:** magnitude pruning removes these first at no cost, so "
             + " / ".join(f"{int(100 * s)}%" for s in SPARSITIES) + " sparsity costs these runs only about "
