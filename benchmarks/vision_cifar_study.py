@@ -7,7 +7,7 @@ on CIFAR-10 (JPEG copy) with a small timm ResNet at 32 px (or the images resized
 
 Every finished run is cached as ``benchmarks/results/vision_cifar/<run>.json`` (``vision_cifar_<size>px/`` for
 another ``--size``) and skipped on a rerun; an interrupted run resumes from its last finished epoch
-(``runs/vision_cifar/<run>/state``, the training loop's own resume). The report goes to
+(``runs/vision_cifar/<run>/state``, or ``runs/vision_cifar_<size>px/...``: the training loop's own resume). The report goes to
 ``benchmarks/results/vision_cifar_study.md`` and ``vision_cifar_study.png`` (``vision_cifar_<size>px_study.*``).
 
 Why ``--size``: an ImageNet ResNet reduces its input 32x, so at 32 px its last stage works on 1x1 maps where
@@ -43,7 +43,9 @@ from sparse_transfer.vision import VisionArguments, train  # noqa: E402
 
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 CACHE = os.path.join(RESULTS, "vision_cifar")  # set from --results_dir and --size in main()
-_RUNTIME = ("output_dir", "progress", "num_workers")  # recipe fields that do not change a run's result
+# Recipe fields that do not change a run's result. ``data`` is where the zip lies (a GPU machine gets a copy
+# elsewhere); the subset is drawn by seed from the zip's contents, not from its path.
+_RUNTIME = ("output_dir", "progress", "num_workers", "data")
 METHODS = ("dense", "acdc", "gmp", "rigl")
 SPARSITIES = (0.9, 0.95)
 LENGTHS = (1, 2)
@@ -114,10 +116,17 @@ def summarize(name: str, method: str, sparsity: float, length: int, results: dic
     }
 
 
+def _device() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
 def run_study(opts: argparse.Namespace) -> None:
     os.makedirs(CACHE, exist_ok=True)
     names = run_names()
+    index, count = opts.shard
     for i, (name, method, sparsity, length) in enumerate(names):
+        if i % count != index:
+            continue
         path = os.path.join(CACHE, f"{name}.json")
         args = run_arguments(opts, method, sparsity, length, os.path.join(opts.work_dir, name))
         if os.path.isfile(path):
@@ -134,6 +143,7 @@ def run_study(opts: argparse.Namespace) -> None:
         results = train(args)
         row = summarize(name, method, sparsity, length, results, time.perf_counter() - t0)
         row["recipe"] = args.to_dict()
+        row["device"] = _device()
         with open(f"{path}.tmp", "w") as f:
             json.dump(row, f, indent=1)
         os.replace(f"{path}.tmp", path)
@@ -261,15 +271,21 @@ def report(opts: argparse.Namespace) -> str:
                                          epochs=rows[next(iter(rows))]["epochs"] // int(next(iter(rows.values()))["length"][:-1])))
     dead = dead_weight_fraction(opts.model, opts.model_kwargs, opts.size)
     size_flag = "" if opts.size == 32 else f" --size {opts.size}"
+    for flag, default in (("train_samples", 4000), ("eval_samples", 2000), ("cache_name", None)):
+        if getattr(opts, flag, default) != default:
+            size_flag += f" --{flag} {getattr(opts, flag)}"
+    devices = sorted({r.get("device", "cpu") for r in rows.values()}) or ["cpu"]
+    where = ", ".join("CPU" if d == "cpu" else d for d in devices)
     lines = [
-        f"# Vision study in miniature (CIFAR-10 JPEG at {opts.size} px, CPU)", "",
+        f"# Vision study in miniature (CIFAR-10 JPEG at {opts.size} px, {where})", "",
         f"{len(rows)} of {total} runs finished. Model `{opts.model}` `{opts.model_kwargs}`, "
         f"{opts.train_samples} training images (seeded subset), {opts.eval_samples} test images, {opts.size} px, batch "
         f"{opts.batch_size}, SGD momentum 0.9, peak LR {opts.lr}, 1 warm-up epoch then linear decay, weight decay "
         f"{opts.weight_decay}, label smoothing 0.1; 1x = {opts.epochs} epochs. One seed: differences of about a "
         "point are within noise.", "",
         f"Command: `nice -n 10 .venv/bin/python benchmarks/vision_cifar_study.py{size_flag}` (resumes; cached runs "
-        "are skipped).", "",
+        "are skipped; on a GPU machine `benchmarks/gpu_checks.sh` runs it in parallel shards). Ran on: "
+        f"{where} (wall s below is per run, with other runs sharing the machine).", "",
         f"Dead prunable weights at {opts.size} px (no gradient ever: 3x3 taps that only see zero padding, measured by "
         f"`dead_weight_fraction`): {100 * dead:.1f}%.",
     ]
@@ -369,19 +385,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval_every", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest on a shared 2-core box).")
-    p.add_argument("--work_dir", default=os.path.join(REPO, "runs", "vision_cifar"), help="Checkpoints and resume state.")
+    p.add_argument("--work_dir", default=None, help="Checkpoints and resume state (default runs/<cache name>, e.g. "
+                   "runs/vision_cifar).")
     p.add_argument("--results_dir", default=RESULTS, help="Report goes here, cached runs under <results_dir>/vision_cifar/.")
+    p.add_argument("--cache_name", default=None, help="Folder under --results_dir for the cached runs and the report's "
+                   "name (default vision_cifar, or vision_cifar_<size>px at another --size).")
     p.add_argument("--report_only", action="store_true")
+    p.add_argument("--shard", default="0/1", help="K/N: run only every N-th run starting at the K-th (for N parallel "
+                   "processes; each writes its own cached runs). A shard does not write the report.")
     p.add_argument("--no_progress", dest="progress", action="store_false")
     opts = p.parse_args(argv)
+    try:
+        opts.shard = tuple(int(v) for v in opts.shard.split("/"))
+        if len(opts.shard) != 2 or not 0 <= opts.shard[0] < opts.shard[1]:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"--shard must be K/N with 0 <= K < N, got {opts.shard!r}.") from None
     global CACHE
-    CACHE = os.path.join(opts.results_dir, "vision_cifar" if opts.size == 32 else f"vision_cifar_{opts.size}px")
+    CACHE = os.path.join(opts.results_dir, opts.cache_name or ("vision_cifar" if opts.size == 32 else f"vision_cifar_{opts.size}px"))
     os.makedirs(CACHE, exist_ok=True)
+    opts.work_dir = opts.work_dir or os.path.join(REPO, "runs", os.path.basename(CACHE))
     torch.set_num_threads(opts.threads)
     if not opts.report_only:
         if not os.path.isfile(opts.data):
             raise SystemExit(f"No CIFAR-10 zip at {opts.data}; pass --data.")
         run_study(opts)
+        if opts.shard[1] > 1:
+            return
     print(report(opts))
 
 

@@ -89,8 +89,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num_classes", type=int, default=1000)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--device", default="cpu", help="cpu or cuda. On cuda every method runs as the vision trainer runs "
+                   "there: channels_last and bf16 autocast, steps timed between device synchronizations.")
     p.add_argument("--out", default=None, help="JSON path (default under benchmarks/results/).")
     opts = p.parse_args(argv)
+    device = torch.device(opts.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch; run on cpu or on a GPU machine.")
     if opts.steps < 20:
         raise SystemExit("--steps must be at least 20 so that the compressed AC/DC schedule has whole phases.")
     methods = [m.strip() for m in opts.methods.split(",")]
@@ -102,10 +107,17 @@ def main(argv: list[str] | None = None) -> dict:
     import timm
 
     torch.manual_seed(0)
-    base = timm.create_model(opts.model, num_classes=opts.num_classes)
+    base = timm.create_model(opts.model, num_classes=opts.num_classes).to(device)
+    on_gpu = device.type == "cuda"
+    memory_format = torch.channels_last if on_gpu else torch.contiguous_format
+    base = base.to(memory_format=memory_format)
     gen = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(opts.batch_size, 3, opts.size, opts.size, generator=gen),
-                torch.randint(0, opts.num_classes, (opts.batch_size,), generator=gen)) for _ in range(4)]
+    batches = [(torch.randn(opts.batch_size, 3, opts.size, opts.size, generator=gen).to(device, memory_format=memory_format),
+                torch.randint(0, opts.num_classes, (opts.batch_size,), generator=gen).to(device)) for _ in range(4)]
+
+    def sync() -> None:
+        if on_gpu:
+            torch.cuda.synchronize(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
 
     runs = {}
@@ -119,12 +131,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     def one_step(run, step: int) -> float:
         x, y = batches[step % len(batches)]
+        sync()
         t0 = time.perf_counter()
-        loss = criterion(run["model"](x), y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
+            loss = criterion(run["model"](x), y)
         run["optimizer"].zero_grad(set_to_none=True)
         loss.backward()
         event = run["method"].step(step, run["optimizer"]) if run["method"] is not None else None
         run["optimizer"].step()
+        sync()
         dt = time.perf_counter() - t0
         run["events"].append(event["event"] if event else None)
         return dt
@@ -132,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     # untimed warm-up of the allocator and kernels on a throwaway copy
     warm = {"model": copy.deepcopy(base).train(), "method": None, "events": []}
     warm["optimizer"] = torch.optim.SGD(warm["model"].parameters(), lr=0.01, momentum=0.9)
-    for i in range(2):
+    for i in range(5 if on_gpu else 2):  # on a GPU also cuDNN's algorithm search
         one_step(warm, i)
     del warm
 
@@ -177,18 +192,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = {
         "model": opts.model, "size": opts.size, "batch_size": opts.batch_size, "steps": opts.steps, "sparsity": opts.sparsity,
-        "threads": torch.get_num_threads(), "device": "cpu", "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
+        "precision": "bf16 autocast, channels_last" if on_gpu else "fp32", "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__, "sparse_transfer_version": __version__, "imagenet_1x_event_counts": counts,
         "command": "benchmarks/vision_step_time.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "methods": results,
     }
-    path = opts.out or os.path.join(REPO, "benchmarks", "results", f"vision_step_time_{opts.model}_{opts.size}px_b{opts.batch_size}.json")
+    suffix = "_cuda" if on_gpu else ""
+    path = opts.out or os.path.join(REPO, "benchmarks", "results", f"vision_step_time_{opts.model}_{opts.size}px_b{opts.batch_size}{suffix}.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(f"{path}.tmp", "w") as f:
         json.dump(out, f, indent=2)
     os.replace(f"{path}.tmp", path)
 
-    print(f"{opts.model} {opts.size}px batch {opts.batch_size}, {opts.steps}-step schedule, {out['threads']} thread(s), "
+    print(f"{opts.model} {opts.size}px batch {opts.batch_size} on {out['device']}, {opts.steps}-step schedule, {out['threads']} thread(s), "
           f"sparsity {opts.sparsity}")
     print(f"{'method':10} {'mean s/step':>12} {'ratio (compressed sched.)':>26} {'ratio (ordinary, paired)':>25} {'ratio (ImageNet 1x)':>20}")
     for name, row in results.items():
