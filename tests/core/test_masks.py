@@ -163,6 +163,44 @@ def test_update_replaces_masks_and_clears_state(mlp):
     _assert_enforced(masks, optimizer)
 
 
+def test_float_multiplier_matches_uint8_and_follows_mask_updates():
+    """The GPU default (mask copies in the weights' dtype, one fused kernel) trains bit-identically to the
+    uint8 views, and a mask changed in place or replaced is never applied from a stale copy."""
+    results = {}
+    for multiplier in ("uint8", "float"):
+        torch.manual_seed(0)
+        model = TinyCNN()
+        masks = SparseMasks.from_magnitude(model, 0.5, "global")
+        masks.multiplier = multiplier
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+        masks.attach(optimizer)
+        for step in range(6):
+            dtype = next(model.parameters()).dtype
+            model(torch.randn(4, 3, 8, 8).to(dtype)).pow(2).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            _assert_enforced(masks, optimizer)
+            if step == 2:  # a denser then a sparser mask, written in place
+                masks.update_(dict(SparseMasks.from_magnitude(model, 0.8, "global").items()), optimizer)
+            if step == 4:
+                model.double()  # parameters change dtype: the copies must follow
+        assert all(p.dtype == torch.float64 for p in masks.params.values())
+        results[multiplier] = {k: v.clone() for k, v in model.state_dict().items()}
+        if multiplier == "float":
+            assert len(masks._float_masks) == len(masks) and all(c.dtype == torch.float64 for _, _, c in masks._float_masks.values())
+        else:
+            assert not masks._float_masks
+    for key, value in results["uint8"].items():
+        assert torch.equal(value, results["float"][key]), key
+
+
+def test_unknown_multiplier_is_an_error(mlp):
+    masks = SparseMasks.from_magnitude(mlp, 0.5)
+    masks.multiplier = "int4"
+    with pytest.raises(ValueError, match="'auto', 'float' or 'uint8'"):
+        masks.apply_()
+
+
 def test_masks_follow_the_model_to_another_dtype_and_device(mlp):
     masks = SparseMasks.from_magnitude(mlp, 0.5)
     mlp.to(torch.float64)
