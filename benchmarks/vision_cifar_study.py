@@ -279,7 +279,7 @@ def report(opts: argparse.Namespace) -> str:
     lines = [
         f"# Vision study in miniature (CIFAR-10 JPEG at {opts.size} px, {where})", "",
         f"{len(rows)} of {total} runs finished. Model `{opts.model}` `{opts.model_kwargs}`, "
-        f"{opts.train_samples} training images (seeded subset), {opts.eval_samples} test images, {opts.size} px, batch "
+        f"{opts.train_samples} training images (a seeded subset when fewer than the split holds), {opts.eval_samples} test images, {opts.size} px, batch "
         f"{opts.batch_size}, SGD momentum 0.9, peak LR {opts.lr}, 1 warm-up epoch then linear decay, weight decay "
         f"{opts.weight_decay}, label smoothing 0.1; 1x = {opts.epochs} epochs. One seed: differences of about a "
         "point are within noise.", "",

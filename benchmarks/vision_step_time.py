@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--device", default="cpu", help="cpu or cuda. On cuda every method runs as the vision trainer runs "
                    "there: channels_last and bf16 autocast, steps timed between device synchronizations.")
+    p.add_argument("--multiplier", default="auto", choices=["auto", "float", "uint8"],
+                   help="SparseMasks.multiplier for the mask hooks (auto, as the vision trainer sets it: float copies on CUDA, uint8 views on CPU).")
     p.add_argument("--out", default=None, help="JSON path (default under benchmarks/results/).")
     opts = p.parse_args(argv)
     device = torch.device(opts.device)
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"--methods must include dense and be among {METHODS}.")
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    SparseMasks.multiplier = opts.multiplier
 
     import timm
 
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {
         "model": opts.model, "size": opts.size, "batch_size": opts.batch_size, "steps": opts.steps, "sparsity": opts.sparsity,
         "threads": torch.get_num_threads(), "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
-        "precision": "bf16 autocast, channels_last" if on_gpu else "fp32", "cpu": platform.processor() or platform.machine(),
+        "precision": "bf16 autocast, channels_last" if on_gpu else "fp32", "mask_multiplier": opts.multiplier, "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__, "sparse_transfer_version": __version__, "imagenet_1x_event_counts": counts,
         "command": "benchmarks/vision_step_time.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "methods": results,

@@ -14,8 +14,8 @@ place, and the forward pass costs nothing extra (``torch.nn.utils.prune`` recomp
 mask`` in a forward pre-hook instead). Optimizer hooks fire once per real step: gradient accumulation,
 ``GradScaler`` skipped steps and accelerate's ``AcceleratedOptimizer`` (which calls the wrapped optimizer)
 are all covered, and gradients are already all-reduced under DDP when the step runs. A mask is one
-``bool`` (1 byte) per prunable weight while training and 1 bit per weight on disk; on a GPU the hooks also
-keep a copy in the weights' dtype, so that one fused kernel masks every tensor (``SparseMasks.multiplier``).
+``bool`` (1 byte) per prunable weight while training and 1 bit per weight on disk (``SparseMasks.multiplier``
+trades 4 more bytes on a GPU for fewer kernel launches).
 """
 
 from __future__ import annotations
@@ -90,9 +90,11 @@ class SparseMasks:
     #: 1 byte per weight). ``"float"``: a cached copy of each mask in its parameter's dtype (+4 bytes per fp32
     #: weight), which lets ``torch._foreach_mul_`` run its fused multi-tensor kernel: with mixed dtypes it falls
     #: back to one kernel per tensor, and on a GPU those launches are ~1 ms per step for ResNet-50 (5% of a
-    #: batch-32 step on an H200; ``benchmarks/vision_step_time.py --device cuda``). ``"auto"`` (default):
-    #: ``"float"`` for parameters on a CUDA device, ``"uint8"`` elsewhere (on CPU both cost the same).
-    multiplier: str = "auto"
+    #: batch-32 step on an H200; ``benchmarks/vision_step_time.py --device cuda``). ``"auto"``: ``"float"`` for
+    #: parameters on a CUDA device, ``"uint8"`` elsewhere (on CPU both cost the same). The default keeps masks at
+    #: 1 byte per weight; the vision trainer, whose per-GPU steps are short, uses ``"auto"``. Results are
+    #: bit-identical either way (a multiply by 1 or 0).
+    multiplier: str = "uint8"
 
     def __init__(self, masks: Mapping[str, Tensor], model: nn.Module | None = None):
         self._masks: dict[str, Tensor] = {}

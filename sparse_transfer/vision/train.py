@@ -308,6 +308,9 @@ def train(args: VisionArguments) -> dict[str, Any]:
     unwrapped = accelerator.unwrap_model(model)
     method = build_method(args, unwrapped, steps_per_epoch, total_steps)
     if method is not None:
+        # On a GPU, mask copies in the weights' dtype let one fused kernel mask every tensor: ~1 ms saved per step
+        # on ResNet-50 (5% of a batch-32 H200 step) for 4 bytes per weight (100 MB); see SparseMasks.multiplier.
+        method.masks.multiplier = "auto"
         method.attach(optimizer)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
