@@ -160,7 +160,8 @@ class SparseMasks:
         return self
 
     def _bound(self) -> tuple[list[Tensor], list[Tensor]]:
-        """The bound parameters and their masks as ``uint8`` views of the same memory.
+        """The bound parameters and their multipliers: ``uint8`` views of the masks' memory, or cached copies in
+        the parameters' dtype (see :attr:`multiplier`).
 
         Multiplying a float tensor by a ``bool`` tensor goes through a slow type-promotion path in PyTorch
         (about 3x the time of a float-by-float multiply on CPU); by a ``uint8`` view of the same bytes it is as
