@@ -172,7 +172,7 @@ class SparseMasks:
             raise RuntimeError("These masks are not bound to a model; call masks.bind(model) first.")
         if self.multiplier not in ("auto", "float", "uint8"):
             raise ValueError(f"SparseMasks.multiplier must be 'auto', 'float' or 'uint8', got {self.multiplier!r}.")
-        cache = self.__dict__.setdefault("_float_masks", {})
+        cache = self._float_masks
         params, masks = [], []
         for name, param in self._params.items():
             mask = self._masks[name]

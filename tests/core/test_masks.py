@@ -164,8 +164,8 @@ def test_update_replaces_masks_and_clears_state(mlp):
 
 
 def test_float_multiplier_matches_uint8_and_follows_mask_updates():
-    """The GPU default (mask copies in the weights' dtype, one fused kernel) trains bit-identically to the
-    uint8 views, and a mask changed in place or replaced is never applied from a stale copy."""
+    """The vision trainer's GPU choice (mask copies in the weights' dtype, one fused kernel) trains bit-identically
+    to the uint8 views, and a copy is rebuilt when its mask is written in place or its weights change dtype."""
     results = {}
     for multiplier in ("uint8", "float"):
         torch.manual_seed(0)
@@ -180,7 +180,7 @@ def test_float_multiplier_matches_uint8_and_follows_mask_updates():
             optimizer.step()
             optimizer.zero_grad()
             _assert_enforced(masks, optimizer)
-            if step == 2:  # a denser then a sparser mask, written in place
+            if step == 2:  # a sparser mask, written in place
                 masks.update_(dict(SparseMasks.from_magnitude(model, 0.8, "global").items()), optimizer)
             if step == 4:
                 model.double()  # parameters change dtype: the copies must follow
