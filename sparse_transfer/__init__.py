@@ -21,12 +21,13 @@ from .hub import (
     save_sparse_pretrained,
     verify_checkpoint_sparsity,
 )
-from .methods import ACDC, GMP, Constant, RigL, acdc_phase, dense_masks, rigl_drop_fraction
+from .methods import ACDC, GMP, NM, Constant, MaskMethod, RigL, acdc_phase, dense_masks, rigl_drop_fraction
 
 # The transformers integration is imported on first use, so that the mask engine and the vision methods
 # do not pay for importing transformers.
 _LAZY = {
     "GradualUnfreezer": "sparse_transfer.hf",
+    "MaskMethodCallback": "sparse_transfer.hf",
     "SparseTrainer": "sparse_transfer.hf",
     "SparseTrainingArguments": "sparse_transfer.hf",
     "distillation_loss": "sparse_transfer.hf",
@@ -51,6 +52,9 @@ __all__ = [
     "GMP",
     "GradualUnfreezer",
     "MASKS_NAME",
+    "MaskMethod",
+    "MaskMethodCallback",
+    "NM",
     "RigL",
     "SparseMasks",
     "SparseTrainer",

@@ -3,25 +3,36 @@
 How enforcement works, and why this mechanism:
 
     for each optimizer step:
-        backward()                      # dense gradients, pruned coordinates included
-        [pre-step hook]  grad *= mask   # pruned coordinates get no gradient, hence no Adam moment or momentum
-        optimizer.step()
-        [post-step hook] weight *= mask # pruned weights are exactly 0 (also against weight decay quirks)
+        backward()                      # as autograd accumulates each parameter's gradient, a post-accumulate-grad
+                                        # hook zeroes its pruned coordinates: clipping, grad-norm logging, DDP's
+                                        # all-reduce and the optimizer all see the gradient that is applied
+        optimizer.step()                # pruned coordinates have no gradient, hence no Adam moment or momentum
+        [post-step hook] weight[pruned] := 0   # exact zeros, also against weight decay quirks
 
-The masks live outside the model: the model's state dict keeps its ordinary keys (no ``weight_orig``, no
-mask buffers), so a checkpoint of an enforced model loads in plain transformers or timm with its zeros in
-place, and the forward pass costs nothing extra (``torch.nn.utils.prune`` recomputes ``weight_orig *
-mask`` in a forward pre-hook instead). Optimizer hooks fire once per real step: gradient accumulation,
-``GradScaler`` skipped steps and accelerate's ``AcceleratedOptimizer`` (which calls the wrapped optimizer)
-are all covered, and gradients are already all-reduced under DDP when the step runs. A mask is one
-``bool`` (1 byte) per prunable weight while training and 1 bit per weight on disk (``SparseMasks.multiplier``
-trades 4 more bytes on a GPU for fewer kernel launches).
+Masks address parameters by fully qualified name and hold the model they were bound to. At attach and at every
+check (:meth:`check`, :meth:`violations`, :meth:`measured_sparsity`, the Trainer's per-log check) they look the
+parameters up again by name: if one was replaced (``load_state_dict(assign=True)``, a new module, ``to_empty``,
+``.to()`` with ``overwrite_module_params_on_conversion``, ``fully_shard``), the masks follow it when the attached
+optimizer holds the new tensor (or no optimizer is attached yet), and otherwise stop with an error naming the
+parameter. Enforcement never multiplies a value by the mask in floating point (``inf * 0`` is NaN): it multiplies
+the weights' bit patterns, viewed as integers of the same width, by 0 or 1, which selects exactly (a NaN or inf at a
+pruned coordinate becomes +0.0) and keeps ``torch._foreach_mul_``'s single fused kernel on a GPU.
+
+The masks live outside the model: the model's state dict keeps its ordinary keys (no ``weight_orig``, no mask
+buffers), so a checkpoint of an enforced model loads in plain transformers or timm with its zeros in place, and the
+forward pass costs nothing extra (``torch.nn.utils.prune`` recomputes ``weight_orig * mask`` in a forward pre-hook
+instead). Gradient accumulation, ``GradScaler`` skipped steps and accelerate's ``AcceleratedOptimizer`` are all
+covered. Under FSDP2 (``fully_shard``) parameters are DTensors: each rank enforces its local shard with the matching
+slice of the mask, and counts are reduced over all ranks. A mask is one ``bool`` (1 byte) per prunable weight while
+training and 1 bit per weight on disk (:attr:`SparseMasks.multiplier` trades 4 more bytes on a GPU for fewer kernel
+launches).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 
@@ -32,9 +43,20 @@ from torch import Tensor, nn
 from .distributions import compute_masks
 from .targets import TargetSpec, select_targets
 
+logger = logging.getLogger(__name__)
+
 MASKS_FILE_FORMAT = "sparse_transfer.masks"
 MASKS_FILE_VERSION = "1"
 MASKS_NAME = "sparse_masks.safetensors"
+
+# Signed integers of each element width: a float tensor viewed as one of these keeps its bit pattern, and an
+# integer multiply by 0 or 1 then selects exactly, whatever the float value (NaN and inf included).
+_INT_OF_WIDTH = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+_FSDP_HINT = (
+    "Shard the model with FSDP2 instead (torch.distributed.fsdp.fully_shard, or fsdp_config={'fsdp_version': 2} in "
+    "the Trainer / accelerate), which keeps each parameter under its own name; bind the masks before sharding."
+)
 
 
 def pack_bits(mask: Tensor) -> Tensor:
@@ -60,16 +82,71 @@ def _fingerprint(shapes: Mapping[str, tuple[int, ...]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class _HookHandles:
-    """Removes the optimizer hooks that :meth:`SparseMasks.attach` registered."""
+# ------------------------------------------------------------------------------------------------ helpers
+_DTENSOR: tuple[type, ...] | None = None
 
-    def __init__(self, handles):
-        self._handles = handles
+
+def is_dtensor(tensor: object) -> bool:
+    """Whether ``tensor`` is a ``torch.distributed.tensor.DTensor`` (an FSDP2-sharded parameter or gradient)."""
+    global _DTENSOR
+    if _DTENSOR is None:
+        try:
+            from torch.distributed.tensor import DTensor
+
+            _DTENSOR = (DTensor,)
+        except ImportError:  # builds without distributed support
+            _DTENSOR = ()
+    return isinstance(tensor, _DTENSOR)
+
+
+def local_tensor(tensor: Tensor) -> Tensor:
+    """The part of ``tensor`` this process holds: the local shard of a DTensor, else the tensor itself."""
+    return tensor.to_local() if is_dtensor(tensor) else tensor
+
+
+def _bits(tensor: Tensor) -> Tensor:
+    """``tensor``'s memory as integers of the same width (no copy); integer tensors are returned as they are."""
+    if tensor.is_floating_point():
+        return tensor.view(_INT_OF_WIDTH[tensor.element_size()])
+    return tensor
+
+
+def _local_mask(mask: Tensor, param: Tensor) -> Tensor:
+    """The slice of the full ``mask`` that matches ``param``'s local shard (a view: in-place mask updates show)."""
+    if not is_dtensor(param):
+        return mask
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if not all(isinstance(p, (Shard, Replicate)) for p in param.placements):
+        raise ValueError(f"Masks support Shard and Replicate placements only, got {param.placements}.")
+    shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    return mask[tuple(slice(o, o + s) for o, s in zip(offset, shape))]
+
+
+def _optimizer_param_ids(optimizer: torch.optim.Optimizer) -> set[int]:
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def _refuse_fsdp1(model: nn.Module) -> None:
+    for module in model.modules():
+        if type(module).__name__ == "FullyShardedDataParallel":
+            raise ValueError(
+                "This model is wrapped in FSDP1 (FullyShardedDataParallel), which flattens parameters into shared "
+                "buffers, so masks cannot address them by name and pruned weights would go unenforced. " + _FSDP_HINT
+            )
+
+
+class _HookHandles:
+    """Detaches what :meth:`SparseMasks.attach` registered (gradient hooks and the optimizer hook)."""
+
+    def __init__(self, masks: SparseMasks):
+        self._masks = masks
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        if self._masks is not None:
+            self._masks.detach()
+            self._masks = None
 
 
 class SparseMasks:
@@ -79,26 +156,31 @@ class SparseMasks:
         >>> masks = SparseMasks.from_magnitude(model, sparsity=0.9, targets="bert")
         >>> masks.apply_()                 # pruned weights := 0
         >>> masks.attach(optimizer)        # ... and they stay exactly 0 after every step
+        >>> masks.violations()             # 0: reads the model's current parameters by name
         >>> masks.save("masks.safetensors")
 
     Args:
         masks: Boolean (or 0/1) tensors by fully qualified parameter name.
         model: If given, the masks are bound to its parameters at once (see :meth:`bind`).
+
+    Attributes:
+        enforcing: Whether the masks are imposed (default ``True``). Mask methods release them while training
+            dense (GMP before its first cut, AC/DC's decompressed phases); the hooks then do nothing.
+        keep_dense_grads: While ``True`` the gradient hooks leave gradients dense, for a method that reads the
+            gradient of pruned weights on this step (RigL's growth, see ``MaskMethod.begin_step``); the method
+            masks them itself once it has read them.
     """
 
-    #: What the hooks multiply weights and gradients by. ``"uint8"``: a uint8 view of each bool mask (no copy,
-    #: 1 byte per weight). ``"float"``: a cached copy of each mask in its parameter's dtype (+4 bytes per fp32
-    #: weight), which lets ``torch._foreach_mul_`` run its fused multi-tensor kernel: with mixed dtypes it falls
-    #: back to one kernel per tensor, and on a GPU those launches are ~1 ms per step for ResNet-50 (5% of a
-    #: batch-32 step on an H200; ``benchmarks/vision_step_time.py --device cuda``). ``"auto"``: ``"float"`` for
-    #: parameters on a CUDA device, ``"uint8"`` elsewhere (on CPU both cost the same). The default keeps masks at
-    #: 1 byte per weight; the vision trainer, whose per-GPU steps are short, uses ``"auto"``. Results are
-    #: bit-identical either way (a multiply by 1 or 0).
+    #: What the hooks multiply bit patterns by. ``"uint8"``: a uint8 view of each bool mask (no copy, 1 byte per
+    #: weight). ``"float"``: a cached copy of each mask as integers of the weights' width (+4 bytes per fp32 weight),
+    #: which lets ``torch._foreach_mul_`` run its fused multi-tensor kernel: with mixed dtypes it falls back to one
+    #: kernel per tensor, and on a GPU those launches are ~1 ms per step for ResNet-50 (5% of a batch-32 step on an
+    #: H200; ``benchmarks/vision_step_time.py --device cuda``). ``"auto"``: ``"float"`` for parameters on a CUDA
+    #: device, ``"uint8"`` elsewhere (on CPU both cost the same). Results are bit-identical either way.
     multiplier: str = "uint8"
 
     def __init__(self, masks: Mapping[str, Tensor], model: nn.Module | None = None):
         self._masks: dict[str, Tensor] = {}
-        self._float_masks: dict[str, tuple[Tensor, tuple, Tensor]] = {}  # name -> (mask, its version, copy)
         for name, mask in masks.items():
             if mask.dtype != torch.bool:
                 if not torch.all((mask == 0) | (mask == 1)):
@@ -107,7 +189,16 @@ class SparseMasks:
             self._masks[name] = mask
         if not self._masks:
             raise ValueError("SparseMasks needs at least one mask.")
+        self.enforcing = True
+        self.keep_dense_grads = False
+        self.grads_masked_in_backward = False  # set by the gradient hooks; read and reset by mask methods
+        self._model: nn.Module | None = None
         self._params: dict[str, nn.Parameter] = {}
+        self._local: dict[str, Tensor] = {}  # name -> the slice of the mask matching the local (shard of the) parameter
+        self._copies: dict[str, tuple[Tensor, tuple, Tensor]] = {}  # name -> (local mask, its version, int copy)
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._hooks: list = []
+        self._warned_outside: list[str] = []
         if model is not None:
             self.bind(model)
 
@@ -127,14 +218,22 @@ class SparseMasks:
         targets: TargetSpec | str | None = None,
         **kwargs,
     ) -> SparseMasks:
-        """Masks that keep the largest ``|weight|`` under a distribution (see :func:`compute_masks`)."""
+        """Masks that keep the largest ``|weight|`` under a distribution (see :func:`compute_masks`).
+
+        The masks are computed and bound, not applied: the weights are unchanged until :meth:`apply_` or
+        :meth:`attach` zeroes the pruned ones.
+        """
         params = select_targets(model, targets)
         scores = {name: p.detach().abs() for name, p in params.items()}
         return cls(compute_masks(scores, sparsity, distribution, **kwargs), model)
 
     # ------------------------------------------------------------------------------------------ binding
     def bind(self, model: nn.Module) -> SparseMasks:
-        """Attaches the masks to ``model``'s parameters by name, checking names and shapes."""
+        """Binds the masks to ``model``'s parameters by name, checking names and shapes.
+
+        The masks keep ``model`` and look its parameters up by name again at every check (:meth:`check`).
+        """
+        _refuse_fsdp1(model)
         named = dict(model.named_parameters(remove_duplicate=False))
         missing = [name for name in self._masks if name not in named]
         if missing:
@@ -147,98 +246,200 @@ class SparseMasks:
                 f"These masks were made for a different model: {len(missing)} masked parameter(s) do not exist "
                 f"in {type(model).__name__}, e.g. {missing[0]!r}{prefix_hint}."
             )
-        for name, mask in self._masks.items():
-            param = named[name]
+        self._model = model
+        self._set_params({name: named[name] for name in self._masks})
+        return self
+
+    def _set_params(self, params: dict[str, nn.Parameter]) -> None:
+        for name, param in params.items():
+            mask = self._masks[name]
             if param.shape != mask.shape:
                 raise ValueError(
                     f"Mask for {name} has shape {tuple(mask.shape)} but the parameter has shape "
                     f"{tuple(param.shape)}: the masks were made for a different model."
                 )
+            if not param.is_floating_point():
+                raise ValueError(f"{name} is a {param.dtype} parameter; only floating-point weights can be masked.")
             if mask.device != param.device:
                 self._masks[name] = mask.to(param.device)
-        self._params = {name: named[name] for name in self._masks}
-        return self
+        self._params = params
+        self._local = {name: _local_mask(self._masks[name], p) for name, p in params.items()}
+        self._copies.clear()
+        if self._hooks:  # attached: the gradient hooks move to the new tensors
+            self._register_hooks()
 
-    def _bound(self) -> tuple[list[Tensor], list[Tensor]]:
-        """The bound parameters and their multipliers: ``uint8`` views of the masks' memory, or cached copies in
-        the parameters' dtype (see :attr:`multiplier`).
+    def check(self) -> None:
+        """Confirms that the masks act on the model's current parameters, and that the optimizer holds them.
 
-        Multiplying a float tensor by a ``bool`` tensor goes through a slow type-promotion path in PyTorch
-        (about 3x the time of a float-by-float multiply on CPU); by a ``uint8`` view of the same bytes it is as
-        fast as float-by-float, with no float copy of the mask (1 byte per weight). ``benchmarks/bench_enforcement.py``
-        measures the hooks' share of a step.
+        Each parameter is looked up by name in the bound model. One that was replaced is followed (re-bound by name,
+        its pruned weights, gradient and optimizer state zeroed) when no optimizer is attached or the attached one
+        holds the new tensor; otherwise training would silently go to a tensor the model no longer uses, and this
+        raises ``RuntimeError`` naming the parameter and the fix.
         """
+        if self._model is None:
+            raise RuntimeError("These masks are not bound to a model; call masks.bind(model) first.")
+        live = {}
+        for name in self._masks:
+            try:
+                live[name] = self._model.get_parameter(name)
+            except AttributeError:
+                raise RuntimeError(
+                    f"{name} is no longer a parameter of the model the masks are bound to (was its module replaced "
+                    "by one without it, or the model wrapped?). Bind the masks to the model as it is now."
+                ) from None
+        stale = [name for name, param in live.items() if param is not self._params[name]]
+        if stale:
+            if self._optimizer is not None:
+                held = _optimizer_param_ids(self._optimizer)
+                orphans = [name for name in stale if id(live[name]) not in held]
+                if orphans:
+                    raise RuntimeError(
+                        f"{orphans[0]} (and {len(orphans) - 1} more) was replaced after the masks were attached "
+                        "(load_state_dict(assign=True), a new module, to_empty, .to() that overwrites parameters, or "
+                        "sharding), but the optimizer still holds the old tensor: the model's weights would not train "
+                        "and the masks would guard a tensor the model no longer uses. Replace parameters before "
+                        "creating the optimizer, then call masks.attach(optimizer) (SparseTrainer does both)."
+                    )
+            logger.warning(
+                "%d masked parameter(s) were replaced (e.g. %s); the masks now follow the new tensors by name.",
+                len(stale), stale[0],
+            )
+            self._set_params(live)
+            if self.enforcing:
+                self.apply_()
+                self.mask_grads_()
+                if self._optimizer is not None:
+                    self.mask_optimizer_state_(self._optimizer)
+        if self._optimizer is not None:
+            self._check_in_optimizer(self._optimizer)
+
+    def _check_in_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Warns about masked parameters that require grad but that ``optimizer`` does not hold: it never updates them
+        (their zeros are safe from it), but whatever trains them does so without the masks' hooks."""
+        held = _optimizer_param_ids(optimizer)
+        outside = [name for name, p in self._params.items() if p.requires_grad and id(p) not in held]
+        if outside and outside != self._warned_outside:
+            logger.warning(
+                "%s (and %d more masked parameter(s)) requires grad but is not in the optimizer the masks are attached "
+                "to: that optimizer never updates it, and another one would train it without the masks (the next "
+                "violations() check would catch it). Build the optimizer over all the model's parameters.",
+                outside[0], len(outside) - 1,
+            )
+        self._warned_outside = outside
+
+    def _check_bound(self) -> None:
         if not self._params:
             raise RuntimeError("These masks are not bound to a model; call masks.bind(model) first.")
         if self.multiplier not in ("auto", "float", "uint8"):
             raise ValueError(f"SparseMasks.multiplier must be 'auto', 'float' or 'uint8', got {self.multiplier!r}.")
-        cache = self._float_masks
-        params, masks = [], []
-        for name, param in self._params.items():
-            mask = self._masks[name]
-            if mask.device != param.device:  # the model moved (e.g. .to("cuda") after masks were made)
-                mask = self._masks[name] = mask.to(param.device)
-            params.append(param)
-            if self.multiplier == "float" or (self.multiplier == "auto" and param.device.type == "cuda"):
-                # Rebuilt whenever the mask changes: replaced (another tensor) or written in place by update_()
-                # (which bumps the tensor's version counter).
-                hit = cache.get(name)
-                if hit is None or hit[0] is not mask or hit[1] != (mask._version, param.dtype):
-                    hit = cache[name] = (mask, (mask._version, param.dtype), mask.to(param.dtype))
-                masks.append(hit[2])
-            else:
-                cache.pop(name, None)
-                masks.append(mask.view(torch.uint8))
-        return params, masks
+
+    def _multiplier(self, name: str, target: Tensor) -> Tensor:
+        """What ``_bits(target)`` is multiplied by: a uint8 view of the local mask, or a cached integer copy."""
+        mask = self._local[name]
+        if mask.device != target.device:  # the model moved (e.g. .to("cuda") after the masks were made)
+            self._masks[name] = self._masks[name].to(target.device)
+            mask = self._local[name] = _local_mask(self._masks[name], self._params[name])
+        if self.multiplier == "float" or (self.multiplier == "auto" and target.device.type == "cuda"):
+            dtype = _bits(target).dtype
+            hit = self._copies.get(name)
+            # Rebuilt whenever the mask changes: replaced (another tensor) or written in place (its version counter).
+            if hit is None or hit[0] is not mask or hit[1] != (mask._version, dtype):
+                hit = self._copies[name] = (mask, (mask._version, dtype), mask.to(dtype))
+            return hit[2]
+        self._copies.pop(name, None)
+        return mask.view(torch.uint8)
+
+    @torch.no_grad()
+    def _select_(self, tensors: dict[str, Tensor]) -> None:
+        """Zeroes the pruned coordinates of ``tensors`` (local tensors by mask name) exactly, in one fused call."""
+        if not tensors:
+            return
+        targets = list(tensors.values())
+        multipliers = [self._multiplier(name, t) for name, t in tensors.items()]
+        torch._foreach_mul_([_bits(t) for t in targets], multipliers)
 
     # -------------------------------------------------------------------------------------- enforcement
     @torch.no_grad()
     def apply_(self) -> None:
-        """Sets every pruned weight to exactly zero."""
-        params, masks = self._bound()
-        torch._foreach_mul_([p.data for p in params], masks)
+        """Sets every pruned weight to exactly zero (NaN and inf included)."""
+        self._check_bound()
+        self._select_({name: local_tensor(p.data) for name, p in self._params.items()})
 
     @torch.no_grad()
     def mask_grads_(self) -> None:
-        """Zeroes the gradients of pruned weights (parameters without a gradient are skipped)."""
-        params, masks = self._bound()
-        pairs = [(p.grad, m) for p, m in zip(params, masks) if p.grad is not None]
-        if pairs:
-            grads, grad_masks = zip(*pairs)
-            torch._foreach_mul_(list(grads), list(grad_masks))
+        """Zeroes the gradients of pruned weights exactly (parameters without a gradient are skipped)."""
+        self._check_bound()
+        self._select_({name: local_tensor(p.grad) for name, p in self._params.items() if p.grad is not None})
 
     @torch.no_grad()
     def mask_optimizer_state_(self, optimizer: torch.optim.Optimizer) -> None:
         """Zeroes the optimizer state (momentum, Adam moments, ...) of pruned weights."""
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
-        params, masks = self._bound()
-        for param, mask in zip(params, masks):
+        self._check_bound()
+        for name, param in self._params.items():
             for value in optimizer.state.get(param, {}).values():
-                if isinstance(value, Tensor) and value.shape == mask.shape:
-                    value.mul_(mask)
+                if isinstance(value, Tensor) and value.shape == param.shape and value.is_floating_point():
+                    self._select_({name: local_tensor(value)})
+
+    def _grad_hook(self, name: str):
+        def hook(param: Tensor) -> None:
+            if self.enforcing and not self.keep_dense_grads and param.grad is not None:
+                grad = local_tensor(param.grad)
+                with torch.no_grad():
+                    _bits(grad).mul_(self._multiplier(name, grad))
+                self.grads_masked_in_backward = True
+
+        return hook
+
+    def _post_step(self, *_) -> None:
+        if self.enforcing:
+            self.apply_()
+
+    def _register_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = [p.register_post_accumulate_grad_hook(self._grad_hook(n)) for n, p in self._params.items()]
+        self._hooks.append(self._optimizer.register_step_post_hook(self._post_step))
 
     def attach(self, optimizer: torch.optim.Optimizer) -> _HookHandles:
         """Enforces the masks on every step of ``optimizer``.
 
-        Registers a pre-step hook that masks gradients and a post-step hook that masks weights, applies
-        the masks and clears the pruned coordinates of any existing optimizer state. Returns a handle
-        whose ``remove()`` detaches the hooks.
+        Checks that the masks act on the model's current parameters and that ``optimizer`` holds every masked
+        parameter that requires grad; registers a post-accumulate-grad hook on each masked parameter (its gradient is
+        masked as soon as backward has accumulated it) and a post-step hook that zeroes pruned weights; applies the
+        masks and clears the pruned coordinates of any existing optimizer state. Attaching again moves the hooks to
+        the new optimizer. Returns a handle whose ``remove()`` detaches everything.
         """
         inner = getattr(optimizer, "optimizer", optimizer)
-        self.apply_()
-        self.mask_grads_()
-        self.mask_optimizer_state_(inner)
-        handles = [
-            inner.register_step_pre_hook(lambda *_: self.mask_grads_()),
-            inner.register_step_post_hook(lambda *_: self.apply_()),
-        ]
-        return _HookHandles(handles)
+        self.detach()
+        self.check()
+        self._check_in_optimizer(inner)
+        self._optimizer = inner
+        self._register_hooks()
+        if self.enforcing:
+            self.apply_()
+            self.mask_grads_()
+            self.mask_optimizer_state_(inner)
+        return _HookHandles(self)
+
+    def detach(self) -> None:
+        """Removes the hooks of :meth:`attach` (the masks stay bound)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        self._optimizer = None
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer the masks are attached to (``None`` before :meth:`attach`)."""
+        return self._optimizer
 
     @torch.no_grad()
     def update_(self, masks: Mapping[str, Tensor], optimizer: torch.optim.Optimizer | None = None) -> None:
         """Replaces some or all masks in place (for methods whose mask changes: AC/DC, GMP, RigL).
 
-        The new masks are applied to the weights at once, and to ``optimizer``'s state if given.
+        While enforcing, the new masks are applied to the weights and gradients at once, and to the optimizer
+        state (``optimizer``'s, else the attached one's).
         """
         for name, mask in masks.items():
             if name not in self._masks:
@@ -246,9 +447,10 @@ class SparseMasks:
             if mask.shape != self._masks[name].shape:
                 raise ValueError(f"New mask for {name} has shape {tuple(mask.shape)}, expected {tuple(self._masks[name].shape)}.")
             self._masks[name].copy_(mask)
-        if self._params:
+        if self._params and self.enforcing:
             self.apply_()
             self.mask_grads_()
+            optimizer = optimizer if optimizer is not None else self._optimizer
             if optimizer is not None:
                 self.mask_optimizer_state_(optimizer)
 
@@ -270,8 +472,13 @@ class SparseMasks:
 
     @property
     def params(self) -> dict[str, nn.Parameter]:
-        """The bound parameters by name (empty before :meth:`bind`)."""
+        """The bound parameters by name (empty before :meth:`bind`); :meth:`check` re-reads them from the model."""
         return dict(self._params)
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The model the masks are bound to."""
+        return self._model
 
     def numel(self) -> int:
         return sum(m.numel() for m in self._masks.values())
@@ -286,10 +493,52 @@ class SparseMasks:
     def layer_sparsity(self) -> dict[str, float]:
         return {name: 1.0 - int(m.sum()) / m.numel() for name, m in self._masks.items()}
 
+    @torch.no_grad()
+    def _count(self, count_fn) -> int:
+        """``sum(count_fn(local weights, local mask))`` over the model's current parameters, summed over all ranks
+        when they are sharded (a collective then: every rank must call it)."""
+        self.check()
+        total, sharded = 0, None
+        for name, param in self._params.items():
+            local = local_tensor(param.detach())
+            total += int(count_fn(local, self._local[name].to(local.device)))
+            if is_dtensor(param):
+                sharded = param
+        if sharded is not None:
+            from torch.distributed.tensor import Shard
+
+            if any(not isinstance(p, Shard) for p in sharded.placements):
+                raise ValueError("Counting over replicated (HSDP) meshes is not supported; shard on one mesh dimension.")
+            counts = torch.tensor([total], dtype=torch.int64, device=local.device)
+            torch.distributed.all_reduce(counts, group=sharded.device_mesh.get_group())
+            total = int(counts.item())
+        return total
+
     def violations(self) -> int:
-        """Number of pruned weights of the bound model that are not exactly zero (0 when enforced)."""
-        params, masks = self._bound()
-        return int(sum(int((p.detach()[~m.view(torch.bool)] != 0).sum()) for p, m in zip(params, masks)))
+        """Number of pruned weights of the model as it is now (looked up by name) that are not exactly zero."""
+        return self._count(lambda w, m: (w[~m] != 0).sum())
+
+    def measured_sparsity(self) -> float:
+        """Fraction of exact zeros over the masked weights of the model as it is now (over all ranks if sharded)."""
+        return 1.0 - self._count(lambda w, m: (w != 0).sum()) / self.numel()
+
+    def violations_in(self, state_dict: Mapping[str, Tensor]) -> int:
+        """Number of pruned weights that are not exactly zero in a (full, gathered) ``state_dict`` about to be saved.
+
+        Keys are matched by name, also under a prefix (``model.``, ``module.``); a masked weight missing from the
+        state dict is an error.
+        """
+        count = 0
+        for name, mask in self._masks.items():
+            value = state_dict.get(name)
+            if value is None:
+                found = [key for key in state_dict if key.endswith("." + name)]
+                if len(found) != 1:
+                    raise KeyError(f"The state dict to check has no single entry for the masked weight {name}.")
+                value = state_dict[found[0]]
+            value = local_tensor(value) if not is_dtensor(value) else value.full_tensor()
+            count += int((value.detach()[~mask.to(value.device)] != 0).sum())
+        return count
 
     def iou(self, other: SparseMasks) -> float:
         """Intersection over union of the kept positions of two mask sets over the same parameters."""
@@ -309,7 +558,7 @@ class SparseMasks:
         return {name: m.detach().cpu().clone() for name, m in self._masks.items()}
 
     def load_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
-        """Loads masks saved by :meth:`state_dict` (same names and shapes) and applies them if bound."""
+        """Loads masks saved by :meth:`state_dict` (same names and shapes) and applies them if bound and enforcing."""
         unknown = set(state_dict) - set(self._masks)
         missing = set(self._masks) - set(state_dict)
         if unknown or missing:

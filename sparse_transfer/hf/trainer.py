@@ -1,27 +1,34 @@
-"""``SparseTrainer``: Hugging Face Trainer for exact sparse transfer, with gradual unfreezing.
+"""``SparseTrainer``: Hugging Face Trainer for exact sparse transfer: any mask method, gradual unfreezing.
 
 One optimizer step of ``SparseTrainer.train()``, with where things happen::
 
     create_optimizer():  register EVERY parameter (frozen ones too, so later stages train them)
-                         masks.attach(optimizer)                      # masks enforced from here on
-    for step in range(max_steps):                                     # optimizer steps, GA-aware
+                         method.attach(optimizer)            # engine hooks on every masked parameter + the optimizer
+    on_train_begin:      method.masks.check()               # follow parameters that wrapping/sharding replaced
+    for step in range(max_steps):                           # optimizer steps, GA-aware
         on_step_begin:   stage = unfreeze_stage(step, steps_per_stage, L + 2)
                          if stage changed: unfreezer.set_stage_(stage)   # <- STAGE CHANGES (requires_grad)
                          lr = lr0 * rewind_lr_factor(step, ...) if the scheduler lags (fp16 skipped a step)
+                         method.begin_step(step)            # dense gradients this step? (RigL update, AC/DC release)
         for micro_batch in gradient_accumulation:
             loss = (1 - h) * task_loss + h * T^2 * KL(softmax(teacher / T) || softmax(student / T))
-            loss.backward()                                           # frozen weights: no weight-grad computed
+            loss.backward()                                 # <- GRADIENTS MASKED as each one accumulates
+        training_step of the last micro-batch:
+                         method.step(step, optimizer)       # <- MASK EVENTS: GMP prune, AC/DC (de)compress, RigL
+                                                            #    drop/grow, N:M cut (Constant: nothing)
+        clip_grad_norm_(max_grad_norm)                      # sees, and logs, the gradient that is applied
         optimizer.step():
-            pre-hook:    grad *= mask                                 # <- MASKS ENFORCED (no grad, no moments)
-            AdamW step                                                # params with grad None: untouched
-            post-hook:   weight *= mask                               # <- MASKS ENFORCED (exact zeros)
+            AdamW step                                      # params with grad None: untouched
+            post-hook:   weight[pruned] := 0                # <- MASKS ENFORCED (exact zeros)
         lr_scheduler.step():  lr = lr0 * rewind_lr_factor(step + 1, steps_per_stage, lr_end_factor)
-                                                                      # <- LR REWINDS to lr0 at each stage start
-        log:             sparsity, mask_violations (must stay 0, else RuntimeError), unfreeze_stage
-        save:            checkpoint + sparse_masks.safetensors + sparse_trainer_state.json
+                                                            # <- LR REWINDS to lr0 at each stage start
+        log:             sparsity, mask_sparsity, mask_violations (must stay 0, else RuntimeError), mask events,
+                         unfreeze_stage, the method's state (AC/DC phase)
+        save:            checkpoint + sparse_masks.safetensors + sparse_method_state.pt + sparse_trainer_state.json
 
-The stage is a pure function of ``state.global_step``, so ``resume_from_checkpoint`` lands in the same
-stage, at the same LR, with the same masks (loaded from the checkpoint) as the uninterrupted run.
+The stage is a pure function of ``state.global_step``, and the method's whole state is saved with every checkpoint,
+so ``resume_from_checkpoint`` lands in the same stage, at the same LR, with the same masks and method state as the
+uninterrupted run.
 
 With ``unfreeze="none"`` every parameter the user left trainable trains from the first step (ordinary full
 fine-tuning) and the masks are enforced in the same way.
@@ -44,12 +51,14 @@ from transformers.trainer_callback import DefaultFlowCallback
 from transformers.trainer_utils import SchedulerType
 
 from ..core import MASKS_NAME, SparseMasks
+from ..methods import Constant, MaskMethod
 from ..core.schedules import rewind_lr_factor
 from .unfreeze import UNFREEZE_MODES, GradualUnfreezer, unfreeze_stage
 
 logger = logging.getLogger(__name__)
 
 SPARSE_TRAINER_STATE_NAME = "sparse_trainer_state.json"
+SPARSE_METHOD_STATE_NAME = "sparse_method_state.pt"
 REWIND = "rewind"
 
 
@@ -230,6 +239,42 @@ class _RewindSyncCallback(TrainerCallback):
         self.trainer._sync_rewind_lr()
 
 
+class MaskMethodCallback(TrainerCallback):
+    """Drives a :class:`~sparse_transfer.methods.MaskMethod` from the Trainer loop (the Trainer adapter).
+
+    ``on_train_begin`` re-checks that the masks act on the parameters the prepared (wrapped, sharded) model trains;
+    ``on_step_begin`` tells the engine whether the coming step needs dense gradients; :meth:`after_backward` (called by
+    :class:`SparseTrainer` after the last micro-batch's backward, before clipping) runs the method's schedule. Mask
+    events are kept in :attr:`events` and logged with the next log line.
+    """
+
+    def __init__(self, method: MaskMethod):
+        self.method = method
+        self.events: list[dict] = []
+        self._unlogged: list[str] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.method.masks.check()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.method.begin_step(state.global_step)
+
+    def after_backward(self, state, optimizer) -> None:
+        event = self.method.step(state.global_step, optimizer)
+        if event is not None:
+            self.events.append(event)
+            self._unlogged.append(event["event"])
+            logger.info("step %d: %s (sparsity %.4f)", state.global_step, event["event"], self.method.masks.sparsity())
+
+    def log_entries(self) -> dict:
+        """What the next log line says about the method: its state, and the mask events since the last log."""
+        entries = dict(self.method.describe())
+        if self._unlogged:
+            entries["mask_events"] = ",".join(self._unlogged)
+            self._unlogged = []
+        return entries
+
+
 class SparseTrainer(Trainer):
     """A ``transformers.Trainer`` that keeps fixed masks exact and trains with gradual unfreezing.
 
@@ -239,11 +284,19 @@ class SparseTrainer(Trainer):
         >>> trainer = SparseTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev)
         >>> trainer.train()                     # masks read from the model's zeros on args.mask_targets
 
+        Any mask method, e.g. gradual magnitude pruning during fine-tuning:
+
+        >>> method = GMP(dense_masks(model, "bert"), final_sparsity=0.9, start_step=0, end_step=16, interval=4)
+        >>> SparseTrainer(model=model, args=args, train_dataset=train, method=method).train()
+
     Args:
         model: The model to fine-tune; its pruned weights must already be zero (or pass ``masks``).
         args: :class:`SparseTrainingArguments`.
         *trainer_args: Passed to ``transformers.Trainer``.
-        masks: Fixed masks; default ``SparseMasks.from_zeros(model, args.mask_targets)``.
+        method: The mask method (:class:`~sparse_transfer.methods.Constant`, ``GMP``, ``ACDC``, ``RigL``, ``NM``) over
+            masks bound to ``model``; default ``Constant(SparseMasks.from_zeros(model, args.mask_targets))``, the
+            zeros of a sparse checkpoint held fixed.
+        masks: Fixed masks, shorthand for ``method=Constant(masks)``.
         teacher_model: Teacher for logit distillation (used when ``args.distill_hardness > 0``).
         **trainer_kwargs: Passed to ``transformers.Trainer`` (datasets, collator, ``processing_class``...).
     """
@@ -253,6 +306,7 @@ class SparseTrainer(Trainer):
         model: nn.Module | None = None,
         args: SparseTrainingArguments | None = None,
         *trainer_args,
+        method: MaskMethod | None = None,
         masks: SparseMasks | None = None,
         teacher_model: nn.Module | None = None,
         **trainer_kwargs,
@@ -278,8 +332,23 @@ class SparseTrainer(Trainer):
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         self.args: SparseTrainingArguments
 
-        self.masks = masks if masks is not None else SparseMasks.from_zeros(self.model, args.mask_targets)
-        self.masks.bind(self.model)
+        if method is not None and masks is not None:
+            raise ValueError("Pass either method=... or masks=... (masks=m is shorthand for method=Constant(m)), not both.")
+        if method is not None and not isinstance(method, MaskMethod):
+            raise TypeError(
+                f"method must be a sparse_transfer mask method (Constant, GMP, ACDC, RigL, NM), got {type(method).__name__}."
+            )
+        if method is None:
+            masks = masks if masks is not None else SparseMasks.from_zeros(self.model, args.mask_targets)
+            method = Constant(masks.bind(self.model) if masks.model is not self.model else masks)
+        elif method.masks.model is not self.model:
+            raise ValueError(
+                "The method's masks are bound to another model than the one given to SparseTrainer: build them over "
+                "this model, e.g. GMP(dense_masks(model, 'bert'), ...)."
+            )
+        self.method = method
+        self.masks = method.masks
+        self.method_callback = MaskMethodCallback(method)
         self._mask_hooks = None
         self._masked_optimizer = None
         self.steps_per_stage: int | None = None
@@ -294,7 +363,11 @@ class SparseTrainer(Trainer):
             self.unfreeze_callback = GradualUnfreezeCallback(self.unfreezer)
         # Right after DefaultFlowCallback rather than appended, so that the user's own callbacks already see the
         # stage and LR of the coming step in on_train_begin/on_step_begin.
-        ours = [cb for cb in (self.unfreeze_callback, _RewindSyncCallback(self) if args.uses_rewind else None) if cb]
+        ours = [
+            cb
+            for cb in (self.unfreeze_callback, _RewindSyncCallback(self) if args.uses_rewind else None, self.method_callback)
+            if cb
+        ]
         callbacks = self.callback_handler.callbacks
         position = next((i + 1 for i, cb in enumerate(callbacks) if isinstance(cb, DefaultFlowCallback)), 0)
         callbacks[position:position] = ours
@@ -405,7 +478,7 @@ class SparseTrainer(Trainer):
         if self._masked_optimizer is not self.optimizer:
             if self._mask_hooks is not None:
                 self._mask_hooks.remove()
-            self._mask_hooks = self.masks.attach(self.optimizer)
+            self._mask_hooks = self.method.attach(self.optimizer)
             self._masked_optimizer = self.optimizer
         return self.optimizer
 
@@ -423,6 +496,14 @@ class SparseTrainer(Trainer):
                 )
         self._resumed_sparse_state = None
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.sync_gradients:
+            # The Trainer has no callback between the last backward and clipping: the method runs here, so clipping
+            # and the logged grad_norm see the gradient that is applied (RigL reads its dense gradient first).
+            self.method_callback.after_backward(self.state, self.optimizer)
+        return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.teacher_model is None or not model.training:
@@ -444,36 +525,44 @@ class SparseTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------------------------------- logging
-    @torch.no_grad()
     def measured_sparsity(self) -> float:
-        """Fraction of exact zeros over the masked weights of the model as it is now."""
-        nonzero = sum(int((p != 0).sum()) for p in self.masks.params.values())
-        return 1.0 - nonzero / self.masks.numel()
+        """Fraction of exact zeros over the masked weights of the model as it is now (read by name)."""
+        return self.masks.measured_sparsity()
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self.is_in_train:
-            violations = self.masks.violations()
             logs["sparsity"] = round(self.measured_sparsity(), 6)
-            logs["mask_violations"] = violations
+            logs["mask_sparsity"] = round(self.method.sparsity(), 6)
+            if self.method.active:
+                violations = self.masks.violations()
+                logs["mask_violations"] = violations
+                if violations:
+                    raise RuntimeError(
+                        f"{violations} pruned weights are non-zero at step {self.state.global_step}: something changed "
+                        "the weights outside the masked optimizer step (a callback, a second optimizer, load_state_dict?)."
+                    )
+            logs.update(self.method_callback.log_entries())
             if self.unfreezer is not None and self.unfreezer.stage is not None:
                 logs["unfreeze_stage"] = self.unfreezer.stage
-            if violations:
-                raise RuntimeError(
-                    f"{violations} pruned weights are non-zero at step {self.state.global_step}: something changed the "
-                    "weights outside the masked optimizer step (a callback, a second optimizer, load_state_dict?)."
-                )
         super().log(logs, *args, **kwargs)
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        violations = self.masks.violations()
-        if violations:
-            raise RuntimeError(f"Refusing to save {output_dir}: {violations} pruned weights are non-zero.")
+        if self.method.active:
+            # Checked on what is written (under FSDP the gathered state dict; _save runs on the main process only).
+            written = state_dict if state_dict is not None else self.accelerator.unwrap_model(self.model).state_dict()
+            violations = self.masks.violations_in(written)
+            if violations:
+                raise RuntimeError(f"Refusing to save {output_dir}: {violations} pruned weights are non-zero.")
         super()._save(output_dir, state_dict)
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
-            self.masks.save(os.path.join(output_dir, MASKS_NAME))
+            path = os.path.join(output_dir, MASKS_NAME)
+            if self.method.active:
+                self.masks.save(path)
+            elif os.path.isfile(path):  # the mask is released (training dense): no mask describes these weights
+                os.remove(path)
 
     def _save_checkpoint(self, model, trial) -> None:
         # Written before the parent's checkpoint files, so that a checkpoint with a trainer_state.json (what
@@ -491,6 +580,9 @@ class SparseTrainer(Trainer):
                 "unfreeze": self.args.unfreeze,
                 "unfreezer": self.unfreezer.state_dict() if self.unfreezer is not None else None,
             }
+            method_path = os.path.join(output_dir, SPARSE_METHOD_STATE_NAME)
+            torch.save(self.method.state_dict(), method_path + ".tmp")
+            os.replace(method_path + ".tmp", method_path)
             path = os.path.join(output_dir, SPARSE_TRAINER_STATE_NAME)
             with open(path + ".tmp", "w") as f:
                 json.dump(state, f, indent=2)
@@ -499,11 +591,19 @@ class SparseTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        method_path = os.path.join(resume_from_checkpoint, SPARSE_METHOD_STATE_NAME)
         masks_path = os.path.join(resume_from_checkpoint, MASKS_NAME)
-        if os.path.isfile(masks_path):
+        if os.path.isfile(method_path):
+            self.method.load_state_dict(torch.load(method_path, map_location="cpu", weights_only=True))
+        elif os.path.isfile(masks_path) and isinstance(self.method, Constant):
             self.masks.load_state_dict(SparseMasks.load(masks_path).state_dict())
-        else:
+        elif isinstance(self.method, Constant):
             logger.warning("%s has no %s; keeping the masks this trainer was built with.", resume_from_checkpoint, MASKS_NAME)
+        else:
+            raise ValueError(
+                f"{resume_from_checkpoint} has no {SPARSE_METHOD_STATE_NAME}, so the state of {type(self.method).__name__} "
+                "(its masks, phase and schedule position) cannot be restored: resume from a checkpoint this version wrote."
+            )
         state_path = os.path.join(resume_from_checkpoint, SPARSE_TRAINER_STATE_NAME)
         if os.path.isfile(state_path):
             with open(state_path) as f:

@@ -1,16 +1,23 @@
 """What every mask-update method shares: a :class:`SparseMasks` that is enforced only while a mask is imposed.
 
-The loop contract, the same for every method::
+The loop contract, the same for every method and every loop (the vision loop, the Trainer adapter in
+:mod:`sparse_transfer.hf.trainer`, the upstream pruning command, a user's own loop)::
 
-    method.attach(optimizer)              # once: grad mask before, weight mask after each step (while imposed)
-    for step, batch in enumerate(loader):
-        loss = model(batch).backward()
-        method.step(step, optimizer)      # schedule: prune, compress, decompress, drop/grow (dense grads here)
-        optimizer.step()                  # pre-hook masks grads, post-hook zeroes pruned weights
+    method.attach(optimizer)              # once: the engine's gradient hooks and post-step weight hook
+    for step, batch in enumerate(loader): # step = index (from 0) of the optimizer step about to be taken
+        method.begin_step(step)           # optional: tells the gradient hooks whether this step needs dense gradients
+        loss = model(batch).backward()    # gradient hooks mask pruned coordinates (unless this step needs them dense)
+        method.step(step, optimizer)      # the schedule: prune, compress, decompress, drop/grow; masks the gradients
+                                          # it read dense. Before clipping: clipping sees the applied gradient
+        optimizer.step()                  # post-hook zeroes pruned weights
         optimizer.zero_grad()
 
-``step`` is the index (from 0) of the optimizer step about to be taken. Methods hold no reference to the loop;
-their whole mutable state is in ``state_dict()``, so a resumed run continues bit for bit.
+Enforcement has one path, the engine's (:class:`~sparse_transfer.core.SparseMasks`): a method only decides what
+the mask is and whether it is imposed (``active`` is ``masks.enforcing``). ``step`` also prepares the next step, so
+a loop that never calls ``begin_step`` still gets dense gradients where a method needs them, except on the first
+step after a resume: there, a step that needs them and did not get them is an error naming the fix, never a silent
+growth from zeros. Methods hold no reference to the loop; their whole mutable state is in ``state_dict()``, so a
+resumed run continues bit for bit.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import SparseMasks, TargetSpec, select_targets
+from ..core.masks import _local_mask, is_dtensor, local_tensor
 
 
 def dense_masks(model: nn.Module, targets: TargetSpec | str | None = None) -> SparseMasks:
@@ -50,25 +58,20 @@ def zero_momentum_(optimizer: torch.optim.Optimizer, params: list[Tensor] | None
 
 @torch.no_grad()
 def zero_state_at_(optimizer: torch.optim.Optimizer, param: Tensor, positions: Tensor) -> None:
-    """Zeroes every per-weight optimizer state tensor of ``param`` at the boolean ``positions``."""
+    """Zeroes every per-weight optimizer state tensor of ``param`` at the boolean ``positions`` (full shape)."""
     optimizer = inner_optimizer(optimizer)
     for value in optimizer.state.get(param, {}).values():
         if isinstance(value, Tensor) and value.shape == positions.shape:
-            value.masked_fill_(positions, 0)
+            local_tensor(value).masked_fill_(_local_mask(positions, param).to(value.device), 0)
 
 
-class _Handles:
-    def __init__(self, handles):
-        self._handles = handles
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+def full_tensor(tensor: Tensor) -> Tensor:
+    """``tensor`` as one full tensor: an FSDP2-sharded DTensor is gathered (every rank must call this)."""
+    return tensor.full_tensor() if is_dtensor(tensor) else tensor
 
 
 class MaskMethod:
-    """Base class: owns ``masks`` and whether they are imposed (``active``); subclasses implement :meth:`step`.
+    """Base class: owns ``masks`` and whether they are imposed (``active``); subclasses implement :meth:`schedule`.
 
     Args:
         masks: Masks bound to the model being trained.
@@ -83,36 +86,59 @@ class MaskMethod:
         self.last_iou: float | None = None  # IoU of the latest new mask with the one before it
         self._reference: dict[str, Tensor] | None = None  # the mask the next IoU compares against
 
-    # ------------------------------------------------------------------------------------ enforcement
-    def attach(self, optimizer: torch.optim.Optimizer) -> _Handles:
-        """Registers the grad-mask pre-step hook and weight-mask post-step hook; both act only while active."""
-        inner = inner_optimizer(optimizer)
-        if self.active:
-            self.masks.apply_()
-            self.masks.mask_optimizer_state_(inner)
+    @property
+    def active(self) -> bool:
+        """Whether the mask is imposed (the engine enforces it); ``False`` while the method trains dense."""
+        return self.masks.enforcing
 
-        # The engine's hooks multiply by uint8 views of the bool masks: as fast as float masks, 1 byte per weight.
-        def pre(*_):
-            if self.active:
-                self.masks.mask_grads_()
+    @active.setter
+    def active(self, value: bool) -> None:
+        self.masks.enforcing = bool(value)
 
-        def post(*_):
-            if self.active:
-                self.masks.apply_()
+    # ------------------------------------------------------------------------------------ the loop contract
+    def attach(self, optimizer: torch.optim.Optimizer):
+        """Attaches the engine's enforcement to ``optimizer`` (see :meth:`SparseMasks.attach`); returns its handle."""
+        return self.masks.attach(optimizer)
 
-        return _Handles([inner.register_step_pre_hook(pre), inner.register_step_post_hook(post)])
+    def begin_step(self, step: int) -> None:
+        """Call before the forward pass of optimizer step ``step``: the gradient hooks keep this step's gradients
+        dense if :meth:`step` will read them (:meth:`needs_dense_grad`), and mask them as they accumulate otherwise."""
+        self.masks.keep_dense_grads = self.needs_dense_grad(step)
+        self.masks.grads_masked_in_backward = False
 
+    @torch.no_grad()
     def step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
-        """Runs the schedule for optimizer step ``step``; returns a dict describing any mask event, else None."""
+        """Runs the schedule for optimizer step ``step`` after its backward and before clipping and the optimizer
+        step; returns a dict describing any mask event, else None."""
+        if (
+            self.needs_dense_grad(step)
+            and self.active
+            and not self.masks.keep_dense_grads
+            and self.masks.grads_masked_in_backward
+        ):
+            raise RuntimeError(
+                f"{type(self).__name__} reads the dense gradient at step {step}, but the gradient hooks already masked "
+                f"it during backward: call method.begin_step({step}) before the forward pass of that step (step() "
+                "prepares the next step itself, so this is only needed on the first step after a resume)."
+            )
+        event = self.schedule(step, optimizer)
+        if self.masks.keep_dense_grads and self.active:
+            self.masks.mask_grads_()  # read dense; from here on clipping and the optimizer see the applied gradient
+        self.begin_step(step + 1)
+        return event
+
+    def schedule(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+        """The method's own schedule at ``step`` (prune, compress, decompress, drop/grow); see :meth:`step`."""
         raise NotImplementedError
 
     def needs_dense_grad(self, step: int) -> bool:
-        """Whether :meth:`step` reads the gradient of pruned weights at ``step`` (only RigL, on update steps).
-
-        A loop that cannot provide that gradient on other steps (e.g. one that masks gradients inside backward)
-        only has to provide it when this is True.
-        """
+        """Whether :meth:`step` reads the gradient of pruned weights at ``step`` (RigL on update steps, AC/DC at a
+        decompression). The gradient hooks leave those steps' gradients dense until :meth:`step` has run."""
         return False
+
+    def describe(self) -> dict[str, Any]:
+        """What a loop logs about the method's state beside the sparsity (e.g. AC/DC's phase)."""
+        return {"mask_active": self.active}
 
     @property
     def reference_mask(self) -> dict[str, Tensor] | None:
@@ -121,16 +147,17 @@ class MaskMethod:
 
     # ------------------------------------------------------------------------------------------ helpers
     def _impose(self, new_masks: dict[str, Tensor], optimizer: torch.optim.Optimizer | None) -> None:
-        """Imposes ``new_masks`` (weights, and optimizer state if given) and records the IoU with the last one."""
+        """Imposes ``new_masks`` (weights, gradients and optimizer state) and records the IoU with the last one."""
         new_masks = {name: m.to(self.masks[name].device) for name, m in new_masks.items()}
         if self._reference is not None:
             self.last_iou = SparseMasks(self._reference).iou(SparseMasks(new_masks))
         self._reference = {name: m.clone() for name, m in new_masks.items()}
-        self.masks.update_(new_masks, inner_optimizer(optimizer) if optimizer is not None else None)
         self.active = True
+        self.masks.update_(new_masks, inner_optimizer(optimizer) if optimizer is not None else None)
 
     def magnitude_scores(self) -> dict[str, Tensor]:
-        return {name: p.detach().abs() for name, p in self.masks.params.items()}
+        """``|w|`` of every masked weight, as full tensors (gathered when sharded)."""
+        return {name: full_tensor(p.detach()).abs() for name, p in self.masks.params.items()}
 
     def sparsity(self) -> float:
         """Sparsity of the imposed mask (0.0 while no mask is imposed)."""
@@ -139,6 +166,7 @@ class MaskMethod:
     # -------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         return {
+            "method": type(self).__name__,
             "masks": self.masks.state_dict(),
             "active": self.active,
             "last_iou": self.last_iou,
@@ -146,12 +174,11 @@ class MaskMethod:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("method", type(self).__name__)
+        if saved != type(self).__name__:
+            raise ValueError(f"This state was saved by {saved}, not {type(self).__name__}: resume with the same method.")
         self.active = bool(state["active"])
-        if self.active:
-            self.masks.load_state_dict(state["masks"])
-        else:  # masks released: keep the stored values without zeroing weights
-            for name, mask in state["masks"].items():
-                self.masks[name].copy_(mask)
+        self.masks.load_state_dict(state["masks"])  # applied only while active: released masks keep the weights
         self.last_iou = state["last_iou"]
         ref = state["reference"]
         self._reference = None if ref is None else {n: m.to(self.masks[n].device).clone() for n, m in ref.items()}

@@ -134,18 +134,25 @@ class ACDC(MaskMethod):
     def phase_at(self, step: int) -> str:
         return acdc_phase(step / self.steps_per_epoch, self.total_epochs, self.warmup_epochs, self.phase_epochs, self.final_epochs)
 
+    def needs_dense_grad(self, step: int) -> bool:
+        """At the first step of a decompressed phase the released weights train on their real gradient."""
+        return step > 0 and self.phase_at(step) == "decompressed" and self.phase_at(step - 1) != "decompressed"
+
+    def describe(self) -> dict[str, Any]:
+        return dict(super().describe(), phase=self.phase)
+
     @property
     def compressed(self) -> bool:
         return self.phase in ("compressed", "final")
 
     @torch.no_grad()
-    def step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+    def schedule(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
         phase = self.phase_at(step)
         if self._pending_min_mask and phase == "decompressed":
             self._pending_min_mask = False
             new = compute_masks(self.magnitude_scores(), self.decompressed_sparsity, self.distribution)
-            self.masks.update_(new, optimizer)
             self.active = True
+            self.masks.update_(new, optimizer)
         if phase == self.phase:
             return None
         previous, self.phase = self.phase, phase

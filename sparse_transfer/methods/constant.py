@@ -39,5 +39,5 @@ class Constant(MaskMethod):
     def __init__(self, masks: SparseMasks):
         super().__init__(masks, active=True)
 
-    def step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+    def schedule(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
         return None

@@ -79,7 +79,7 @@ class GMP(MaskMethod):
         return gmp_sparsity(step, self.initial_sparsity, self.final_sparsity, self.start_step, self.end_step)
 
     @torch.no_grad()
-    def step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+    def schedule(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
         if not self.is_update_step(step):
             return None
         sparsity = self.target_sparsity(step)

@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from ..core import SparseMasks, TargetSpec, compute_masks, validate_sparsity
-from ._base import MaskMethod, dense_masks, zero_state_at_
+from ..core.masks import _local_mask, local_tensor
+from ._base import MaskMethod, dense_masks, full_tensor, zero_state_at_
 
 
 def rigl_drop_fraction(step: int, alpha: float, end_step: int) -> float:
@@ -118,7 +119,7 @@ class RigL(MaskMethod):
         return self.is_update_step(step)
 
     @torch.no_grad()
-    def step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
+    def schedule(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
         if not self.is_update_step(step):
             return None
         fraction = rigl_drop_fraction(step, self.alpha, self.end_step)
@@ -127,6 +128,7 @@ class RigL(MaskMethod):
             mask = self.masks[name]
             if param.grad is None:
                 raise RuntimeError(f"RigL needs the dense gradient of {name} on update steps: call step() after backward().")
+            weight, grad = full_tensor(param.detach()), full_tensor(param.grad.detach())
             n_active = int(mask.sum())
             n_drop = int(round(fraction * n_active))
             if n_drop == 0 or n_active == mask.numel():
@@ -134,12 +136,12 @@ class RigL(MaskMethod):
                 continue
             flat_mask = mask.reshape(-1)
             # Drop: the n_drop active weights of smallest magnitude.
-            drop_scores = torch.where(flat_mask, param.detach().abs().reshape(-1), torch.full_like(flat_mask, float("inf"), dtype=param.dtype))
+            drop_scores = torch.where(flat_mask, weight.abs().reshape(-1), torch.full_like(flat_mask, float("inf"), dtype=weight.dtype))
             drop_idx = torch.topk(drop_scores.float(), n_drop, largest=False, sorted=False).indices
             after_drop = flat_mask.clone()
             after_drop[drop_idx] = False
             # Grow: among positions inactive after the drop, the n_drop largest |dense gradient|.
-            grow_scores = torch.where(after_drop, torch.full_like(flat_mask, -1.0, dtype=torch.float32), param.grad.detach().abs().reshape(-1).float())
+            grow_scores = torch.where(after_drop, torch.full_like(flat_mask, -1.0, dtype=torch.float32), grad.abs().reshape(-1).float())
             grow_idx = torch.topk(grow_scores, n_drop, largest=True, sorted=False).indices
             new = after_drop.clone()
             new[grow_idx] = True
@@ -151,7 +153,7 @@ class RigL(MaskMethod):
         # Grown weights start at 0 (a dropped-and-regrown weight restarts too), and so does their state.
         for name, grown in grown_at.items():
             param = self.masks.params[name]
-            param.data.masked_fill_(grown, 0)
+            local_tensor(param.data).masked_fill_(_local_mask(grown, param).to(param.device), 0)
             if optimizer is not None:
                 zero_state_at_(optimizer, param, grown)
         return {"event": "drop_grow", "step": step, "fraction": fraction, "sparsity": self.masks.sparsity(), "iou": self.last_iou}

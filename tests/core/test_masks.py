@@ -187,9 +187,9 @@ def test_float_multiplier_matches_uint8_and_follows_mask_updates():
         assert all(p.dtype == torch.float64 for p in masks.params.values())
         results[multiplier] = {k: v.clone() for k, v in model.state_dict().items()}
         if multiplier == "float":
-            assert len(masks._float_masks) == len(masks) and all(c.dtype == torch.float64 for _, _, c in masks._float_masks.values())
+            assert len(masks._copies) == len(masks) and all(c.dtype == torch.int64 for _, _, c in masks._copies.values())  # int copies of the weights width
         else:
-            assert not masks._float_masks
+            assert not masks._copies
     for key, value in results["uint8"].items():
         assert torch.equal(value, results["float"][key]), key
 
