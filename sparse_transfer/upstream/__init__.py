@@ -2,7 +2,8 @@
 
 ``python -m sparse_transfer.upstream --model DIR --text train.txt --eval-text test.txt --sparsity 0.9
 --output-dir runs/x`` prunes the six encoder linears of every block (the oBERT target set) by magnitude on the
-cubic GMP schedule, holds the mask for a final stretch, and trains throughout by distillation from the dense
+cubic GMP schedule (``--method gmp``, the default; ``acdc``, ``rigl`` and ``nm`` drive the other mask methods through
+the same Trainer adapter), holds the mask for a final stretch, and trains throughout by distillation from the dense
 original on unlabeled text. The output directory is an ordinary checkpoint (``AutoModel.from_pretrained``)
 with exact zeros, ``sparse_masks.safetensors``, a model card with the per-layer sparsity, ``results.json``
 and the resolved recipe.
@@ -37,9 +38,8 @@ from .data import BlockDataset, held_out_sentences, read_text_files, tokenize_bl
 from .losses import LossWeights, attention_loss, distillation_losses, hidden_state_loss, logit_loss
 from .run import RESULTS_NAME, run_upstream
 from .train import (
-    PruningCallback,
-    UpstreamPruning,
     UpstreamTrainer,
+    build_method,
     evaluate_student,
     magnitude_prune_,
     mean_pooled_embeddings,
@@ -49,11 +49,10 @@ __all__ = [
     "RESULTS_NAME",
     "BlockDataset",
     "LossWeights",
-    "PruningCallback",
     "UpstreamArguments",
-    "UpstreamPruning",
     "UpstreamTrainer",
     "attention_loss",
+    "build_method",
     "distillation_losses",
     "evaluate_student",
     "held_out_sentences",

@@ -12,6 +12,7 @@ from .._recipes import read_recipe
 from ..core import validate_sparsity
 
 DISTRIBUTIONS = ("global", "uniform", "nm")
+METHODS = ("gmp", "acdc", "rigl", "nm")
 RECIPE_NAME = "upstream_recipe.yaml"
 
 
@@ -43,6 +44,9 @@ class UpstreamArguments:
     trust_remote_code: bool = _f(False, "Allow model code from the Hub (off: only architectures transformers ships).")
 
     # ---------------------------------------------------------------- pruning
+    method: str = _f("gmp", "Mask method: gmp (cubic gradual magnitude pruning), acdc (alternating compressed/decompressed "
+                     "phases, lengths in steps), rigl (fixed sparsity from step 0, drop/grow by gradient), nm (N:M one-shot, "
+                     "see --nm).", choices=list(METHODS))
     sparsity: float | None = _f(None, "Final sparsity (fraction of zeros) of the target weights, in [0, 1).")
     initial_sparsity: float = _f(0.0, "Sparsity imposed at the first pruning step (cubic GMP schedule).")
     prune_start_step: int = _f(0, "First pruning step (optimizer steps from 0).")
@@ -51,6 +55,12 @@ class UpstreamArguments:
     distribution: str = _f("global", "global (one magnitude threshold over all targets), uniform, or nm (see --nm).",
                            choices=list(DISTRIBUTIONS))
     nm: str | None = _f(None, "N:M semi-structured pattern such as 2:4 (implies --distribution nm; imposed at prune_start_step).")
+    acdc_warmup_steps: int | None = _f(None, "AC/DC: dense warm-up steps (default 10% of max_steps).")
+    acdc_phase_steps: int | None = _f(None, "AC/DC: length of each compressed and decompressed phase (default 5% of max_steps).")
+    acdc_final_steps: int | None = _f(None, "AC/DC: final compressed stretch (default 15% of max_steps).")
+    rigl_interval: int | None = _f(None, "RigL: steps between drop/grow updates (default prune_interval).")
+    rigl_alpha: float = _f(0.3, "RigL: initial drop fraction (cosine-decayed).")
+    rigl_end_fraction: float = _f(0.75, "RigL: updates stop at this fraction of max_steps.")
     targets: str = _f("bert", "Target preset: 'bert' = query, key, value, attention output, intermediate, output of every block.")
 
     # ---------------------------------------------------------------- distillation
@@ -82,8 +92,8 @@ class UpstreamArguments:
     def __post_init__(self):
         if isinstance(self.text, str):
             self.text = [self.text]
-        if self.nm is not None:
-            self.distribution = "nm"
+        if self.nm is not None or self.distribution == "nm":
+            self.distribution, self.method = "nm", "nm"
 
     @property
     def nm_pair(self) -> tuple[int, int] | None:
@@ -103,6 +113,15 @@ class UpstreamArguments:
         return 1.0 - pair[0] / pair[1] if pair else float(self.sparsity)
 
     @property
+    def acdc_steps(self) -> tuple[int, int, int]:
+        """AC/DC (warm-up, phase, final) lengths in optimizer steps: 10%, 5% and 15% of max_steps unless given (the
+        proportions of the 100-epoch ImageNet schedule)."""
+        def pick(value, share):
+            return value if value is not None else max(1, round(share * self.max_steps))
+
+        return pick(self.acdc_warmup_steps, 0.10), pick(self.acdc_phase_steps, 0.05), pick(self.acdc_final_steps, 0.15)
+
+    @property
     def end_step(self) -> int:
         return self.prune_end_step if self.prune_end_step is not None else (2 * self.max_steps) // 3
 
@@ -117,6 +136,10 @@ class UpstreamArguments:
         for path in (self.text or []) + ([self.eval_text] if self.eval_text else []):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"Text file {path} does not exist (check --text / --eval-text).")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
+        if self.method == "nm" and self.nm is None:
+            raise ValueError("--method nm needs --nm N:M (for example --nm 2:4).")
         if self.distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {self.distribution!r}.")
         pair = self.nm_pair
@@ -149,6 +172,22 @@ class UpstreamArguments:
                 f"prune_end_step ({self.end_step}) must be before max_steps ({self.max_steps}): the mask is then held for a "
                 "final stretch of distillation. Lower prune_end_step or raise max_steps."
             )
+        if self.method == "acdc":
+            warmup, phase, final = self.acdc_steps
+            if warmup < 0 or phase <= 0 or final <= 0 or warmup + 2 * phase + final > self.max_steps:
+                raise ValueError(
+                    f"AC/DC needs warm-up ({warmup}) + one compressed and one decompressed phase (2 x {phase}) + a final "
+                    f"stretch ({final}) within max_steps ({self.max_steps}), every length positive: adjust "
+                    "--acdc-warmup-steps, --acdc-phase-steps, --acdc-final-steps or --max-steps."
+                )
+        if self.method == "rigl":
+            if (self.rigl_interval if self.rigl_interval is not None else self.prune_interval) <= 0:
+                raise ValueError(f"rigl_interval must be positive, got {self.rigl_interval}.")
+            if not 0 <= self.rigl_alpha <= 1 or not 0 < self.rigl_end_fraction <= 1:
+                raise ValueError(
+                    f"RigL needs rigl_alpha in [0, 1] and rigl_end_fraction in (0, 1], got {self.rigl_alpha} and "
+                    f"{self.rigl_end_fraction}."
+                )
         weights = {k: getattr(self, k) for k in ("hidden_weight", "attention_weight", "logit_weight", "mlm_weight")}
         if any(w < 0 for w in weights.values()):
             raise ValueError(f"Loss weights must be >= 0, got {weights}.")

@@ -17,13 +17,13 @@ from ..core import sparsity_report
 from ..hf.trainer import SparseTrainingArguments
 from ..hf.unfreeze import find_encoder_blocks
 from ..hub import save_sparse_pretrained
-from ..methods._base import dense_masks
 from .config import RECIPE_NAME, RESUME_FREE_FIELDS, UpstreamArguments
 from .data import BlockDataset, held_out_sentences, read_text_dataset, read_text_files, tokenize_blocks
 from .losses import LossWeights
 from .train import (
-    UpstreamPruning,
     UpstreamTrainer,
+    build_method,
+    describe_method,
     evaluate_student,
     has_mlm_head,
     last_complete_checkpoint,
@@ -167,11 +167,8 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
         for module in student.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = args.student_dropout
-    masks = dense_masks(student, args.targets)
-    pruner = UpstreamPruning(
-        masks, args.final_sparsity, args.prune_start_step, args.end_step, args.prune_interval,
-        args.initial_sparsity, args.distribution, args.nm_pair,
-    )
+    method = build_method(args, student)
+    masks = method.masks
 
     os.makedirs(args.output_dir, exist_ok=True)
     if args.overwrite_output_dir:
@@ -220,7 +217,7 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
         student,
         training_args,
         teacher=teacher,
-        pruner=pruner,
+        method=method,
         loss_weights=weights,
         temperature=args.temperature,
         mlm_probability=args.mlm_probability,
@@ -236,12 +233,17 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
             saved_state = json.load(f)
         if saved_state.get("recipe_fingerprint") != fingerprint:
             raise ValueError(f"{checkpoint} was written by a different recipe; pass --overwrite-output-dir to start over.")
-        trainer.pruning_callback.events = list(saved_state.get("pruning_events", []))
+        trainer.method_callback.events = list(saved_state.get("pruning_events", []))
         logger.info("Resuming from %s", checkpoint)
     start = time.time()
     trainer.train(resume_from_checkpoint=checkpoint)
     train_seconds = time.time() - start
 
+    if not method.active:
+        raise RuntimeError(
+            f"Training ended with the {args.method} mask released (dense weights): the schedule must end compressed. "
+            "Check the AC/DC phase lengths against max_steps."
+        )
     violations = masks.violations()
     if violations:
         raise RuntimeError(f"{violations} pruned weights are non-zero after training; not saving.")
@@ -264,10 +266,8 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
     eval_log = [h for h in history if "eval_loss" in h]
     report = sparsity_report(dict(student.named_parameters()), list(masks))
     how = (
-        f"{'N:M ' + args.nm if args.nm else args.distribution} magnitude pruning of the encoder linears "
-        f"(oBERT target set) on the cubic GMP schedule (sparsity {args.initial_sparsity} -> {args.final_sparsity:.4g} "
-        f"from step {args.prune_start_step} to {args.end_step}, every {args.prune_interval} steps), then a fixed mask "
-        f"until step {args.max_steps}; trained by distillation from the dense original ("
+        f"{describe_method(args)} over the encoder linears (oBERT target set) until step {args.max_steps}; trained by "
+        "distillation from the dense original ("
         + ", ".join(f"{k} x{v:g}" for k, v in weights.active().items())
         + ") on unlabeled text"
     )
@@ -300,7 +300,8 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
         "sparsity": report.target_sparsity,
         "mask_sparsity": masks.sparsity(),
         "layer_sparsity": {layer.name: layer.sparsity for layer in report.layers},
-        "pruning_events": trainer.pruning_callback.events,
+        "method": args.method,
+        "pruning_events": trainer.method_callback.events,
         "train_log": train_log,
         "eval_log": eval_log,
         "final": final_eval,

@@ -1,22 +1,20 @@
-"""Upstream pruning loop: GMP over the oBERT targets, trained by distillation from the dense original.
+"""Upstream pruning loop: a mask method over the oBERT targets, trained by distillation from the dense original.
 
 Built on :class:`~sparse_transfer.hf.SparseTrainer` (``unfreeze="none"``), so checkpointing, resume (model,
-optimizer, scheduler, RNG, data position), progress bars, logging and periodic evaluation are the
-``transformers.Trainer``'s own; what is added here::
+optimizer, scheduler, RNG, data position, the method's state), progress bars, logging and periodic evaluation are
+the ``transformers.Trainer``'s own, and the method is driven by the same Trainer adapter as in fine-tuning
+(:class:`~sparse_transfer.hf.MaskMethodCallback`); what is added here::
 
-    masks = all-True masks over the targets; SparseTrainer.create_optimizer -> masks.attach(optimizer)
+    method = GMP | ACDC | RigL | NM over all-True masks on the targets    (build_method)
     for step in range(max_steps):
-        on_step_begin:  UpstreamPruning.step(step)          # on update steps: new magnitude cut at s_t (cubic GMP),
-                                                            # weights and Adam moments of pruned weights := 0
         loss = sum_k w_k * distillation_term_k(student(x), teacher(x))   # compute_loss, teacher frozen, eval mode
-        optimizer.step()                                    # pre-hook grad *= mask, post-hook weight *= mask
-        save:           checkpoint-N/ + sparse_masks.safetensors + upstream_state.json (written last: a checkpoint
+        (SparseTrainer) method.step(step): GMP cut at s_t, AC/DC (de)compression, RigL drop/grow, N:M cut
+        optimizer.step()                                                 # engine: masked gradients, exact zeros
+        save:           checkpoint-N/ (+ masks, method state) + upstream_state.json (written last: a checkpoint
                         without it is incomplete and never resumed from)
-    after prune_end_step the mask is fixed: the "fixed-mask stretch" until max_steps.
 
-The whole pruning state is the mask (saved in each checkpoint) and the step: the schedule is a pure function
-of the step (:func:`~sparse_transfer.core.schedules.gmp_sparsity`), so a resumed run prunes at the same steps
-to the same masks.
+The whole pruning state is the method's (saved with each checkpoint by SparseTrainer) and the step, so a resumed
+run prunes at the same steps to the same masks.
 """
 
 from __future__ import annotations
@@ -31,13 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from transformers import TrainerCallback
 
 from ..core import SparseMasks, compute_masks
-from ..core.schedules import gmp_sparsity
 from ..hf.trainer import SparseTrainer
-from ..methods._base import dense_masks
-from ..methods.gmp import GMP
+from ..methods import ACDC, GMP, NM, MaskMethod, RigL, dense_masks
 from .losses import LossWeights, distillation_losses
 
 logger = logging.getLogger(__name__)
@@ -45,83 +40,42 @@ logger = logging.getLogger(__name__)
 UPSTREAM_STATE_NAME = "upstream_state.json"
 
 
-# --------------------------------------------------------------------------------------------- pruning
-class UpstreamPruning(GMP):
-    """GMP (cubic schedule, global or uniform magnitude), or an N:M pattern imposed once at ``start_step``.
-
-    N:M has no intermediate sparsities (a group keeps N of M or is unconstrained), so the cubic schedule does not
-    apply to it: the pattern is cut at ``start_step`` and the rest of training recovers from it.
-
-    Args:
-        masks: All-``True`` masks bound to the student (:func:`~sparse_transfer.methods.dense_masks`).
-        final_sparsity: Sparsity reached at ``end_step`` (ignored with ``nm``).
-        start_step, end_step, interval, initial_sparsity: The GMP schedule.
-        distribution: ``"global"``, ``"uniform"`` or ``"nm"``.
-        nm: ``(N, M)`` for ``distribution="nm"``.
-    """
-
-    def __init__(
-        self,
-        masks: SparseMasks,
-        final_sparsity: float,
-        start_step: int,
-        end_step: int,
-        interval: int,
-        initial_sparsity: float = 0.0,
-        distribution: str = "global",
-        nm: tuple[int, int] | None = None,
-    ):
-        if distribution == "nm":
-            if nm is None:
-                raise ValueError("distribution='nm' needs nm=(N, M), e.g. (2, 4).")
-            final_sparsity = 1.0 - nm[0] / nm[1]
-        super().__init__(
-            masks, final_sparsity, start_step, end_step, interval, initial_sparsity,
-            "global" if distribution == "nm" else distribution,
-        )
-        self.nm = nm if distribution == "nm" else None
-
-    def is_update_step(self, step: int) -> bool:
-        if self.nm is not None:
-            return step == self.start_step
-        return super().is_update_step(step)
-
-    def target_sparsity(self, step: int) -> float:
-        if self.nm is not None:
-            return self.final_sparsity if step >= self.start_step else 0.0
-        return gmp_sparsity(step, self.initial_sparsity, self.final_sparsity, self.start_step, self.end_step)
-
-    @torch.no_grad()
-    def step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
-        if self.nm is None:
-            return super().step(step, optimizer)
-        if not self.is_update_step(step):
-            return None
-        n, m = self.nm
-        self._impose(compute_masks(self.magnitude_scores(), None, "nm", n=n, m=m), optimizer)
-        return {"event": "prune", "step": step, "sparsity": self.masks.sparsity(), "iou": self.last_iou}
-
-    def resync_(self) -> None:
-        """After masks were loaded from a checkpoint: mark them imposed if anything is pruned."""
-        self.active = self.masks.num_kept() < self.masks.numel()
-        self._reference = {name: m.clone() for name, m in self.masks.items()} if self.active else None
+# --------------------------------------------------------------------------------------------- methods
+def build_method(args, student: nn.Module) -> MaskMethod:
+    """The mask method of an upstream run (``args`` is an :class:`~sparse_transfer.upstream.UpstreamArguments`),
+    over all-True masks on ``args.targets`` of ``student``; every length is in optimizer steps."""
+    masks = dense_masks(student, args.targets)
+    if args.method == "nm":
+        n, m = args.nm_pair
+        return NM(masks, n, m, prune_step=args.prune_start_step)
+    if args.method == "acdc":
+        warmup, phase, final = args.acdc_steps
+        # One "epoch" per step: AC/DC's phase lengths are then counted in optimizer steps.
+        return ACDC(masks, args.final_sparsity, steps_per_epoch=1, total_epochs=args.max_steps, warmup_epochs=warmup,
+                    phase_epochs=phase, final_epochs=final, distribution=args.distribution)
+    if args.method == "rigl":
+        interval = args.rigl_interval if args.rigl_interval is not None else args.prune_interval
+        return RigL.from_model(student, args.final_sparsity, args.max_steps, distribution=args.distribution,
+                               targets=args.targets, init="magnitude", update_interval=interval, alpha=args.rigl_alpha,
+                               end_fraction=args.rigl_end_fraction)
+    return GMP(masks, args.final_sparsity, args.prune_start_step, args.end_step, args.prune_interval,
+               args.initial_sparsity, args.distribution)
 
 
-class PruningCallback(TrainerCallback):
-    """Fires :class:`UpstreamPruning` before each optimizer step (``state.global_step`` = index of that step)."""
-
-    def __init__(self, pruner: UpstreamPruning):
-        self.pruner = pruner
-        self.events: list[dict[str, Any]] = []
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.pruner.resync_()
-
-    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
-        event = self.pruner.step(state.global_step, optimizer)
-        if event is not None:
-            self.events.append(event)
-            logger.info("step %d: pruned to sparsity %.4f", state.global_step, event["sparsity"])
+def describe_method(args) -> str:
+    """One sentence on how an upstream run prunes, for the model card."""
+    if args.method == "nm":
+        return f"N:M {args.nm} magnitude pattern cut once at step {args.prune_start_step}, then held"
+    if args.method == "acdc":
+        warmup, phase, final = args.acdc_steps
+        return (f"AC/DC: {args.distribution} magnitude cuts to {args.final_sparsity:.4g} alternating with dense phases "
+                f"(warm-up {warmup}, phases of {phase}, final compressed {final} steps)")
+    if args.method == "rigl":
+        return (f"RigL at {args.final_sparsity:.4g} ({args.distribution} budget from the magnitude mask at step 0), drop/grow "
+                f"every {args.rigl_interval or args.prune_interval} steps until {args.rigl_end_fraction:g} of training")
+    return (f"{args.distribution} magnitude pruning on the cubic GMP schedule (sparsity {args.initial_sparsity} -> "
+            f"{args.final_sparsity:.4g} from step {args.prune_start_step} to {args.end_step}, every {args.prune_interval} "
+            "steps), then a fixed mask")
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -132,21 +86,21 @@ def has_mlm_head(model: nn.Module) -> bool:
 
 
 class UpstreamTrainer(SparseTrainer):
-    """SparseTrainer whose loss is distillation from a frozen dense teacher and whose mask follows GMP.
+    """SparseTrainer whose loss is distillation from a frozen dense teacher.
 
     Args:
         model: The student (a copy of the dense model), trained in place.
         args: :class:`SparseTrainingArguments` with ``unfreeze="none"``.
         teacher: The dense original; kept in eval mode without gradients.
-        pruner: The :class:`UpstreamPruning` over ``masks``.
+        method: The mask method (:func:`build_method`).
         loss_weights: Which distillation terms, with which weights.
         temperature: Logit KD temperature.
         **kwargs: Passed to ``SparseTrainer`` (datasets, collator, processing_class).
     """
 
-    def __init__(self, model, args, teacher: nn.Module, pruner: UpstreamPruning, loss_weights: LossWeights,
+    def __init__(self, model, args, teacher: nn.Module, method: MaskMethod, loss_weights: LossWeights,
                  temperature: float, mlm_probability: float = 0.15, **kwargs):
-        super().__init__(model, args, masks=pruner.masks, **kwargs)
+        super().__init__(model, args, method=method, **kwargs)
         self.mlm_masker = None
         if loss_weights.mlm > 0:
             from transformers import DataCollatorForLanguageModeling
@@ -159,11 +113,8 @@ class UpstreamTrainer(SparseTrainer):
             )
         self._mask_key = (-1, 0)  # (step, micro-batch) of the last masked batch
         self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
-        self.pruner = pruner
         self.loss_weights = loss_weights
         self.temperature = temperature
-        self.pruning_callback = PruningCallback(pruner)
-        self.add_callback(self.pruning_callback)
         # compute_loss returns a per-batch mean: let the Trainer divide by the accumulation steps.
         self.loss_is_scaled_for_ga = False
         self._term_sums: dict[str, float] = {}
@@ -220,7 +171,7 @@ class UpstreamTrainer(SparseTrainer):
         state = {
             "global_step": self.state.global_step,
             "recipe_fingerprint": self.recipe_fingerprint,
-            "pruning_events": self.pruning_callback.events,
+            "pruning_events": self.method_callback.events,
         }
         write_json_atomic(os.path.join(folder, UPSTREAM_STATE_NAME), state)  # last: marks the checkpoint complete
 
@@ -350,9 +301,9 @@ def remove_checkpoints(output_dir: str) -> None:
 
 
 __all__ = [
-    "PruningCallback",
-    "UpstreamPruning",
     "UpstreamTrainer",
+    "build_method",
+    "describe_method",
     "evaluate_student",
     "has_mlm_head",
     "last_complete_checkpoint",

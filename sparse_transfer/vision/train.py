@@ -2,10 +2,11 @@
 
 Where the masks act, per optimizer step::
 
+    method.begin_step(step)                             # dense gradients this step? (RigL update, AC/DC release)
     loss = label_smoothed_ce(model(x), y)               # AMP autocast on GPU, channels_last
-    accelerator.backward(loss)                          # dense gradients (all-reduced under DDP)
+    accelerator.backward(loss)                          # gradients masked as they accumulate (before DDP's all-reduce)
     event = method.step(step, optimizer)                # GMP prune / AC/DC (de)compress / RigL drop-grow
-    optimizer.step()                                    # pre-hook: grad *= mask, post-hook: weight *= mask
+    optimizer.step()                                    # post-hook: pruned weights := exactly 0
     scheduler.step()                                    # linear warm-up then linear decay, per iteration
 
 and per epoch: progressive resizing of the training images, evaluation (top-1, prediction entropy), the
@@ -369,9 +370,11 @@ def train(args: VisionArguments) -> dict[str, Any]:
             if use_cl:
                 x = x.to(memory_format=torch.channels_last)
             y = y.to(accelerator.device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            if method is not None:
+                method.begin_step(step)
             with accelerator.autocast():
                 loss = criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             if method is not None:
                 event = method.step(step, optimizer)
@@ -399,20 +402,16 @@ def train(args: VisionArguments) -> dict[str, Any]:
                       zero_channel_fraction=report.zero_channel_fraction,
                       layer_sparsity={l.name: round(l.sparsity, 6) for l in report.layers})
         if method is not None:
-            record["mask_active"] = method.active
+            record.update(method.describe())  # mask_active, and e.g. AC/DC's phase
             record["events"] = [e["event"] for e in events]
-            if isinstance(method, ACDC):
-                record["phase"] = method.phase
-                if method.phase == "decompressed":
-                    # how many weights stay exactly 0 with no (or only the minimum) mask imposed, overall and
-                    # among those the last compression pruned
-                    record["decompressed_zero_fraction"] = report.target_sparsity
-                    pruned = method.reference_mask
-                    if pruned is not None:
-                        n_pruned = sum(int((~m).sum()) for m in pruned.values())
-                        still = sum(int((p.detach()[~pruned[n].to(p.device)] == 0).sum())
-                                    for n, p in method.masks.params.items())
-                        record["decompressed_pruned_still_zero"] = still / max(n_pruned, 1)
+            pruned = method.reference_mask
+            if pruned is not None and _released(method, pruned):
+                # Released (AC/DC decompressed): how many weights stay exactly 0 with no (or only the minimum) mask
+                # imposed, overall and among those the last compression pruned.
+                record["decompressed_zero_fraction"] = report.target_sparsity
+                n_pruned = sum(int((~m).sum()) for m in pruned.values())
+                still = sum(int((p.detach()[~pruned[n].to(p.device)] == 0).sum()) for n, p in method.masks.params.items())
+                record["decompressed_pruned_still_zero"] = still / max(n_pruned, 1)
             update_ious = [e["iou"] for e in events if e.get("iou") is not None]
             if update_ious:  # each new mask against the one computed before it (compression, prune, drop/grow)
                 record["mask_iou_update"] = update_ious[-1]
@@ -470,6 +469,11 @@ def train(args: VisionArguments) -> dict[str, Any]:
             _atomic_json(os.path.join(out, "results.json"), results)
     accelerator.wait_for_everyone()
     return results
+
+
+def _released(method: MaskMethod, reference: dict[str, torch.Tensor]) -> bool:
+    """Whether the method trains without its last computed mask (none imposed, or a weaker one: AC/DC decompressed)."""
+    return not method.active or any(not torch.equal(method.masks[n], m.to(method.masks[n].device)) for n, m in reference.items())
 
 
 def _current_mask(method: MaskMethod | None) -> dict[str, torch.Tensor] | None:

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 
 from sparse_transfer.core import SparseMasks
 from sparse_transfer.core.schedules import gmp_sparsity
-from sparse_transfer.methods import dense_masks
-from sparse_transfer.upstream import UpstreamArguments, UpstreamPruning, parse_args, run_upstream
+from sparse_transfer.hf import MaskMethodCallback
+from sparse_transfer.methods import GMP, NM, dense_masks
+from sparse_transfer.upstream import UpstreamArguments, parse_args, run_upstream
 from sparse_transfer.upstream import train as upstream_train
 from sparse_transfer.upstream.__main__ import main
 from sparse_transfer.upstream.data import tokenize_blocks
@@ -41,7 +42,7 @@ def target_weights(directory: Path) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------- schedule
 def test_schedule_follows_the_cubic_formula(tiny_bert):
     start, end, interval, s_i, s_f = 3, 23, 4, 0.1, 0.9
-    pruner = UpstreamPruning(dense_masks(tiny_bert, "bert"), s_f, start, end, interval, s_i)
+    pruner = GMP(dense_masks(tiny_bert, "bert"), s_f, start, end, interval, s_i)
     numel = pruner.masks.numel()
     seen = []
     for step in range(30):
@@ -58,7 +59,7 @@ def test_schedule_follows_the_cubic_formula(tiny_bert):
 
 
 def test_nm_pattern_is_imposed_once_at_start(tiny_bert):
-    pruner = UpstreamPruning(dense_masks(tiny_bert, "bert"), 0.9, 2, 5, 1, distribution="nm", nm=(2, 4))
+    pruner = NM(dense_masks(tiny_bert, "bert"), 2, 4, prune_step=2)
     assert pruner.final_sparsity == 0.5
     assert [s for s in range(8) if pruner.step(s) is not None] == [2]
     for name, mask in pruner.masks.items():
@@ -154,18 +155,18 @@ def test_resume_reaches_the_same_weights(tiny_dirs, tmp_path, monkeypatch):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert main(base_argv(tiny_dirs, "mlm", whole, *extra)) == 0
 
-    original = upstream_train.PruningCallback.on_step_begin
+    original = MaskMethodCallback.on_step_begin
 
     def stop_at_step_8(self, args, state, control, **kwargs):
         if state.global_step == 8:
             raise Interrupted
         return original(self, args, state, control, **kwargs)
 
-    monkeypatch.setattr(upstream_train.PruningCallback, "on_step_begin", stop_at_step_8)
+    monkeypatch.setattr(MaskMethodCallback, "on_step_begin", stop_at_step_8)
     with pytest.raises(Interrupted):
         run_upstream(parse_args(base_argv(tiny_dirs, "mlm", broken, *extra)))
     assert (broken / "checkpoint-6").is_dir() and not (broken / "results.json").exists()
-    monkeypatch.setattr(upstream_train.PruningCallback, "on_step_begin", original)
+    monkeypatch.setattr(MaskMethodCallback, "on_step_begin", original)
     resumed = run_upstream(parse_args(base_argv(tiny_dirs, "mlm", broken, *extra)))
     assert resumed["resumed_from"].endswith("checkpoint-6")
 
