@@ -260,7 +260,7 @@ class SparseMasks:
                 )
             if not param.is_floating_point():
                 raise ValueError(f"{name} is a {param.dtype} parameter; only floating-point weights can be masked.")
-            if mask.device != param.device:
+            if mask.device != param.device and param.device.type != "meta":  # a mask on meta would lose its values
                 self._masks[name] = mask.to(param.device)
         self._params = params
         self._local = {name: _local_mask(self._masks[name], p) for name, p in params.items()}
@@ -536,7 +536,7 @@ class SparseMasks:
                 if len(found) != 1:
                     raise KeyError(f"The state dict to check has no single entry for the masked weight {name}.")
                 value = state_dict[found[0]]
-            value = local_tensor(value) if not is_dtensor(value) else value.full_tensor()
+            value = value.full_tensor() if is_dtensor(value) else value
             count += int((value.detach()[~mask.to(value.device)] != 0).sum())
         return count
 

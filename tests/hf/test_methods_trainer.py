@@ -1,0 +1,189 @@
+"""Every mask method under the Hugging Face Trainer: the issue's example, masks that really move or release, the
+logged grad_norm of the applied gradient, a replaced parameter caught at the next log, bit-identical resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from sparse_transfer import ACDC, GMP, NM, Constant, RigL, SparseTrainer, SparseTrainingArguments, dense_masks
+from sparse_transfer.core import MASKS_NAME, SparseMasks
+from sparse_transfer.hf import SPARSE_METHOD_STATE_NAME
+
+from ..conftest import make_tiny_bert
+from .conftest import make_args, make_dataset, make_sparse_bert
+
+STEPS = 24  # 16 examples, 4 per step: 4 steps per epoch
+
+
+def build(name: str, model: nn.Module):
+    if name == "constant":
+        return Constant(SparseMasks.from_zeros(model, "bert"))
+    if name == "gmp":
+        return GMP(dense_masks(model, "bert"), final_sparsity=0.9, start_step=0, end_step=16, interval=4)
+    if name == "acdc":  # warm-up epoch 0, compressed 1, decompressed 2-3, final compressed 4-5
+        return ACDC(dense_masks(model, "bert"), 0.8, steps_per_epoch=4, total_epochs=6, warmup_epochs=1, phase_epochs=1,
+                    final_epochs=2)
+    if name == "rigl":
+        return RigL.from_model(model, 0.8, STEPS, distribution="erk", targets="bert", update_interval=4)
+    if name == "nm":
+        return NM(dense_masks(model, "bert"), 2, 4, prune_step=3)
+    raise KeyError(name)
+
+
+def start_model(name: str) -> nn.Module:
+    return make_sparse_bert(dropout=0.1) if name == "constant" else make_tiny_bert()
+
+
+class StepRecorder(TrainerCallback):
+    """After every optimizer step: whether the mask is imposed, the mask, and the live weights of the targets."""
+
+    def __init__(self, method):
+        self.method = method
+        self.active: list[bool] = []
+        self.masks: list[dict[str, torch.Tensor]] = []
+        self.weights: list[dict[str, torch.Tensor]] = []
+        self.grad_norms: list[float] = []
+        self.pruned_grads: list[int] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        self.grad_norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        if self.method.active:
+            self.pruned_grads.append(sum(int((p.grad[~self.method.masks[n]] != 0).sum())
+                                         for n, p in self.method.masks.params.items() if p.grad is not None))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.active.append(self.method.active)
+        self.masks.append({n: m.clone() for n, m in self.method.masks.items()})
+        self.weights.append({n: model.get_parameter(n).detach().clone() for n in self.method.masks})
+
+
+def run(tmp_path, name, model=None, method=None, callbacks=(), resume=None, **overrides):
+    model = model if model is not None else start_model(name)
+    method = method if method is not None else build(name, model)
+    recorder = StepRecorder(method)
+    values = {"unfreeze": "none", "max_steps": STEPS, "max_grad_norm": 1e9, **overrides}
+    trainer = SparseTrainer(model=model, args=make_args(tmp_path, **values), train_dataset=make_dataset(16),
+                            method=method, callbacks=[recorder, *callbacks])
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, recorder
+
+
+def test_the_issue_example_runs_gmp_under_the_trainer(tmp_path):
+    model = make_tiny_bert()
+    ds = make_dataset(16)
+    method = GMP(dense_masks(model, "bert"), final_sparsity=0.9, start_step=0, end_step=16, interval=4)
+    SparseTrainer(model=model, args=SparseTrainingArguments(output_dir=str(tmp_path), unfreeze="none", max_steps=24,
+                                                            use_cpu=True, report_to=[], save_strategy="no"),
+                  train_dataset=ds, method=method).train()
+    assert method.masks.sparsity() == pytest.approx(0.9, abs=1e-3)
+    for name, mask in method.masks.items():
+        assert (model.get_parameter(name).detach()[~mask] == 0).all(), name
+    assert method.masks.violations() == 0
+
+
+@pytest.mark.parametrize("name", ["gmp", "acdc", "rigl", "nm", "constant"])
+def test_every_method_keeps_its_zeros_and_logs_its_events(tmp_path, name):
+    trainer, rec = run(tmp_path, name)
+    method = trainer.method
+    assert method.active
+    for step, (active, masks, weights) in enumerate(zip(rec.active, rec.masks, rec.weights)):
+        if active:
+            for n, w in weights.items():
+                assert (w[~masks[n]] == 0).all(), f"{name}: {n} has non-zero pruned weights after step {step}"
+    assert rec.pruned_grads and set(rec.pruned_grads) == {0}  # the optimizer saw no gradient on a pruned weight
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert all("sparsity" in e and "mask_sparsity" in e for e in logs)
+    assert all(e["mask_violations"] == 0 for e in logs if "mask_violations" in e)
+    events = "".join(e.get("mask_events", "") for e in logs)
+    expected = {"gmp": "prune", "acdc": "compress", "rigl": "drop_grow", "nm": "prune", "constant": ""}[name]
+    assert expected in events
+    if name == "acdc":
+        assert "decompress" in events and all("phase" in e for e in logs)
+    target = {"gmp": 0.9, "acdc": 0.8, "rigl": 0.8, "nm": 0.5, "constant": 0.5}[name]
+    assert method.masks.sparsity() == pytest.approx(target, abs=0.01)
+    assert logs[-1]["sparsity"] == pytest.approx(method.masks.measured_sparsity())
+
+
+def test_acdc_decompressed_phases_really_release_the_mask(tmp_path):
+    trainer, rec = run(tmp_path, "acdc")
+    # steps 4-7 compressed, 8-15 decompressed, 16-23 final compressed (4 steps per epoch)
+    assert rec.active[4:8] == [True] * 4 and rec.active[8:16] == [False] * 8 and rec.active[16:] == [True] * 8
+    pruned = {n: ~m for n, m in rec.masks[7].items()}
+    revived = sum(int((rec.weights[12][n][p] != 0).sum()) for n, p in pruned.items())
+    assert revived > 0.5 * sum(int(p.sum()) for p in pruned.values())  # the released weights trained
+    # the first decompressed step trained the released weights on their real (dense) gradient
+    assert sum(int((rec.weights[8][n][p] != 0).sum()) for n, p in pruned.items()) > 0
+
+
+def test_rigl_keeps_its_non_zero_count_while_the_mask_moves(tmp_path):
+    trainer, rec = run(tmp_path, "rigl")
+    counts = [{n: int(m.sum()) for n, m in masks.items()} for masks in rec.masks]
+    assert all(c == counts[0] for c in counts)
+    moved = [i for i in range(1, STEPS) if any(not torch.equal(rec.masks[i][n], rec.masks[i - 1][n]) for n in counts[0])]
+    assert moved == [4, 8, 12, 16]  # update steps up to T_end = 0.75 * 24 = 18
+    assert trainer.method.last_iou is not None and trainer.method.last_iou < 1.0
+
+
+@pytest.mark.parametrize("name", ["constant", "rigl", "gmp"])
+def test_logged_grad_norm_is_the_norm_of_the_applied_gradient(tmp_path, name):
+    trainer, rec = run(tmp_path, name, logging_steps=1)
+    logged = [e["grad_norm"] for e in trainer.state.log_history if "grad_norm" in e]
+    assert len(logged) == STEPS
+    for step, (a, b) in enumerate(zip(logged, rec.grad_norms)):
+        assert a == pytest.approx(b, rel=1e-5), f"step {step}: logged {a}, applied {b}"
+
+
+def test_gradual_unfreezing_and_lr_rewind_combine_with_gmp(tmp_path):
+    model = make_tiny_bert()
+    method = GMP(dense_masks(model, "bert"), final_sparsity=0.8, start_step=0, end_step=12, interval=2)
+    trainer, rec = run(tmp_path, "gmp", model=model, method=method, unfreeze="gradual", stage_steps=4, max_steps=16)
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert [e["unfreeze_stage"] for e in logs][::4] == [0, 1, 2, 3]
+    lrs = [e["learning_rate"] for e in logs]
+    assert lrs[0] == lrs[4] == lrs[8] == lrs[12] > lrs[3]  # rewound at every stage start
+    assert method.masks.sparsity() == pytest.approx(0.8, abs=1e-3) and method.masks.violations() == 0
+
+
+class ReplaceQuery(TrainerCallback):
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 2:
+            model.bert.encoder.layer[0].attention.self.query = nn.Linear(32, 32)
+
+
+def test_a_parameter_replaced_mid_training_stops_at_the_next_log(tmp_path):
+    with pytest.raises(RuntimeError, match=r"attention\.self\.query\.weight .* was replaced after the masks were attached"):
+        run(tmp_path, "constant", callbacks=[ReplaceQuery()], logging_steps=1)
+
+
+@pytest.mark.parametrize("name", ["constant", "gmp", "acdc", "rigl", "nm"])
+def test_resume_under_the_trainer_is_bit_identical(tmp_path, name):
+    common = dict(save_strategy="steps", save_steps=10, logging_steps=1)
+    full, _ = run(tmp_path / "full", name, **common)
+    checkpoint = tmp_path / "full" / "checkpoint-10"  # mid-phase for every method (AC/DC: decompressed)
+    assert (checkpoint / SPARSE_METHOD_STATE_NAME).is_file()
+    assert (checkpoint / MASKS_NAME).is_file() == (name != "acdc")  # no mask file while the mask is released
+    resumed, _ = run(tmp_path / "resumed", name, resume=str(checkpoint), **common)
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{name}: {key} differs after resume"
+    for key in full.method.masks:
+        assert torch.equal(full.method.masks[key], resumed.method.masks[key])
+    assert full.method.active == resumed.method.active
+    losses = [(e["step"], e["loss"]) for e in full.state.log_history if "loss" in e and e["step"] > 10]
+    assert losses == [(e["step"], e["loss"]) for e in resumed.state.log_history if "loss" in e and e["step"] > 10]
+
+
+def test_method_and_masks_together_is_an_error(tmp_path):
+    model = make_sparse_bert()
+    masks = SparseMasks.from_zeros(model, "bert")
+    with pytest.raises(ValueError, match="either method=... or masks=..."):
+        SparseTrainer(model=model, args=make_args(tmp_path), method=Constant(masks), masks=masks)
+
+
+def test_a_method_over_another_model_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="bound to another model"):
+        SparseTrainer(model=make_sparse_bert(), args=make_args(tmp_path), method=build("gmp", make_tiny_bert()))
