@@ -300,9 +300,11 @@ class SparseMasks:
                         "and the masks would guard a tensor the model no longer uses. Replace parameters before "
                         "creating the optimizer, then call masks.attach(optimizer) (SparseTrainer does both)."
                     )
-            logger.warning(
-                "%d masked parameter(s) were replaced (e.g. %s); the masks now follow the new tensors by name.",
-                len(stale), stale[0],
+            sharded = all(is_dtensor(live[name]) for name in stale)
+            logger.log(
+                logging.INFO if sharded else logging.WARNING,
+                "%d masked parameter(s) were replaced (e.g. %s%s); the masks now follow the new tensors by name.",
+                len(stale), stale[0], ", sharded" if sharded else "",
             )
             self._set_params(live)
             if self.enforcing:

@@ -329,7 +329,17 @@ class SparseTrainer(Trainer):
             )
         if teacher_model is None and args.distill_hardness > 0:
             raise ValueError(f"distill_hardness={args.distill_hardness} needs a teacher_model=... to distill from.")
+        if args.fsdp and int((args.fsdp_config or {}).get("version", 2)) != 2:
+            raise ValueError(
+                "FSDP1 (fsdp_config version 1) flattens parameters into shared buffers, so the masks cannot address "
+                "them by name and pruned weights would go unenforced. Use FSDP2: fsdp_config={'fsdp_version': 2}."
+            )
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
+        if args.fsdp and not self.is_fsdp_enabled:
+            logger.warning(
+                "fsdp=%r is set but the Trainer is not sharding (transformers runs FSDP only on accelerators; here it "
+                "trains unsharded or with DDP). The masks are enforced either way.", args.fsdp,
+            )
         self.args: SparseTrainingArguments
 
         if method is not None and masks is not None:

@@ -30,7 +30,12 @@ def free_port() -> int:
 
 def launch(output_dir, per_device_batch: int, processes: int, timeout: float = 300) -> None:
     os.makedirs(output_dir, exist_ok=True)
-    script = ["-m", "tests.hf.ddp_train", str(output_dir), "--per-device-batch", str(per_device_batch)]
+    launch_module("tests.hf.ddp_train", [str(output_dir), "--per-device-batch", str(per_device_batch)], processes, timeout)
+
+
+def launch_module(module: str, arguments: list[str], processes: int, timeout: float = 300) -> None:
+    """Runs ``python -m module arguments`` under torchrun with ``processes`` CPU workers; fails the test on error."""
+    script = ["-m", module, *arguments]
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
         "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *script,

@@ -187,3 +187,8 @@ def test_method_and_masks_together_is_an_error(tmp_path):
 def test_a_method_over_another_model_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="bound to another model"):
         SparseTrainer(model=make_sparse_bert(), args=make_args(tmp_path), method=build("gmp", make_tiny_bert()))
+
+
+def test_fsdp1_is_refused_before_training(tmp_path):
+    with pytest.raises(ValueError, match="FSDP1 .* Use FSDP2"):
+        SparseTrainer(model=make_sparse_bert(), args=make_args(tmp_path, fsdp="full_shard", fsdp_config={"fsdp_version": 1}))
