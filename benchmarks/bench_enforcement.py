@@ -4,8 +4,8 @@ Three copies of the same model train in one process, their steps interleaved (th
 so a noisy neighbour on the machine hits all three alike):
 
 - ``dense``:    the plain training step, no masks;
-- ``enforced``: the same step with ``SparseMasks.attach(optimizer)`` (grad *= mask before, weight *= mask after
-                the optimizer step);
+- ``enforced``: the same step with ``SparseMasks.attach(optimizer)`` (each gradient's pruned coordinates zeroed by
+                a post-accumulate-grad hook during backward, pruned weights zeroed after the optimizer step);
 - ``prune``:    the peer, ``torch.nn.utils.prune.custom_from_mask`` on every target (``weight_orig`` parameter,
                 ``weight_mask`` buffer, ``weight = weight_orig * weight_mask`` recomputed in a forward pre-hook).
 
@@ -152,11 +152,13 @@ def run_workload(name: str, args: argparse.Namespace, device: torch.device) -> d
     peer_hook_times: list[float] = []
     prune_peer(peer, SparseMasks(masks.state_dict()), peer_hook_times)
 
-    # Time the two hooks themselves too: their share of a step is the enforcement cost, measured without the
-    # step-to-step noise of a shared machine (the hooks call these methods through the instance).
+    # Time the hooks themselves too: their share of a step is the enforcement cost, measured without the step-to-step
+    # noise of a shared machine. The per-parameter gradient hooks are built by _grad_hook at attach, the post-step
+    # hook calls apply_ through the instance.
     hook_times: list[float] = []
-    for method_name in ("mask_grads_", "apply_"):
-        setattr(enforced_masks, method_name, _timed(getattr(enforced_masks, method_name), hook_times))
+    build_hook = enforced_masks._grad_hook
+    enforced_masks._grad_hook = lambda param_name: _timed_returning(build_hook(param_name), hook_times)
+    enforced_masks.apply_ = _timed(enforced_masks.apply_, hook_times)
     enforced_optimizer = make_optimizer(enforced.parameters())
     handles = enforced_masks.attach(enforced_optimizer)
     hook_times.clear()

@@ -5,6 +5,7 @@ How to use:
     ...               total_epochs=100, distribution="uniform")
     >>> method.attach(optimizer)
     >>> for step, batch in enumerate(batches):          # step counts optimizer steps over the whole run
+    ...     method.begin_step(step)                     # a decompression step keeps its dense gradient
     ...     loss_fn(model(batch)).backward()
     ...     method.step(step, optimizer)                # compresses / decompresses at phase boundaries
     ...     optimizer.step(); optimizer.zero_grad()
@@ -19,7 +20,8 @@ Technical details:
     ``acdc_phase(epoch, ...)`` is the pure schedule. At the first step of a compressed phase the mask is
     recomputed from the current weights (magnitude, ``distribution``) and imposed on weights and optimizer
     state. At the first step of a decompressed phase the mask is released: pruned weights restart at exactly
-    0 (they were 0 under the mask) and, by default, every SGD momentum buffer is zeroed. With
+    0 (they were 0 under the mask), that step's gradient is left dense (:meth:`needs_dense_grad`) so they train
+    on their real gradient from that step on, and, by default, every SGD momentum buffer is zeroed. With
     ``decompressed_sparsity`` > 0, one dense step is taken and then a magnitude mask at that sparsity is
     imposed for the rest of the phase (our reading of the paper's "minimum sparsity during decompression").
 

@@ -4,9 +4,10 @@ How to use:
     >>> method = RigL.from_model(model, sparsity=0.9, total_steps=steps, distribution="erk", targets="cnn-fld")
     >>> method.attach(optimizer)
     >>> for step, batch in enumerate(loader):
-    ...     loss_fn(model(batch)).backward()        # dense gradient: pruned coordinates included
-    ...     method.step(step, optimizer)            # on update steps, reads the dense gradient and drops/grows
-    ...     optimizer.step(); optimizer.zero_grad() # pre-hook masks the gradient, post-hook the weights
+    ...     method.begin_step(step)                 # update steps keep the dense gradient (pruned coordinates too)
+    ...     loss_fn(model(batch)).backward()        # other steps: gradients masked as they accumulate
+    ...     method.step(step, optimizer)            # on update steps, reads the dense gradient, drops/grows, masks it
+    ...     optimizer.step(); optimizer.zero_grad() # post-hook zeroes the pruned weights
 
 Suggested hyperparameters:
     ``update_interval`` (dT) = 100 steps, ``alpha`` = 0.3, ``end_fraction`` = 0.75 (updates stop at 75% of
@@ -20,8 +21,9 @@ Technical details:
     positions, among those not active after the drop, with the largest ``|dense gradient|``. The number of
     non-zeros of every layer stays constant. Grown weights start at exactly 0 and their optimizer state
     (momentum, Adam moments) is zeroed. The dense gradient is read only on update steps
-    (:meth:`needs_dense_grad`); on every other step the gradient of pruned weights is discarded by the
-    optimizer pre-hook and ``step`` returns without touching any gradient. With dense weight tensors,
+    (:meth:`needs_dense_grad`): on those steps the engine's gradient hooks leave the gradient dense and ``step`` masks
+    it after the drop/grow (before clipping); on every other step the hooks zero the pruned coordinates as backward
+    accumulates them and ``step`` returns without touching any gradient. With dense weight tensors,
     autograd's convolution and matmul backward produce the full weight gradient on every step anyway (a
     masked gradient is not cheaper to compute), so the dense gradient adds no backward cost: what update steps
     add is the drop/grow top-k, measured in ``benchmarks/vision_step_time.py``. Under DDP the gradient is
@@ -127,7 +129,7 @@ class RigL(MaskMethod):
         for name, param in self.masks.params.items():
             mask = self.masks[name]
             if param.grad is None:
-                raise RuntimeError(f"RigL needs the dense gradient of {name} on update steps: call step() after backward().")
+                raise RuntimeError(f"RigL needs the dense gradient of {name} on update steps: call step() after backward() (and begin_step() before it).")
             weight, grad = full_tensor(param.detach()), full_tensor(param.grad.detach())
             n_active = int(mask.sum())
             n_drop = int(round(fraction * n_active))

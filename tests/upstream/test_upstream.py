@@ -133,6 +133,35 @@ def test_output_is_exactly_sparse_and_loads_in_transformers(tiny_dirs, tmp_path,
     assert inspected["report"]["target_sparsity"] == pytest.approx(zeros / total, abs=1e-9)
 
 
+@pytest.mark.parametrize(
+    "method, events",
+    [("acdc", {"compress", "decompress"}), ("rigl", {"drop_grow"}), ("gmp", {"prune"})],
+)
+def test_every_method_runs_upstream(tiny_dirs, tmp_path, method, events):
+    out = tmp_path / method
+    extra = ["--sparsity", "0.8", "--method", method, "--rigl-interval", "2", "--max-steps", "12"]
+    assert main(base_argv(tiny_dirs, "base", out, *extra)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == method
+    assert {e["event"] for e in results["pruning_events"]} >= events
+    weights = target_weights(out)
+    total = sum(t.numel() for t in weights.values())
+    zeros = sum(int((t == 0).sum()) for t in weights.values())
+    assert zeros / total == pytest.approx(0.8, abs=0.01)
+    masks = SparseMasks.load(out / "sparse_masks.safetensors")
+    for name, t in weights.items():
+        key = next(k for k in masks if k.endswith(name))
+        assert torch.equal(masks[key], t != 0), name
+    card = (out / "README.md").read_text()
+    assert {"acdc": "AC/DC", "rigl": "RigL", "gmp": "cubic GMP"}[method] in card
+
+
+def test_acdc_lengths_that_do_not_fit_are_an_error(tiny_dirs, tmp_path, capsys):
+    argv = base_argv(tiny_dirs, "base", tmp_path / "x", "--sparsity", "0.8", "--method", "acdc", "--acdc-phase-steps", "4")
+    assert main(argv) == 2
+    assert "AC/DC needs warm-up" in capsys.readouterr().err
+
+
 def test_finished_run_is_not_trained_again(tiny_dirs, tmp_path, monkeypatch):
     out = tmp_path / "out"
     args = parse_args(base_argv(tiny_dirs, "base", out, "--sparsity", "0.5", "--max-steps", "4", "--prune-end-step", "2"))
