@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
         x, y = batches[step % len(batches)]
         sync()
         t0 = time.perf_counter()
+        if run["method"] is not None:
+            run["method"].begin_step(step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
             loss = criterion(run["model"](x), y)
         run["optimizer"].zero_grad(set_to_none=True)

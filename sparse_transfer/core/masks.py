@@ -111,6 +111,12 @@ def _bits(tensor: Tensor) -> Tensor:
     return tensor
 
 
+def _grad_key(grad: Tensor) -> tuple[int, int]:
+    """Identity and version counter of (the local part of) a gradient: any change after masking shows in one of them."""
+    local = grad._local_tensor if is_dtensor(grad) else grad
+    return id(local), local._version
+
+
 def _local_mask(mask: Tensor, param: Tensor) -> Tensor:
     """The slice of the full ``mask`` that matches ``param``'s local shard (a view: in-place mask updates show)."""
     if not is_dtensor(param):
@@ -122,6 +128,29 @@ def _local_mask(mask: Tensor, param: Tensor) -> Tensor:
         raise ValueError(f"Masks support Shard and Replicate placements only, got {param.placements}.")
     shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
     return mask[tuple(slice(o, o + s) for o, s in zip(offset, shape))]
+
+
+def _refuse_meta(params: Mapping[str, Tensor], what: str) -> None:
+    meta = [name for name, p in params.items() if p.is_meta]
+    if meta:
+        raise ValueError(
+            f"{meta[0]} is on the meta device (no values), so there is nothing to {what}: materialize the model first "
+            "(to_empty + load the weights), or build the masks from the real checkpoint and bind them to this model."
+        )
+
+
+def _overwrite_hint() -> str:
+    flags = []
+    if torch.__future__.get_overwrite_module_params_on_conversion():
+        flags.append("set_overwrite_module_params_on_conversion(True)")
+    if torch.__future__.get_swap_module_params_on_conversion():
+        flags.append("set_swap_module_params_on_conversion(True)")
+    if not flags:
+        return ""
+    return (
+        f" torch.__future__.{' and '.join(flags)} is on: every .to()/.float()/load_state_dict, including the Trainer's "
+        "own move of the model after it built the optimizer, then replaces parameters; turn it off."
+    )
 
 
 def _optimizer_param_ids(optimizer: torch.optim.Optimizer) -> set[int]:
@@ -138,15 +167,19 @@ def _refuse_fsdp1(model: nn.Module) -> None:
 
 
 class _HookHandles:
-    """Detaches what :meth:`SparseMasks.attach` registered (gradient hooks and the optimizer hook)."""
+    """Detaches what one :meth:`SparseMasks.attach` registered (gradient hooks and the optimizer hooks).
 
-    def __init__(self, masks: SparseMasks):
-        self._masks = masks
+    A handle of an earlier attach that a later one superseded does nothing: removing it must not tear down the
+    enforcement of the optimizer attached since.
+    """
+
+    def __init__(self, masks: SparseMasks, generation: int):
+        self._masks, self._generation = masks, generation
 
     def remove(self) -> None:
-        if self._masks is not None:
+        if self._masks is not None and self._masks._generation == self._generation:
             self._masks.detach()
-            self._masks = None
+        self._masks = None
 
 
 class SparseMasks:
@@ -197,8 +230,13 @@ class SparseMasks:
         self._local: dict[str, Tensor] = {}  # name -> the slice of the mask matching the local (shard of the) parameter
         self._copies: dict[str, tuple[Tensor, tuple, Tensor]] = {}  # name -> (local mask, its version, int copy)
         self._optimizer: torch.optim.Optimizer | None = None
-        self._hooks: list = []
+        self._hooks: list = []  # the optimizer hooks of the current attach
+        self._grad_hooks: dict[str, tuple[Tensor, object]] = {}  # name -> (parameter, handle) of its gradient hook
+        self._masked: dict[str, tuple[int, int]] = {}  # name -> (id, version) of its gradient when last masked
+        self._dense_seen: set[str] = set()  # gradients a hook left dense for a method since the last optimizer step
+        self._generation = 0
         self._warned_outside: list[str] = []
+        self._warned_missed = False
         if model is not None:
             self.bind(model)
 
@@ -207,6 +245,7 @@ class SparseMasks:
     def from_zeros(cls, model: nn.Module, targets: TargetSpec | str | None = None) -> SparseMasks:
         """Masks read from a sparse checkpoint's zeros: ``weight != 0`` on every target."""
         params = select_targets(model, targets)
+        _refuse_meta(params, "read its zeros")
         return cls({name: p.detach() != 0 for name, p in params.items()}, model)
 
     @classmethod
@@ -224,6 +263,7 @@ class SparseMasks:
         :meth:`attach` zeroes the pruned ones.
         """
         params = select_targets(model, targets)
+        _refuse_meta(params, "rank its weights by magnitude")
         scores = {name: p.detach().abs() for name, p in params.items()}
         return cls(compute_masks(scores, sparsity, distribution, **kwargs), model)
 
@@ -253,6 +293,11 @@ class SparseMasks:
     def _set_params(self, params: dict[str, nn.Parameter]) -> None:
         for name, param in params.items():
             mask = self._masks[name]
+            if mask.is_meta:
+                raise ValueError(
+                    f"The mask of {name} is on the meta device (it was built on a model without values): build the "
+                    "masks from real weights, or with dense_masks(), which makes them on the CPU."
+                )
             if param.shape != mask.shape:
                 raise ValueError(
                     f"Mask for {name} has shape {tuple(mask.shape)} but the parameter has shape "
@@ -265,16 +310,17 @@ class SparseMasks:
         self._params = params
         self._local = {name: _local_mask(self._masks[name], p) for name, p in params.items()}
         self._copies.clear()
-        if self._hooks:  # attached: the gradient hooks move to the new tensors
-            self._register_hooks()
+        if self._optimizer is not None:  # attached: the gradient hooks move to the new tensors
+            self._register_grad_hooks()
 
     def check(self) -> None:
         """Confirms that the masks act on the model's current parameters, and that the optimizer holds them.
 
-        Each parameter is looked up by name in the bound model. One that was replaced is followed (re-bound by name,
-        its pruned weights, gradient and optimizer state zeroed) when no optimizer is attached or the attached one
-        holds the new tensor; otherwise training would silently go to a tensor the model no longer uses, and this
-        raises ``RuntimeError`` naming the parameter and the fix.
+        Each parameter is looked up by name in the bound model. One that was replaced is followed (re-bound by name)
+        when no optimizer is attached (:meth:`attach` then zeroes its pruned weights) or when the attached optimizer
+        holds the new tensor and its pruned weights are already zero (a sharded or moved copy); otherwise training
+        went, or would go, to tensors without the masks, and this raises ``RuntimeError`` naming the parameter and
+        the fix. Nothing is repaired silently: :meth:`violations` counts what the model holds.
         """
         if self._model is None:
             raise RuntimeError("These masks are not bound to a model; call masks.bind(model) first.")
@@ -299,6 +345,7 @@ class SparseMasks:
                         "sharding), but the optimizer still holds the old tensor: the model's weights would not train "
                         "and the masks would guard a tensor the model no longer uses. Replace parameters before "
                         "creating the optimizer, then call masks.attach(optimizer) (SparseTrainer does both)."
+                        + _overwrite_hint()
                     )
             sharded = all(is_dtensor(live[name]) for name in stale)
             logger.log(
@@ -307,11 +354,18 @@ class SparseMasks:
                 len(stale), stale[0], ", sharded" if sharded else "",
             )
             self._set_params(live)
-            if self.enforcing:
-                self.apply_()
+            if self._optimizer is not None and self.enforcing:
+                # Training is under way: the new tensors must already hold the zeros (a sharded copy of the same
+                # weights does). Zeroing them here would hide that they were trained or loaded without the masks.
+                bad = self._count(lambda w, m: (w[~m] != 0).sum(), names=stale)
+                if bad:
+                    raise RuntimeError(
+                        f"{stale[0]} (and {len(stale) - 1} more) was replaced while the masks were attached, and {bad} "
+                        "of its pruned weights are not zero: it was trained or loaded without the masks. Replace "
+                        "parameters before creating the optimizer, then call masks.attach(optimizer)." + _overwrite_hint()
+                    )
                 self.mask_grads_()
-                if self._optimizer is not None:
-                    self.mask_optimizer_state_(self._optimizer)
+                self.mask_optimizer_state_(self._optimizer)
         if self._optimizer is not None:
             self._check_in_optimizer(self._optimizer)
 
@@ -371,7 +425,19 @@ class SparseMasks:
     def mask_grads_(self) -> None:
         """Zeroes the gradients of pruned weights exactly (parameters without a gradient are skipped)."""
         self._check_bound()
-        self._select_({name: local_tensor(p.grad) for name, p in self._params.items() if p.grad is not None})
+        grads = {name: p.grad for name, p in self._params.items() if p.grad is not None}
+        self._select_({name: local_tensor(g) for name, g in grads.items()})
+        self._masked.update({name: _grad_key(g) for name, g in grads.items()})
+
+    @torch.no_grad()
+    def zero_nonfinite_pruned_grads_(self) -> None:
+        """Sets NaN and inf at pruned coordinates of the gradients to 0, keeping every other pruned value: run before a
+        method reads a dense gradient (RigL's growth, AC/DC's release), so an overflow is never grown or released."""
+        self._check_bound()
+        for name, p in self._params.items():
+            if p.grad is not None:
+                grad = local_tensor(p.grad)
+                grad.masked_fill_(~self._local[name].to(grad.device) & ~torch.isfinite(grad), 0)
 
     @torch.no_grad()
     def mask_optimizer_state_(self, optimizer: torch.optim.Optimizer) -> None:
@@ -385,51 +451,105 @@ class SparseMasks:
 
     def _grad_hook(self, name: str):
         def hook(param: Tensor) -> None:
-            if self.enforcing and not self.keep_dense_grads and param.grad is not None:
+            if self.keep_dense_grads:  # left dense for the method, which masks it (mask_grads_) once it has read it
+                self._dense_seen.add(name)
+                return
+            if self.enforcing and param.grad is not None:
                 grad = local_tensor(param.grad)
                 with torch.no_grad():
                     _bits(grad).mul_(self._multiplier(name, grad))
+                self._masked[name] = _grad_key(param.grad)
                 self.grads_masked_in_backward = True
 
         return hook
+
+    def _register_grad_hook(self, name: str, param: Tensor) -> None:
+        frozen = not param.requires_grad
+        if frozen:  # a hook can only be registered while the tensor requires grad; it stays for when it is unfrozen
+            param.requires_grad_(True)
+        try:
+            self._grad_hooks[name] = (param, param.register_post_accumulate_grad_hook(self._grad_hook(name)))
+        finally:
+            if frozen:
+                param.requires_grad_(False)
+
+    def _register_grad_hooks(self) -> None:
+        for _, handle in self._grad_hooks.values():
+            handle.remove()
+        self._grad_hooks = {}
+        for name, param in self._params.items():
+            self._register_grad_hook(name, param)
+
+    @torch.no_grad()
+    def _pre_step(self, *_) -> None:
+        """Masks the gradients that no hook masked since the last step: the safety net behind the gradient hooks."""
+        dense_seen, self._dense_seen = self._dense_seen, set()
+        if not self.enforcing:
+            return
+        # A gradient counts as masked if it is the very tensor masked last, unchanged since (its version counter).
+        missed = {
+            name: local_tensor(p.grad)
+            for name, p in self._params.items()
+            if p.grad is not None and p.requires_grad and self._masked.get(name) != _grad_key(p.grad)
+        }
+        if not missed:
+            return
+        self._select_(missed)
+        self._masked.update({name: _grad_key(self._params[name].grad) for name in missed})
+        if set(missed) <= dense_seen:
+            logger.warning(
+                "Gradients kept dense for a mask method were not masked by it before the optimizer step (was "
+                "method.step(step, optimizer) skipped after method.begin_step(step)?); masked at the step instead."
+            )
+        elif not self._warned_missed:
+            self._warned_missed = True
+            logger.warning(
+                "The gradient hooks of %d masked parameter(s) (e.g. %s) did not run in backward, so their pruned "
+                "gradients were masked only at the optimizer step: clipping and the logged grad_norm included them. "
+                "Either the gradient was assigned to .grad by hand, or the tensor was swapped in place (torch."
+                "__future__.set_swap_module_params_on_conversion(True) makes .to()/load_state_dict do that, and "
+                "PyTorch then runs no gradient hook on it): turn that flag off.",
+                len(missed), next(iter(missed)),
+            )
 
     def _post_step(self, *_) -> None:
         if self.enforcing:
             self.apply_()
 
-    def _register_hooks(self) -> None:
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks = [p.register_post_accumulate_grad_hook(self._grad_hook(n)) for n, p in self._params.items()]
-        self._hooks.append(self._optimizer.register_step_post_hook(self._post_step))
-
     def attach(self, optimizer: torch.optim.Optimizer) -> _HookHandles:
         """Enforces the masks on every step of ``optimizer``.
 
         Checks that the masks act on the model's current parameters and that ``optimizer`` holds every masked
-        parameter that requires grad; registers a post-accumulate-grad hook on each masked parameter (its gradient is
-        masked as soon as backward has accumulated it) and a post-step hook that zeroes pruned weights; applies the
-        masks and clears the pruned coordinates of any existing optimizer state. Attaching again moves the hooks to
-        the new optimizer. Returns a handle whose ``remove()`` detaches everything.
+        parameter that requires grad; registers a post-accumulate-grad hook on each masked parameter, frozen ones
+        included (its gradient is masked as soon as backward has accumulated it), a pre-step hook that masks any
+        gradient no hook saw (assigned by hand, or a tensor PyTorch swapped in place; with a warning, since clipping
+        saw it unmasked) and a post-step hook that zeroes pruned weights; applies the masks and clears the pruned
+        coordinates of any existing optimizer state. Attaching again moves the hooks to the new optimizer. Returns a
+        handle whose ``remove()`` detaches them (a no-op once a later attach superseded it).
         """
         inner = getattr(optimizer, "optimizer", optimizer)
         self.detach()
         self.check()
         self._check_in_optimizer(inner)
         self._optimizer = inner
-        self._register_hooks()
+        self._register_grad_hooks()
+        self._hooks = [inner.register_step_pre_hook(self._pre_step), inner.register_step_post_hook(self._post_step)]
+        self._generation += 1
         if self.enforcing:
             self.apply_()
             self.mask_grads_()
             self.mask_optimizer_state_(inner)
-        return _HookHandles(self)
+        return _HookHandles(self, self._generation)
 
     def detach(self) -> None:
         """Removes the hooks of :meth:`attach` (the masks stay bound)."""
         for handle in self._hooks:
             handle.remove()
-        self._hooks = []
+        for _, handle in self._grad_hooks.values():
+            handle.remove()
+        self._hooks, self._grad_hooks, self._masked, self._dense_seen = [], {}, {}, set()
         self._optimizer = None
+        self._generation += 1
 
     @property
     def optimizer(self) -> torch.optim.Optimizer | None:
@@ -496,12 +616,14 @@ class SparseMasks:
         return {name: 1.0 - int(m.sum()) / m.numel() for name, m in self._masks.items()}
 
     @torch.no_grad()
-    def _count(self, count_fn) -> int:
-        """``sum(count_fn(local weights, local mask))`` over the model's current parameters, summed over all ranks
-        when they are sharded (a collective then: every rank must call it)."""
-        self.check()
+    def _count(self, count_fn, names: list[str] | None = None) -> int:
+        """``sum(count_fn(local weights, local mask))`` over the model's current parameters (all, or ``names``),
+        summed over all ranks when they are sharded (a collective then: every rank must call it)."""
+        if names is None:
+            self.check()
         total, sharded = 0, None
-        for name, param in self._params.items():
+        for name in names if names is not None else self._params:
+            param = self._params[name]
             local = local_tensor(param.detach())
             total += int(count_fn(local, self._local[name].to(local.device)))
             if is_dtensor(param):

@@ -77,7 +77,7 @@ class SparseTrainingArguments(TrainingArguments):
 
     ``lr_scheduler_type`` defaults to ``"rewind"``: linear decay from ``learning_rate`` to
     ``learning_rate * lr_end_factor`` within each stage, rewound at every stage start, no warm-up. Any
-    transformers scheduler name (e.g. ``"linear"`` with ``warmup_ratio``) still works.
+    transformers scheduler name (e.g. ``"linear"`` with ``warmup_steps``) still works.
     """
 
     # Typed str (not SchedulerType | str) so that HfArgumentParser offers "rewind" among the choices.
@@ -329,6 +329,13 @@ class SparseTrainer(Trainer):
             )
         if teacher_model is None and args.distill_hardness > 0:
             raise ValueError(f"distill_hardness={args.distill_hardness} needs a teacher_model=... to distill from.")
+        if torch.__future__.get_overwrite_module_params_on_conversion() or torch.__future__.get_swap_module_params_on_conversion():
+            raise ValueError(
+                "torch.__future__.set_overwrite_module_params_on_conversion / set_swap_module_params_on_conversion is on: "
+                "the Trainer moves the model after building the optimizer, which then replaces (or swaps in place) every "
+                "parameter, so the optimizer would train stale tensors, or PyTorch would run no gradient hook and "
+                "clipping would see pruned gradients. Turn the flag off for training."
+            )
         if args.fsdp and int((args.fsdp_config or {}).get("version", 2)) != 2:
             raise ValueError(
                 "FSDP1 (fsdp_config version 1) flattens parameters into shared buffers, so the masks cannot address "
@@ -351,6 +358,12 @@ class SparseTrainer(Trainer):
         if method is None:
             masks = masks if masks is not None else SparseMasks.from_zeros(self.model, args.mask_targets)
             method = Constant(masks.bind(self.model) if masks.model is not self.model else masks)
+            if masks.sparsity() == 0.0:
+                logger.warning(
+                    "The model has no zeros on its %r targets, so the fixed masks keep every weight and training is "
+                    "dense: load a sparse checkpoint, or prune while training with method=GMP(dense_masks(model, "
+                    "...), ...) (or ACDC, RigL, NM).", args.mask_targets,
+                )
         elif method.masks.model is not self.model:
             raise ValueError(
                 "The method's masks are bound to another model than the one given to SparseTrainer: build them over "
@@ -363,6 +376,7 @@ class SparseTrainer(Trainer):
         self._masked_optimizer = None
         self.steps_per_stage: int | None = None
         self._resumed_sparse_state: dict | None = None
+        self._global_batch: int | None = None
 
         self.unfreezer: GradualUnfreezer | None = None
         self.unfreeze_callback: GradualUnfreezeCallback | None = None
@@ -411,6 +425,14 @@ class SparseTrainer(Trainer):
                 raise ValueError("The training data has no length, so stage_epochs cannot be counted: set stage_steps.")
             steps_per_stage = max(1, round(self.args.stage_epochs * num_update_steps_per_epoch))
         saved = self._resumed_sparse_state
+        global_batch = values[4]  # total_train_batch_size: per-device batch x accumulation x processes
+        if saved is not None and saved.get("global_batch") not in (None, global_batch):
+            raise ValueError(
+                f"The checkpoint was trained with a global batch of {saved['global_batch']} examples per optimizer step "
+                f"(batch x gradient accumulation x processes), this run would use {global_batch}: the data position and "
+                "the schedule would not continue the same run. Resume with the same batch size, accumulation and processes."
+            )
+        self._global_batch = global_batch
         if saved is not None and saved.get("steps_per_stage") not in (None, steps_per_stage):
             raise ValueError(
                 f"The checkpoint was trained with {saved['steps_per_stage']} optimizer steps per stage, this run would "
@@ -587,6 +609,7 @@ class SparseTrainer(Trainer):
             state = {
                 "global_step": self.state.global_step,
                 "steps_per_stage": self.steps_per_stage,
+                "global_batch": self._global_batch,
                 "unfreeze": self.args.unfreeze,
                 "unfreezer": self.unfreezer.state_dict() if self.unfreezer is not None else None,
             }

@@ -32,9 +32,14 @@ from ..core.masks import _local_mask, is_dtensor, local_tensor
 
 
 def dense_masks(model: nn.Module, targets: TargetSpec | str | None = None) -> SparseMasks:
-    """All-``True`` masks over ``model``'s targets, bound to it (a method's starting point before any pruning)."""
+    """All-``True`` masks over ``model``'s targets, bound to it (a method's starting point before any pruning).
+
+    On a model still on the meta device the masks are made on the CPU, so they survive ``to_empty``."""
     params = select_targets(model, targets)
-    return SparseMasks({name: torch.ones_like(p, dtype=torch.bool) for name, p in params.items()}, model)
+    return SparseMasks(
+        {name: torch.ones(p.shape, dtype=torch.bool, device="cpu" if p.is_meta else p.device) for name, p in params.items()},
+        model,
+    )
 
 
 def inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
@@ -121,6 +126,8 @@ class MaskMethod:
                 f"it during backward: call method.begin_step({step}) before the forward pass of that step (step() "
                 "prepares the next step itself, so this is only needed on the first step after a resume)."
             )
+        if self.masks.keep_dense_grads and self.active:
+            self.masks.zero_nonfinite_pruned_grads_()  # an overflow at a pruned coordinate is never grown or released
         event = self.schedule(step, optimizer)
         if self.masks.keep_dense_grads and self.active:
             self.masks.mask_grads_()  # read dense; from here on clipping and the optimizer see the applied gradient

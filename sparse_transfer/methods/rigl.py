@@ -27,7 +27,8 @@ Technical details:
     autograd's convolution and matmul backward produce the full weight gradient on every step anyway (a
     masked gradient is not cheaper to compute), so the dense gradient adds no backward cost: what update steps
     add is the drop/grow top-k, measured in ``benchmarks/vision_step_time.py``. Under DDP the gradient is
-    already all-reduced, so every rank computes the same mask.
+    already all-reduced, so every rank computes the same mask. A NaN or inf at a pruned coordinate of the dense
+    gradient is set to 0 before growth (never grown); a frozen parameter (gradual unfreezing) keeps its mask.
 
 Attribution:
     Evci, Gale, Menick, Castro, Elsen, "Rigging the Lottery: Making All Tickets Winners" (ICML 2020).
@@ -128,6 +129,9 @@ class RigL(MaskMethod):
         new_masks, grown_at = {}, {}
         for name, param in self.masks.params.items():
             mask = self.masks[name]
+            if param.grad is None and not param.requires_grad:  # frozen (e.g. gradual unfreezing): its mask stays
+                new_masks[name] = mask.clone()
+                continue
             if param.grad is None:
                 raise RuntimeError(f"RigL needs the dense gradient of {name} on update steps: call step() after backward() (and begin_step() before it).")
             weight, grad = full_tensor(param.detach()), full_tensor(param.grad.detach())

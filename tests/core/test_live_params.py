@@ -111,7 +111,8 @@ def test_replaced_parameters_held_by_the_attached_optimizer_are_followed():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     masks.attach(optimizer)
     old = list(model.parameters())
-    model.load_state_dict(mlp(seed=1).state_dict(), assign=True)
+    train(model, optimizer, steps=1)
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)  # same values, new tensors
     for group in optimizer.param_groups:  # swap the optimizer's references, as a wrapper would
         group["params"] = [dict(zip(map(id, old), model.parameters()))[id(p)] for p in group["params"]]
     masks.check()
@@ -218,3 +219,98 @@ def test_an_inf_gradient_at_a_pruned_coordinate_does_not_poison_the_model(optimi
         assert torch.isfinite(param).all()
     _assert_enforced(masks, optimizer)
     assert masks.violations() == 0
+
+
+# ------------------------------------------------------------------------- found by attacking from outside
+def test_a_swapped_tensor_whose_hooks_no_longer_run_is_masked_at_the_step_with_a_warning(caplog):
+    """``set_swap_module_params_on_conversion`` swaps tensors in place and PyTorch then runs no gradient hook on them:
+    the pre-step safety net masks the gradient before the optimizer reads it, and says why clipping saw it dense."""
+    model = mlp()
+    masks = SparseMasks.from_magnitude(model, 0.5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    masks.attach(optimizer)
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model.to(torch.float64)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(False)
+    with caplog.at_level("WARNING", logger="sparse_transfer.core.masks"):
+        for _ in range(2):
+            model(torch.randn(8, 10, dtype=torch.float64)).pow(2).mean().backward()
+            optimizer.step()
+            _assert_enforced(masks, optimizer)
+            optimizer.zero_grad()
+    assert "set_swap_module_params_on_conversion" in caplog.text
+
+
+def test_a_gradient_assigned_by_hand_is_masked_before_the_optimizer_reads_it():
+    model = mlp()
+    masks = SparseMasks.from_magnitude(model, 0.5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    masks.attach(optimizer)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    _assert_enforced(masks, optimizer)
+
+
+def test_a_replacement_trained_without_the_masks_is_reported_not_repaired():
+    model = mlp()
+    masks = SparseMasks.from_magnitude(model, 0.8)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    masks.attach(optimizer)
+    model[2] = nn.Linear(20, 2)  # dense, and the optimizer is given it: it trains without hooks until the next check
+    optimizer.add_param_group({"params": list(model[2].parameters())})
+    train(model, optimizer)
+    with pytest.raises(RuntimeError, match=r"2\.weight .* pruned weights are not zero: it was trained or loaded without"):
+        masks.violations()
+
+
+def test_violations_count_what_the_model_holds_without_repairing_it():
+    model = mlp()
+    masks = SparseMasks.from_magnitude(model, 0.8)
+    dense = {k: v.clone() for k, v in mlp(seed=1).state_dict().items()}
+    model.load_state_dict(dense, assign=True)
+    expected = live_violations(model, masks)
+    assert expected > 0
+    assert masks.violations() == expected == live_violations(model, masks)  # counted, not zeroed
+    assert all(torch.equal(v, mlp(seed=1).state_dict()[k]) for k, v in dense.items())
+
+
+def test_the_handle_of_a_superseded_attach_does_not_detach_the_new_one():
+    model = mlp()
+    masks = SparseMasks.from_magnitude(model, 0.5)
+    first = masks.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    masks.attach(optimizer)
+    first.remove()
+    assert masks.optimizer is optimizer
+    train(model, optimizer)
+    _assert_enforced(masks, optimizer, check_grads=False)
+    assert live_violations(model, masks) == 0
+
+
+def test_frozen_parameters_can_be_attached_and_are_masked_once_unfrozen():
+    model = mlp()
+    masks = SparseMasks.from_magnitude(model, 0.5)
+    model[0].requires_grad_(False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    masks.attach(optimizer)
+    assert not model[0].weight.requires_grad
+    model[0].requires_grad_(True)
+    model(torch.randn(8, 10)).pow(2).mean().backward()
+    assert (model[0].weight.grad[~masks["0.weight"]] == 0).all()  # the hook registered while frozen ran
+
+
+def test_dense_masks_on_a_meta_model_survive_to_empty_and_zeros_of_a_meta_model_are_an_error():
+    from sparse_transfer.methods import dense_masks
+
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 2))
+    masks = dense_masks(model)
+    with pytest.raises(ValueError, match="meta device .* nothing to read its zeros"):
+        SparseMasks.from_zeros(model)
+    model.to_empty(device="cpu")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    masks.attach(optimizer)
+    assert masks.violations() == 0 and masks.sparsity() == 0.0

@@ -33,8 +33,12 @@ class Checker(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         frozen_with_grad = [n for n, p in model.named_parameters() if not p.requires_grad and p.grad is not None]
         trainable = sum(p.requires_grad for p in model.parameters())
+        params = dict(model.named_parameters())
+        # after DDP's all-reduce and clipping, before the optimizer: the gradient of a pruned weight is exactly 0
+        pruned_grads = sum(int((params[n].grad[~m] != 0).sum()) for n, m in self.masks.items() if params[n].grad is not None)
         self.steps.append(
-            {"frozen_with_grad": frozen_with_grad, "trainable": trainable, "lr": optimizer.param_groups[0]["lr"]}
+            {"frozen_with_grad": frozen_with_grad, "trainable": trainable, "lr": optimizer.param_groups[0]["lr"],
+             "pruned_grads": pruned_grads}
         )
 
     def on_step_end(self, args, state, control, model=None, **kwargs):

@@ -71,6 +71,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         assert [s["trainable"] for s in report["steps"]] == [s["trainable"] for s in single_report["steps"]]
         assert [s["lr"] for s in report["steps"]] == [s["lr"] for s in single_report["steps"]]
         assert all(s["nonzero_pruned"] == 0 and s["frozen_with_grad"] == [] for s in report["steps"])
+        assert all(s["pruned_grads"] == 0 for s in report["steps"])  # masked before the all-reduce and clipping
     # Every stage was reached: 2 steps each; with the embeddings frozen, the final stage trains what stage 2 does.
     counts = [s["trainable"] for s in single_report["steps"]]
     assert counts[0::2] == counts[1::2] and counts[0] < counts[2] < counts[4] == counts[6]

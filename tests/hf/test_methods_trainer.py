@@ -192,3 +192,47 @@ def test_a_method_over_another_model_is_an_error(tmp_path):
 def test_fsdp1_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="FSDP1 .* Use FSDP2"):
         SparseTrainer(model=make_sparse_bert(), args=make_args(tmp_path, fsdp="full_shard", fsdp_config={"fsdp_version": 1}))
+
+
+def test_rigl_with_gradual_unfreezing_updates_only_what_trains(tmp_path):
+    model = make_tiny_bert()
+    method = RigL.from_model(model, 0.8, 16, distribution="erk", targets="bert", update_interval=2)
+    before = {n: m.clone() for n, m in method.masks.items()}
+    trainer, rec = run(tmp_path, "rigl", model=model, method=method, unfreeze="gradual", stage_steps=4, max_steps=16)
+    block0 = [n for n in before if ".layer.0." in n]  # block 0 trains from stage 2 (step 8) on
+    for step in range(4):  # stage 0: no encoder weight trains, so no mask moves
+        assert all(torch.equal(rec.masks[step][n], before[n]) for n in before)
+    assert any(not torch.equal(rec.masks[-1][n], before[n]) for n in block0)
+    assert method.masks.violations() == 0
+
+
+def test_a_user_frozen_block_trains_with_unfreeze_none(tmp_path):
+    model = make_sparse_bert()
+    model.bert.encoder.layer[0].requires_grad_(False)
+    trainer, rec = run(tmp_path, "constant", model=model, max_steps=4)
+    assert trainer.masks.violations() == 0 and not model.bert.encoder.layer[0].attention.self.query.weight.requires_grad
+
+
+@pytest.mark.parametrize("flag", ["overwrite", "swap"])
+def test_parameter_replacing_conversion_flags_are_refused(tmp_path, flag):
+    setter = getattr(torch.__future__, f"set_{flag}_module_params_on_conversion")
+    setter(True)
+    try:
+        with pytest.raises(ValueError, match=f"set_{flag}_module_params_on_conversion|Turn the flag off"):
+            SparseTrainer(model=make_sparse_bert(), args=make_args(tmp_path))
+    finally:
+        setter(False)
+
+
+def test_resume_with_another_global_batch_is_an_error(tmp_path):
+    common = dict(save_strategy="steps", save_steps=4, stage_steps=3, max_steps=8)
+    run(tmp_path / "first", "constant", **common)
+    with pytest.raises(ValueError, match="global batch of 4 .* would use 8"):
+        run(tmp_path / "second", "constant", resume=str(tmp_path / "first" / "checkpoint-4"),
+            per_device_train_batch_size=4, gradient_accumulation_steps=2, **common)
+
+
+def test_a_dense_model_with_default_masks_warns_that_training_is_dense(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="sparse_transfer.hf.trainer"):
+        SparseTrainer(model=make_tiny_bert(), args=make_args(tmp_path), train_dataset=make_dataset(4))
+    assert "training is dense" in caplog.text
