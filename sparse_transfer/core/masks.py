@@ -111,12 +111,6 @@ def _bits(tensor: Tensor) -> Tensor:
     return tensor
 
 
-def _grad_key(grad: Tensor) -> tuple[int, int]:
-    """Identity and version counter of (the local part of) a gradient: any change after masking shows in one of them."""
-    local = grad._local_tensor if is_dtensor(grad) else grad
-    return id(local), local._version
-
-
 def _local_mask(mask: Tensor, param: Tensor) -> Tensor:
     """The slice of the full ``mask`` that matches ``param``'s local shard (a view: in-place mask updates show)."""
     if not is_dtensor(param):
@@ -232,8 +226,8 @@ class SparseMasks:
         self._optimizer: torch.optim.Optimizer | None = None
         self._hooks: list = []  # the optimizer hooks of the current attach
         self._grad_hooks: dict[str, tuple[Tensor, object]] = {}  # name -> (parameter, handle) of its gradient hook
-        self._masked: dict[str, tuple[int, int]] = {}  # name -> (id, version) of its gradient when last masked
-        self._dense_seen: set[str] = set()  # gradients a hook left dense for a method since the last optimizer step
+        self._fired: set[str] = set()  # gradients that went through their hook since the last optimizer step
+        self._dense_pending: set[str] = set()  # gradients a hook left dense for a method, not masked since
         self._generation = 0
         self._warned_outside: list[str] = []
         self._warned_missed = False
@@ -425,9 +419,8 @@ class SparseMasks:
     def mask_grads_(self) -> None:
         """Zeroes the gradients of pruned weights exactly (parameters without a gradient are skipped)."""
         self._check_bound()
-        grads = {name: p.grad for name, p in self._params.items() if p.grad is not None}
-        self._select_({name: local_tensor(g) for name, g in grads.items()})
-        self._masked.update({name: _grad_key(g) for name, g in grads.items()})
+        self._select_({name: local_tensor(p.grad) for name, p in self._params.items() if p.grad is not None})
+        self._dense_pending.clear()
 
     @torch.no_grad()
     def zero_nonfinite_pruned_grads_(self) -> None:
@@ -451,14 +444,14 @@ class SparseMasks:
 
     def _grad_hook(self, name: str):
         def hook(param: Tensor) -> None:
+            self._fired.add(name)
             if self.keep_dense_grads:  # left dense for the method, which masks it (mask_grads_) once it has read it
-                self._dense_seen.add(name)
+                self._dense_pending.add(name)
                 return
             if self.enforcing and param.grad is not None:
                 grad = local_tensor(param.grad)
                 with torch.no_grad():
                     _bits(grad).mul_(self._multiplier(name, grad))
-                self._masked[name] = _grad_key(param.grad)
                 self.grads_masked_in_backward = True
 
         return hook
@@ -483,20 +476,21 @@ class SparseMasks:
     @torch.no_grad()
     def _pre_step(self, *_) -> None:
         """Masks the gradients that no hook masked since the last step: the safety net behind the gradient hooks."""
-        dense_seen, self._dense_seen = self._dense_seen, set()
+        fired, pending = self._fired, self._dense_pending
+        self._fired, self._dense_pending = set(), set()
         if not self.enforcing:
             return
-        # A gradient counts as masked if it is the very tensor masked last, unchanged since (its version counter).
+        # Gradients accumulated since the last step went through their hook, which masked them (or left them dense
+        # for a method that masks them after reading): any other gradient reaches the optimizer unmasked.
         missed = {
             name: local_tensor(p.grad)
             for name, p in self._params.items()
-            if p.grad is not None and p.requires_grad and self._masked.get(name) != _grad_key(p.grad)
+            if p.grad is not None and p.requires_grad and (name not in fired or name in pending)
         }
         if not missed:
             return
         self._select_(missed)
-        self._masked.update({name: _grad_key(self._params[name].grad) for name in missed})
-        if set(missed) <= dense_seen:
+        if set(missed) <= pending:
             logger.warning(
                 "Gradients kept dense for a mask method were not masked by it before the optimizer step (was "
                 "method.step(step, optimizer) skipped after method.begin_step(step)?); masked at the step instead."
@@ -504,11 +498,12 @@ class SparseMasks:
         elif not self._warned_missed:
             self._warned_missed = True
             logger.warning(
-                "The gradient hooks of %d masked parameter(s) (e.g. %s) did not run in backward, so their pruned "
-                "gradients were masked only at the optimizer step: clipping and the logged grad_norm included them. "
-                "Either the gradient was assigned to .grad by hand, or the tensor was swapped in place (torch."
-                "__future__.set_swap_module_params_on_conversion(True) makes .to()/load_state_dict do that, and "
-                "PyTorch then runs no gradient hook on it): turn that flag off.",
+                "%d masked parameter(s) (e.g. %s) hold a gradient that did not go through their gradient hook since "
+                "the last optimizer step, so its pruned coordinates were masked only at the step: clipping and the "
+                "logged grad_norm included them. Either the gradient was assigned to .grad by hand (or kept from an "
+                "earlier step), or the tensor was swapped in place (torch.__future__.set_swap_module_params_on_"
+                "conversion(True) makes .to()/load_state_dict do that, and PyTorch then runs no gradient hook on "
+                "it): turn that flag off.",
                 len(missed), next(iter(missed)),
             )
 
@@ -547,7 +542,7 @@ class SparseMasks:
             handle.remove()
         for _, handle in self._grad_hooks.values():
             handle.remove()
-        self._hooks, self._grad_hooks, self._masked, self._dense_seen = [], {}, {}, set()
+        self._hooks, self._grad_hooks, self._fired, self._dense_pending = [], {}, set(), set()
         self._optimizer = None
         self._generation += 1
 

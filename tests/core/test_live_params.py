@@ -314,3 +314,16 @@ def test_dense_masks_on_a_meta_model_survive_to_empty_and_zeros_of_a_meta_model_
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     masks.attach(optimizer)
     assert masks.violations() == 0 and masks.sparsity() == 0.0
+
+
+def test_a_dense_step_whose_method_never_ran_is_masked_at_the_optimizer_step(caplog):
+    model = mlp()
+    masks = SparseMasks.from_magnitude(model, 0.5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    masks.attach(optimizer)
+    masks.keep_dense_grads = True  # what begin_step does for a RigL update step
+    model(torch.randn(8, 10)).pow(2).mean().backward()
+    with caplog.at_level("WARNING", logger="sparse_transfer.core.masks"):
+        optimizer.step()
+    assert "method.step(step, optimizer) skipped" in caplog.text
+    _assert_enforced(masks, optimizer)
