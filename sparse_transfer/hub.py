@@ -12,6 +12,8 @@ Because the mask is stored separately, a consumer can check that the zeros survi
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import inspect as _inspect
 import json
 import os
@@ -33,7 +35,9 @@ __all__ = [
     "load_sparse_masks",
     "load_state_dict_from_checkpoint",
     "model_card",
+    "files_to_upload",
     "push_sparse_to_hub",
+    "refuse_secrets",
     "save_sparse_pretrained",
     "verify_checkpoint_sparsity",
 ]
@@ -49,8 +53,13 @@ CARD_NAME = "README.md"
 _WEIGHT_FILE_RE = re.compile(
     r"^(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?$"
 )
-# Never uploaded: Trainer checkpoints (optimizer state), hidden files, interrupted writes.
-_UPLOAD_IGNORE = ["checkpoint-*", ".*", "*/.*", "*.tmp", "runs/*"]
+# What a push uploads, as an allow-list over the folder's top-level files: weights as safetensors, the mask file,
+# configs, tokenizer and processor files, the model card, results and recipes as JSON/YAML. Everything else stays
+# local: pickles (training_args.bin holds the Hub token; optimizer.pt, scheduler.pt, rng_state*.pth), Trainer
+# checkpoint-* folders and runs/, hidden files, interrupted writes.
+UPLOAD_PATTERNS = ("*.safetensors", "*.json", "*.yaml", "*.yml", "*.md", "*.txt", "*.model", "*.tiktoken", "*.jinja")
+# A Hugging Face access token, in any file about to be uploaded, is refused whoever's it is.
+_HF_TOKEN_RE = re.compile(rb"hf_[A-Za-z0-9]{30,}")
 
 
 # --------------------------------------------------------------------------------------------- targets
@@ -548,7 +557,10 @@ def push_sparse_to_hub(
     """Uploads a folder written by :func:`save_sparse_pretrained` to the Hugging Face Hub.
 
     The saved weights are first checked against the saved mask file: a checkpoint whose zeros were lost is
-    never uploaded. Trainer ``checkpoint-*`` folders, hidden files and ``runs/`` are not uploaded.
+    never uploaded. Only an allow-list of files goes up (:func:`files_to_upload`: safetensors weights, the mask
+    file, configs, tokenizer files, the model card, JSON/YAML results and recipes), never a pickle such as
+    ``training_args.bin`` (which holds the Hub token) nor a Trainer ``checkpoint-*`` folder; a file containing an
+    access token is refused (:func:`refuse_secrets`).
 
     Args:
         output_dir: The saved folder.
@@ -574,8 +586,10 @@ def push_sparse_to_hub(
             "if the zeros are your mask)."
         )
     masks = verify_checkpoint_sparsity(output_dir)
+    files = files_to_upload(output_dir)
     import huggingface_hub
 
+    refuse_secrets(output_dir, files, [token, huggingface_hub.get_token()])
     repo_url = huggingface_hub.create_repo(repo_id, token=token, private=private, exist_ok=True)
     message = commit_message or f"Upload {masks.sparsity():.1%} sparse model with sparse_transfer"
     huggingface_hub.upload_folder(
@@ -583,6 +597,43 @@ def push_sparse_to_hub(
         folder_path=str(output_dir),
         commit_message=message,
         token=token,
-        ignore_patterns=_UPLOAD_IGNORE,
+        allow_patterns=[glob.escape(name) for name in files],
     )
     return str(repo_url)
+
+
+def files_to_upload(folder: str | os.PathLike) -> list[str]:
+    """The files of ``folder`` that a push uploads: top-level regular files matching :data:`UPLOAD_PATTERNS`,
+    neither hidden nor temporary. Pickles (``training_args.bin``, ``*.pt``, ``*.pth``, ``*.bin``), sub-folders and
+    links never are."""
+    folder = Path(folder)
+    names = []
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        if path.is_symlink() or not path.is_file() or name.startswith(".") or name.endswith(".tmp"):
+            continue
+        if any(fnmatch.fnmatch(name, pattern) for pattern in UPLOAD_PATTERNS):
+            names.append(name)
+    if not any(name.endswith(".safetensors") and name != MASKS_NAME for name in names):
+        raise FileNotFoundError(f"{folder} has no safetensors weights to upload.")
+    return names
+
+
+def refuse_secrets(folder: str | os.PathLike, names: Iterable[str], tokens: Iterable[str | None] = ()) -> None:
+    """Raises ``ValueError`` if a file about to be uploaded contains an access token: one of ``tokens`` (the token
+    of the push, the stored login) or anything shaped like a Hugging Face token. Text files are read whole,
+    safetensors files only in their JSON header (the tensors are numbers). The token itself is never printed."""
+    secrets = [t.encode() for t in tokens if t]
+    for name in names:
+        path = Path(folder) / name
+        if name.endswith(".safetensors"):
+            with open(path, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                data = f.read(min(size, 100_000_000))
+        else:
+            data = path.read_bytes()
+        if any(secret in data for secret in secrets) or _HF_TOKEN_RE.search(data):
+            raise ValueError(
+                f"{path} contains a Hugging Face access token; refusing to upload it. Remove the token from that file "
+                "(or the file from the folder) and push again."
+            )

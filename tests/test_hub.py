@@ -274,13 +274,14 @@ class _FakeHub:
         self.created.append(dict(repo_id=repo_id, token=token, private=private, exist_ok=exist_ok))
         return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def upload_folder(self, *, repo_id, folder_path, commit_message=None, token=None, ignore_patterns=None, **kwargs):
+    def upload_folder(self, *, repo_id, folder_path, commit_message=None, token=None, allow_patterns=None,
+                      ignore_patterns=None, **kwargs):
         from huggingface_hub.utils import filter_repo_objects
 
         files = sorted(
             os.path.relpath(os.path.join(root, f), folder_path) for root, _, fs in os.walk(folder_path) for f in fs
         )
-        sent = list(filter_repo_objects(files, ignore_patterns=ignore_patterns))
+        sent = list(filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
         self.uploads.append(dict(repo_id=repo_id, files=sent, message=commit_message, token=token))
 
 
@@ -326,3 +327,48 @@ def test_auto_targets(sparse_bert, tiny_cnn):
     assert auto_targets(tiny_cnn) == "cnn"
     assert auto_targets(model.state_dict()) == "bert"
     assert auto_targets(tiny_cnn.state_dict()) == "cnn"
+
+
+def test_push_uploads_an_allow_list_never_a_pickle_or_a_token(saved_bert, monkeypatch):
+    """A ``trainer.save_model()`` folder holds ``training_args.bin`` (a pickle with the Hub token) and the Trainer's
+    other pickles: none of them, no sub-folder and no hidden file is uploaded."""
+    _, _, out = saved_bert
+    for name in ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state_0.pth", "pytorch_model.bin",
+                 ".hidden.json", "model.safetensors.tmp"):
+        (out / name).write_bytes(b"pickle")
+    (out / "runs").mkdir()
+    (out / "runs" / "events.json").write_text("{}")
+    (out / "trainer_state.json").write_text("{}")
+    (out / "vocab.txt").write_text("[PAD]\n")
+    hub = _FakeHub(monkeypatch)
+    push_sparse_to_hub(out, "me/tiny-sparse-bert", token="hf_" + "a" * 34)
+    (upload,) = hub.uploads
+    assert upload["files"] == sorted(["README.md", "config.json", "model.safetensors", MASKS_NAME,
+                                      "trainer_state.json", "vocab.txt"])
+
+
+@pytest.mark.parametrize("where", ["config.json", "README.md", "model.safetensors"])
+def test_push_refuses_a_file_holding_a_token(saved_bert, monkeypatch, capsys, where):
+    _, _, out = saved_bert
+    secret = "hf_" + "Z" * 34
+    if where == "model.safetensors":
+        weights = load_file(out / "model.safetensors")
+        save_file(weights, out / "model.safetensors", metadata={"format": "pt", "note": secret})
+    else:
+        (out / where).write_text((out / where).read_text() + f"\n{secret}\n")
+    hub = _FakeHub(monkeypatch)
+    with pytest.raises(ValueError, match=f"{where} contains a Hugging Face access token") as err:
+        push_sparse_to_hub(out, "me/x", token="hf_" + "b" * 34)
+    assert secret not in str(err.value)
+    assert hub.created == [] and hub.uploads == []
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err
+
+
+def test_push_refuses_the_pushing_token_in_any_shape(saved_bert, monkeypatch):
+    _, _, out = saved_bert
+    (out / "results.json").write_text(json.dumps({"token": "my-org-token-123"}))
+    hub = _FakeHub(monkeypatch)
+    with pytest.raises(ValueError, match="results.json contains"):
+        push_sparse_to_hub(out, "me/x", token="my-org-token-123")
+    assert hub.uploads == []

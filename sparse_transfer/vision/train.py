@@ -198,22 +198,12 @@ def save_checkpoint(directory: str, model: nn.Module, method: MaskMethod | None,
 
 
 def push_checkpoint(directory: str, args: VisionArguments) -> str:
-    """Uploads a checkpoint directory after checking that its weights are exactly zero where its mask says."""
-    from huggingface_hub import HfApi
-    from safetensors.torch import load_file
+    """Uploads a checkpoint directory with :func:`~sparse_transfer.hub.push_sparse_to_hub`: its weights are checked
+    against its mask file first, and only the allow-listed files (safetensors, JSON, the card) go up."""
+    from ..hub import push_sparse_to_hub
 
-    mask_path = os.path.join(directory, MASKS_NAME)
-    if os.path.isfile(mask_path):
-        weights = load_file(os.path.join(directory, "model.safetensors"))
-        masks = SparseMasks.load(mask_path)
-        bad = sum(int((weights[n][~m] != 0).sum()) for n, m in masks.items())
-        if bad:
-            raise ValueError(f"{directory}: {bad} pruned weights are not zero; refusing to upload.")
-    api = HfApi()
-    api.create_repo(args.hub_model_id, private=args.hub_private, exist_ok=True)
-    info = api.upload_folder(folder_path=directory, repo_id=args.hub_model_id,
-                             commit_message=f"sparse_transfer: {args.model} {args.method} {args.sparsity:.0%}")
-    return str(getattr(info, "commit_url", args.hub_model_id))
+    message = f"sparse_transfer: {args.model} {args.method}" + (f" {args.sparsity:.0%}" if args.sparsity else "")
+    return push_sparse_to_hub(directory, args.hub_model_id, private=args.hub_private, commit_message=message)
 
 
 @torch.no_grad()

@@ -231,23 +231,25 @@ def test_push_to_hub_uploads_checkpoint_with_model_card(tmp_path, image_folder, 
 
     calls = {}
 
-    class FakeApi:
-        def create_repo(self, repo_id, private=False, exist_ok=False, **kw):
-            calls["create_repo"] = (repo_id, private, exist_ok)
+    def create_repo(repo_id, token=None, private=False, exist_ok=False, **kw):
+        calls["create_repo"] = (repo_id, private, exist_ok)
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
 
-        def upload_folder(self, folder_path, repo_id, commit_message, **kw):
-            calls["files"] = sorted(os.listdir(folder_path))
-            calls["card"] = open(os.path.join(folder_path, "README.md")).read()
-            calls["repo_id"] = repo_id
-            return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/abc"})()
+    def upload_folder(*, repo_id, folder_path, commit_message=None, allow_patterns=None, **kw):
+        from huggingface_hub.utils import filter_repo_objects
 
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+        calls["files"] = sorted(filter_repo_objects(os.listdir(folder_path), allow_patterns=allow_patterns))
+        calls["card"] = open(os.path.join(folder_path, "README.md")).read()
+        calls["repo_id"] = repo_id
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
     _, results = run(tmp_path, image_folder, "constant", epochs=1, push_to_hub=True, hub_model_id="user/tiny-sparse",
                      hub_private=True)
     assert calls["create_repo"] == ("user/tiny-sparse", True, True) and calls["repo_id"] == "user/tiny-sparse"
     assert {"model.safetensors", "config.json", "README.md", MASKS_NAME} <= set(calls["files"])
     assert "70% sparsity" in calls["card"] and "eval_top1" in calls["card"] and "| layer |" in calls["card"]
-    assert results["hub_url"].endswith("/commit/abc")
+    assert results["hub_url"] == "https://huggingface.co/user/tiny-sparse"
     assert json.loads((tmp_path / "constant" / "results.json").read_text())["hub_url"] == results["hub_url"]
 
 
@@ -257,7 +259,7 @@ def test_push_refuses_checkpoint_with_nonzero_pruned_weights(tmp_path, image_fol
 
     from sparse_transfer.vision.train import push_checkpoint
 
-    monkeypatch.setattr(huggingface_hub, "HfApi", lambda: pytest.fail("must not reach the Hub"))
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda *a, **k: pytest.fail("must not reach the Hub"))
     args, _ = run(tmp_path, image_folder, "constant", epochs=1)
     last = tmp_path / "constant" / "last"
     weights = load_file(str(last / "model.safetensors"))
@@ -265,7 +267,7 @@ def test_push_refuses_checkpoint_with_nonzero_pruned_weights(tmp_path, image_fol
     name = next(iter(masks))
     weights[name][~masks[name]] = 1.0
     save_file(weights, str(last / "model.safetensors"))
-    with pytest.raises(ValueError, match="not zero; refusing"):
+    with pytest.raises(ValueError, match="pruned weight.* are non-zero"):
         push_checkpoint(str(last), VisionArguments(**{**args.to_dict(), "push_to_hub": True, "hub_model_id": "u/x"}))
 
 
