@@ -39,6 +39,7 @@ __all__ = [
     "push_sparse_to_hub",
     "refuse_secrets",
     "save_sparse_pretrained",
+    "shipped_masks",
     "verify_checkpoint_sparsity",
 ]
 
@@ -167,8 +168,8 @@ def load_sparse_masks(
         model: The model loaded from ``checkpoint``.
         checkpoint: A local checkpoint directory, a mask file, or a Hub repo id.
         revision: Hub revision for a repo id.
-        strict: Raise if the model's pruned weights are not zero; otherwise return the masks anyway (so that
-            ``masks.apply_()`` can restore the sparsity).
+        strict: Raise if the model's pruned weights are not zero, or if the mask file was saved beside other weights
+            than the model's; otherwise return the masks anyway (so that ``masks.apply_()`` can restore the sparsity).
 
     Returns:
         The bound masks, or ``None`` if the checkpoint has no mask file.
@@ -180,10 +181,40 @@ def load_sparse_masks(
     masks_path = path if os.path.isfile(path) else _find_masks_file(path, revision)
     if masks_path is None:
         return None
-    masks = SparseMasks.load(masks_path, model)
+    masks = SparseMasks.load(masks_path, model, check_fingerprint=False)
     if strict:
-        check_sparsity(model, masks)
+        check_sparsity(model, masks)  # first: it names the tensors whose zeros were lost
+        masks.check_fingerprint()
     return masks
+
+
+def shipped_masks(model: nn.Module, checkpoint: str | os.PathLike, revision: str | None = None) -> SparseMasks | None:
+    """The masks a checkpoint ships (its :data:`MASKS_NAME`), bound to ``model`` loaded from it, or ``None``.
+
+    Names are matched to ``model``'s as saved, or under the model's ``base_model_prefix`` (a mask file saved with a
+    base encoder, ``encoder.layer...``, used by ``*ForSequenceClassification``, ``bert.encoder.layer...``). The
+    file is validated (:meth:`SparseMasks.load`), and the weights must agree with it: every weight it marks as
+    pruned is exactly 0, and it was saved beside these weights (its model fingerprint). A disagreement is an error,
+    never a silent re-masking.
+    """
+    path = os.fspath(checkpoint)
+    masks_path = _find_masks_file(path, revision)
+    if masks_path is None:
+        return None
+    loaded = SparseMasks.load(masks_path)
+    names = dict(model.named_parameters(remove_duplicate=False))
+    prefix = getattr(model, "base_model_prefix", "")
+    if prefix and not all(n in names for n in loaded) and all(f"{prefix}.{n}" in names for n in loaded):
+        renamed = SparseMasks({f"{prefix}.{n}": m for n, m in loaded.items()})
+        renamed.saved_model_fingerprint, renamed._source = loaded.saved_model_fingerprint, masks_path
+        loaded = renamed
+    loaded.bind(model)
+    try:
+        check_sparsity(model, loaded)
+    except ValueError as err:
+        raise ValueError(f"{masks_path} disagrees with the weights of {path}: {err}") from None
+    loaded.check_fingerprint()
+    return loaded
 
 
 # --------------------------------------------------------------------------------------------- saving
@@ -232,7 +263,7 @@ def save_sparse_pretrained(
         if processing_class is not None:
             processing_class.save_pretrained(tmp_dir)
         if masks is not None:
-            masks.save(tmp_dir / MASKS_NAME)
+            masks.save(tmp_dir / MASKS_NAME, model=model)
         if masks is not None:
             report = sparsity_report(dict(model.named_parameters()), list(masks))
         else:

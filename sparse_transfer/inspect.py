@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor, nn
 
 from .core import MASKS_NAME, SparseMasks, SparsityReport, sparsity_report
+from .core.masks import weights_fingerprint
 from .core.targets import resolve_target_spec
 from .hub import _find_masks_file, _looks_like_repo_id, auto_targets, check_sparsity, load_state_dict_from_checkpoint
 
@@ -124,7 +125,12 @@ def inspect_sparsity(
         raise InspectError(_one_line(err)) from None
     except Exception as err:  # e.g. safetensors' SafetensorError for a corrupt or truncated file
         raise InspectError(f"could not read {path}: {_one_line(err)}") from None
-    masks = SparseMasks.load(masks_path) if masks_path else None
+    masks, mask_problem = None, None
+    if masks_path:
+        try:
+            masks = SparseMasks.load(masks_path)
+        except ValueError as err:  # a damaged, edited or foreign mask file: reported, not trusted
+            mask_problem = _one_line(err)
     # Files list tensors alphabetically; print layer 2 before layer 10.
     tensors = dict(sorted(tensors.items(), key=lambda item: _natural_key(item[0])))
 
@@ -142,10 +148,18 @@ def inspect_sparsity(
         preset = "the BERT encoder preset" if names == "bert" else f"--targets {targets}"
         raise InspectError(f"no tensor of {path} matches {preset}; use --targets cnn or --include REGEX")
     mask_info = None
-    if masks is not None:
+    if mask_problem is not None:
+        mask_info = {"file": MASKS_NAME, "sparsity": None, "tensors": None, "zeros_intact": False, "problem": mask_problem}
+    elif masks is not None:
         mask_info = {"file": MASKS_NAME, "sparsity": masks.sparsity(), "tensors": len(masks), "zeros_intact": True, "problem": None}
         try:
             check_sparsity(tensors, masks)
+            expected = masks.saved_model_fingerprint
+            if expected is not None and weights_fingerprint({n: tensors[n] for n in masks}) != expected:
+                raise ValueError(
+                    f"{MASKS_NAME} was saved beside other weights (model fingerprint {expected}): it belongs to another "
+                    "checkpoint of the same architecture."
+                )
         except ValueError as err:
             mask_info.update(zeros_intact=False, problem=str(err))
     return _result(source, path, label, report, mask_info)
@@ -170,8 +184,11 @@ def format_result(result: dict) -> str:
     lines = [f"{result['path']} ({source}; targets: {result['targets']})", "", result["_report"].format_table()]
     masks = result["masks"]
     if masks is not None:
-        state = "zeros intact" if masks["zeros_intact"] else "ZEROS LOST"
-        lines.append(f"mask file {masks['file']}: {masks['tensors']} tensors, sparsity {masks['sparsity']:.2%}, {state}")
+        if masks["sparsity"] is None:
+            lines.append(f"mask file {masks['file']}: REFUSED")
+        else:
+            state = "zeros intact" if masks["zeros_intact"] else "ZEROS LOST"
+            lines.append(f"mask file {masks['file']}: {masks['tensors']} tensors, sparsity {masks['sparsity']:.2%}, {state}")
         if masks["problem"]:
             lines.append(masks["problem"])
     return "\n".join(lines)

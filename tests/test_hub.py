@@ -372,3 +372,45 @@ def test_push_refuses_the_pushing_token_in_any_shape(saved_bert, monkeypatch):
     with pytest.raises(ValueError, match="results.json contains"):
         push_sparse_to_hub(out, "me/x", token="my-org-token-123")
     assert hub.uploads == []
+
+
+# ----------------------------------------------------------------- consumers check weights against the mask file
+def test_verify_checkpoint_sparsity_catches_a_kept_to_pruned_flip(saved_bert):
+    """A mask file that claims more zeros than the weights have (a kept bit flipped to pruned) is caught."""
+    _, masks, out = saved_bert
+    flipped = {n: m.clone() for n, m in masks.items()}
+    name = next(iter(flipped))
+    flipped[name].view(-1)[int(flipped[name].view(-1).nonzero()[0])] = False
+    SparseMasks(flipped).save(out / MASKS_NAME)
+    with pytest.raises(ValueError, match=f"1 pruned weight.* {name}"):
+        verify_checkpoint_sparsity(out)
+
+
+def test_shipped_masks_are_the_record_and_must_agree_with_the_weights(saved_bert, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from sparse_transfer.hub import shipped_masks
+
+    _, masks, out = saved_bert
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    loaded = shipped_masks(model, out)
+    assert all(torch.equal(loaded[n], masks[n]) for n in masks) and loaded.model is model
+    # a mask file of another checkpoint of the same architecture, copied in
+    other = make_tiny_bert(seed=3)
+    other_masks = SparseMasks.from_magnitude(other, 0.8, "global", targets="bert")
+    other_masks.apply_()
+    other_masks.save(out / MASKS_NAME)
+    with pytest.raises(ValueError, match="disagrees with the weights"):
+        shipped_masks(model, out)
+
+
+def test_inspect_reports_a_damaged_mask_file_instead_of_crashing(saved_bert, capsys):
+    from sparse_transfer.inspect import main as inspect_main
+
+    _, _, out = saved_bert
+    data = bytearray((out / MASKS_NAME).read_bytes())
+    data[-1] ^= 0x10
+    (out / MASKS_NAME).write_bytes(bytes(data))
+    assert inspect_main([str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "REFUSED" in printed and "fails its checksum" in printed

@@ -46,7 +46,7 @@ from .targets import TargetSpec, select_targets
 logger = logging.getLogger(__name__)
 
 MASKS_FILE_FORMAT = "sparse_transfer.masks"
-MASKS_FILE_VERSION = "1"
+MASKS_FILE_VERSION = "2"  # 2: checksum and model fingerprint in the metadata
 MASKS_NAME = "sparse_masks.safetensors"
 
 # Signed integers of each element width: a float tensor viewed as one of these keeps its bit pattern, and an
@@ -80,6 +80,48 @@ def unpack_bits(packed: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
 def _fingerprint(shapes: Mapping[str, tuple[int, ...]]) -> str:
     text = json.dumps(sorted((name, list(shape)) for name, shape in shapes.items()))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _checksum(packed: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(packed):
+        h.update(name.encode())
+        h.update(json.dumps(list(shapes[name])).encode())
+        h.update(packed[name].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def weights_fingerprint(weights: Mapping[str, Tensor]) -> str:
+    """SHA-256 (first 16 hex digits) of the dtypes, shapes and bytes of ``weights`` in name order: which checkpoint a
+    mask file was saved beside."""
+    h = hashlib.sha256()
+    for name in sorted(weights):  # names only order the tensors: a head's prefix (bert.) keeps the order and hash
+        tensor = weights[name].detach().cpu().contiguous()
+        h.update(f"{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _file_problem(packed: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> str:
+    """What is wrong with a mask file's data against its metadata, or ``""``."""
+    missing = sorted(set(shapes) - set(packed))
+    extra = sorted(set(packed) - set(shapes))
+    if missing or extra:
+        return f"lists masks its data lacks ({missing[:3]}) or holds data it does not list ({extra[:3]})."
+    for name, tensor in packed.items():
+        if tensor.dtype != torch.uint8 or tensor.dim() != 1:
+            return (f"stores {name} as {tensor.dtype} with shape {tuple(tensor.shape)}; masks are packed bits, one "
+                    "uint8 vector per parameter.")
+        expected = (int(torch.Size(shapes[name]).numel()) + 7) // 8
+        if tensor.numel() != expected:
+            return f"stores {tensor.numel()} bytes for {name} of shape {shapes[name]}, which needs {expected}."
+    if "fingerprint" in metadata and metadata["fingerprint"] != _fingerprint(shapes):
+        return "has a names-and-shapes fingerprint that does not match its own shapes: the metadata was edited."
+    checksum = metadata.get("checksum")
+    if metadata.get("version") != "1" and checksum != _checksum(packed, shapes):
+        return ("fails its checksum: its bits or metadata changed after it was saved (a flipped byte, a partial "
+                "copy, or an edit).")
+    return ""
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -686,12 +728,15 @@ class SparseMasks:
             )
         self.update_(state_dict)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Saves the masks to a safetensors file, 1 bit per weight, with names and shapes in its metadata.
+    def save(self, path: str | os.PathLike, model: nn.Module | None = None) -> None:
+        """Saves the masks to a safetensors file, 1 bit per weight, with what is needed to refuse a wrong file.
 
-        The file is written to a temporary name and renamed, so an interrupted save leaves no half file.
+        The metadata holds the names and shapes, the sparsity, a SHA-256 checksum over names, shapes and bits, and,
+        the fingerprint of the masked weights as they are now in ``model`` (default: the bound model), i.e. of the
+        weights saved beside the file: :meth:`load` with a model refuses a file made for other weights. The file is
+        written to a temporary name and renamed, so an interrupted save leaves no half file.
         """
-        tensors = {name: pack_bits(m.detach().cpu()) for name, m in self._masks.items()}
+        packed = {name: pack_bits(m.detach().cpu()) for name, m in self._masks.items()}
         shapes = self.shapes()
         metadata = {
             "format": MASKS_FILE_FORMAT,
@@ -699,27 +744,93 @@ class SparseMasks:
             "shapes": json.dumps(shapes),
             "fingerprint": _fingerprint(shapes),
             "sparsity": f"{self.sparsity():.6f}",
+            "checksum": _checksum(packed, shapes),
         }
+        if model is not None:
+            weights = {name: model.get_parameter(name) for name in self._masks}
+        elif self._params:
+            self.check()
+            weights = self._params
+        else:
+            weights = {}
+        if weights and not any(is_dtensor(p) for p in weights.values()):  # sharded: the fingerprint would need a gather
+            metadata["model_fingerprint"] = weights_fingerprint({n: p.detach() for n, p in weights.items()})
         path = os.fspath(path)
         tmp = f"{path}.tmp"
-        save_file(tensors, tmp, metadata=metadata)
+        save_file(packed, tmp, metadata=metadata)
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: nn.Module | None = None) -> SparseMasks:
-        """Loads masks written by :meth:`save`; binds them to ``model`` (checking names and shapes) if given."""
+    def load(cls, path: str | os.PathLike, model: nn.Module | None = None, check_fingerprint: bool = True) -> SparseMasks:
+        """Loads masks written by :meth:`save`; binds them to ``model`` (checking names and shapes) if given.
+
+        Refuses, naming the problem: a file that is not a mask file or of an unknown format version, a checksum that
+        does not match (a flipped byte), bits stored in another dtype or length than :meth:`save` writes, metadata
+        that disagrees with the data (names, shapes, sparsity), and, with ``model`` and ``check_fingerprint``, a file
+        saved beside other weights than ``model``'s (:meth:`check_fingerprint`). To apply a file's masks to another
+        model on purpose, ``SparseMasks.load(path).bind(model)``.
+        """
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No mask file at {path}.")
         from safetensors import safe_open
 
-        with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
+        try:
+            with safe_open(path, framework="pt") as f:
+                metadata = f.metadata() or {}
+        except Exception as err:  # safetensors raises its own error types for a damaged header
+            raise ValueError(f"{path} is not a readable safetensors file ({err}); it may be truncated or damaged.") from None
         if metadata.get("format") != MASKS_FILE_FORMAT:
             raise ValueError(f"{path} is not a sparse_transfer mask file (its metadata has no format={MASKS_FILE_FORMAT!r}).")
-        shapes = {name: tuple(shape) for name, shape in json.loads(metadata["shapes"]).items()}
-        packed = load_file(path)
-        return cls({name: unpack_bits(packed[name], shapes[name]) for name in shapes}, model)
+        version = metadata.get("version")
+        if version not in ("1", MASKS_FILE_VERSION):
+            raise ValueError(
+                f"{path} is a mask file of format version {version!r}; this sparse_transfer reads versions 1 and "
+                f"{MASKS_FILE_VERSION}. Upgrade sparse_transfer, or re-save the masks with this version."
+            )
+        try:
+            shapes = {name: tuple(shape) for name, shape in json.loads(metadata["shapes"]).items()}
+        except (KeyError, ValueError, TypeError, AttributeError):
+            raise ValueError(f"{path}: the mask file's metadata has no readable 'shapes'.") from None
+        try:
+            packed = load_file(path)
+        except Exception as err:
+            raise ValueError(f"{path}: the mask data cannot be read ({err}); the file is damaged.") from None
+        problem = _file_problem(packed, shapes, metadata)
+        if problem:
+            raise ValueError(f"{path} {problem} Refusing to load it as masks; re-save the masks from their source.")
+        if version == "1":
+            logger.warning("%s has no checksum (mask file version 1): re-save it to protect it.", path)
+        masks = cls({name: unpack_bits(packed[name], shapes[name]) for name in shapes})
+        stored_sparsity = metadata.get("sparsity")
+        if stored_sparsity is not None and abs(float(stored_sparsity) - masks.sparsity()) > 1e-6:
+            raise ValueError(
+                f"{path} says its sparsity is {stored_sparsity} but its bits hold {masks.sparsity():.6f}: the metadata "
+                "disagrees with the data. Refusing to load it; re-save the masks from their source."
+            )
+        masks.saved_model_fingerprint = metadata.get("model_fingerprint")
+        masks._source = path
+        if model is not None:
+            masks.bind(model)
+            if check_fingerprint:
+                masks.check_fingerprint()
+        return masks
+
+    def check_fingerprint(self) -> None:
+        """Raises ``ValueError`` if these masks were loaded from a file saved beside other weights than the bound
+        model's (see :meth:`save`); files without a model fingerprint pass."""
+        expected = getattr(self, "saved_model_fingerprint", None)
+        if expected is None:
+            return
+        self.check()
+        actual = weights_fingerprint({n: p.detach() for n, p in self._params.items()})
+        if actual != expected:
+            raise ValueError(
+                f"{getattr(self, '_source', 'The mask file')} was saved beside other weights than this "
+                f"{type(self._model).__name__}'s (model fingerprint {expected} vs {actual}): it belongs to another "
+                "model or checkpoint of the same architecture. Use the mask file saved with these weights; to apply "
+                "these masks to this model on purpose, SparseMasks.load(path).bind(model)."
+            )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} parameters, {self.numel():,} weights, sparsity={self.sparsity():.4f})"

@@ -365,7 +365,8 @@ def train_one(
 
     from ..core import SparseMasks, sparsity_report
     from ..hf import find_encoder_blocks
-    from ..hub import load_state_dict_from_checkpoint, save_sparse_pretrained, verify_checkpoint_sparsity
+    from ..core import MASKS_NAME
+    from ..hub import load_state_dict_from_checkpoint, save_sparse_pretrained, shipped_masks, verify_checkpoint_sparsity
 
     task = data.task
     set_seed(training_args.seed)  # the new classifier head is initialized in from_pretrained
@@ -388,7 +389,13 @@ def train_one(
         return cached
 
     resume_from = _checkpoint_to_resume(run_dir, recipe, training_args, glue_args.overwrite)
-    masks = SparseMasks.from_zeros(model, training_args.mask_targets)
+    # A model folder that ships a mask file: the file is the record of what is pruned (checked against the weights);
+    # otherwise the model's zeros on the target preset.
+    masks = shipped_masks(model, glue_args.model, glue_args.model_revision)
+    if masks is None:
+        masks = SparseMasks.from_zeros(model, training_args.mask_targets)
+    else:
+        logger.info("Masks from %s's %s (sparsity %.4f).", glue_args.model, MASKS_NAME, masks.sparsity())
     pruned_before = masks.numel() - sum(int(m.sum()) for _, m in masks.items())
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RESULTS_NAME).unlink(missing_ok=True)  # --overwrite: the old results must not outlive a failure

@@ -51,6 +51,7 @@ from transformers.trainer_callback import DefaultFlowCallback
 from transformers.trainer_utils import SchedulerType
 
 from ..core import MASKS_NAME, SparseMasks
+from ..core.masks import is_dtensor
 from ..methods import Constant, MaskMethod
 from ..core.schedules import rewind_lr_factor
 from .unfreeze import UNFREEZE_MODES, GradualUnfreezer, unfreeze_stage
@@ -622,14 +623,51 @@ class SparseTrainer(Trainer):
             os.replace(path + ".tmp", path)
         super()._save_checkpoint(model, trial)
 
+    @torch.no_grad()
+    def _check_masks_against_weights(self, masks: dict[str, Tensor], checkpoint: str, source: str) -> None:
+        """Refuses a checkpoint whose saved masks do not fit the weights just loaded from it: every pruned weight of a
+        checkpoint is exactly 0, so a non-zero one means the mask (or method) file was swapped or damaged, and
+        applying it would silently zero trained weights."""
+        params = self.masks.params
+        if masks.keys() != params.keys():
+            raise ValueError(f"{checkpoint}/{source} masks other parameters than this model's; it belongs to another run.")
+        bad = {}
+        for name, mask in masks.items():
+            weight = params[name].detach()
+            if is_dtensor(weight):
+                weight = weight.full_tensor()
+            count = int((weight[~mask.to(weight.device)] != 0).sum())
+            if count:
+                bad[name] = count
+        if bad:
+            raise ValueError(
+                f"{checkpoint}/{source} disagrees with the checkpoint's weights: {sum(bad.values()):,} weights it marks "
+                f"as pruned are non-zero (e.g. {next(iter(bad))}). The file was swapped or damaged; applying it would "
+                "zero trained weights. Resume from an untouched checkpoint."
+            )
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         method_path = os.path.join(resume_from_checkpoint, SPARSE_METHOD_STATE_NAME)
         masks_path = os.path.join(resume_from_checkpoint, MASKS_NAME)
         if os.path.isfile(method_path):
-            self.method.load_state_dict(torch.load(method_path, map_location="cpu", weights_only=True))
+            state = torch.load(method_path, map_location="cpu", weights_only=True)
+            if state.get("active"):
+                self._check_masks_against_weights(state["masks"], resume_from_checkpoint, SPARSE_METHOD_STATE_NAME)
+                if os.path.isfile(masks_path):
+                    on_disk = SparseMasks.load(masks_path).state_dict()
+                    if on_disk.keys() != state["masks"].keys() or any(
+                        not torch.equal(on_disk[n], state["masks"][n]) for n in on_disk
+                    ):
+                        raise ValueError(
+                            f"{resume_from_checkpoint}: {MASKS_NAME} and {SPARSE_METHOD_STATE_NAME} hold different masks; "
+                            "one of them was replaced. Resume from an untouched checkpoint."
+                        )
+            self.method.load_state_dict(state)
         elif os.path.isfile(masks_path) and isinstance(self.method, Constant):
-            self.masks.load_state_dict(SparseMasks.load(masks_path).state_dict())
+            saved = SparseMasks.load(masks_path).state_dict()
+            self._check_masks_against_weights(saved, resume_from_checkpoint, MASKS_NAME)
+            self.masks.load_state_dict(saved)
         elif isinstance(self.method, Constant):
             logger.warning("%s has no %s; keeping the masks this trainer was built with.", resume_from_checkpoint, MASKS_NAME)
         else:

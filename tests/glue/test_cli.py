@@ -54,9 +54,12 @@ def test_rte_end_to_end_with_push(tiny_model_dir, glue_dir, tmp_path, monkeypatc
     def create_repo(repo_id, token=None, private=False, exist_ok=False, **kw):
         return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def upload_folder(repo_id, folder_path, **kw):
-        # What would leave the machine: the folder's files, read now.
-        uploads.append((repo_id, {p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.is_file()}))
+    def upload_folder(repo_id, folder_path, allow_patterns=None, **kw):
+        from huggingface_hub.utils import filter_repo_objects
+
+        # What would leave the machine: the allowed files of the folder, read now.
+        names = filter_repo_objects([p.name for p in Path(folder_path).iterdir() if p.is_file()], allow_patterns=allow_patterns)
+        uploads.append((repo_id, {name: (Path(folder_path) / name).read_bytes() for name in names}))
 
     monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
@@ -348,3 +351,48 @@ def test_fp16_on_cuda_keeps_exact_sparsity(tiny_model_dir, glue_dir, tmp_path):
     assert main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out)]) == 0  # mixed_precision auto -> fp16
     results = json.loads((out / "results.json").read_text())
     assert results["recipe"]["fp16"] is True and results["sparsity"]["exact"] is True
+
+
+def test_a_model_folder_that_ships_a_mask_file_trains_under_that_mask(tiny_model_dir, glue_dir, tmp_path):
+    """The mask file is the record: a weight that happens to be 0 but is marked kept trains; the file's pruned weights
+    stay exactly 0."""
+    import shutil
+
+    from transformers import BertForMaskedLM
+
+    from sparse_transfer import MASKS_NAME, SparseMasks
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    model = BertForMaskedLM.from_pretrained(model_dir)
+    masks = SparseMasks.from_zeros(model, "bert")
+    name = next(iter(masks))
+    kept_zero = tuple(int(i) for i in (~masks[name]).nonzero()[0])  # zero in the weights, kept by the file
+    masks[name][kept_zero] = True
+    masks.save(model_dir / MASKS_NAME)
+    out = tmp_path / "rte"
+    assert main(["--task", "rte", *fast_args(model_dir, glue_dir, out), "--epochs", "1", "--unfreeze", "none"]) == 0
+    trained = load_file(str(out / "best" / "model.safetensors"))
+    assert trained[name][kept_zero] != 0
+    saved = SparseMasks.load(out / "best" / MASKS_NAME)
+    assert torch.equal(saved[name], masks[name])
+    for n, m in masks.items():
+        assert (trained[n][~m] == 0).all(), n
+
+
+def test_a_mask_file_that_disagrees_with_the_weights_is_an_error(tiny_model_dir, glue_dir, tmp_path, capsys):
+    import shutil
+
+    from transformers import BertForMaskedLM
+
+    from sparse_transfer import MASKS_NAME, SparseMasks
+
+    from .conftest import make_tiny_model_dir
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    other_dir = make_tiny_model_dir(tmp_path / "other", seed=5)  # same architecture, other zeros
+    other = BertForMaskedLM.from_pretrained(other_dir)
+    SparseMasks.from_zeros(other, "bert").save(model_dir / MASKS_NAME)
+    assert main(["--task", "rte", *fast_args(model_dir, glue_dir, tmp_path / "rte")]) != 0
+    assert "disagrees with the weights" in capsys.readouterr().err

@@ -245,3 +245,17 @@ def test_the_gradient_safety_net_stays_silent_in_ordinary_training(tmp_path, nam
     with caplog.at_level("WARNING", logger="sparse_transfer.core.masks"):
         run(tmp_path, name, max_grad_norm=0.1, gradient_accumulation_steps=2, per_device_train_batch_size=2)
     assert "gradient hook" not in caplog.text and "were not masked by it" not in caplog.text
+
+
+@pytest.mark.parametrize("swapped", [SPARSE_METHOD_STATE_NAME, MASKS_NAME])
+def test_resume_refuses_a_swapped_mask_or_method_file(tmp_path, swapped):
+    """Today's bug: a swapped mask file silently zeroed trained weights on resume. Now it is an error."""
+    import shutil
+
+    common = dict(save_strategy="steps", save_steps=10, max_steps=12)
+    run(tmp_path / "a", "gmp", **common)
+    run(tmp_path / "b", "gmp", model=make_tiny_bert(seed=7), **common)  # same architecture, other weights and mask
+    checkpoint = tmp_path / "a" / "checkpoint-10"
+    shutil.copy(tmp_path / "b" / "checkpoint-10" / swapped, checkpoint / swapped)
+    with pytest.raises(ValueError, match="disagrees with the checkpoint's weights|hold different masks"):
+        run(tmp_path / "resumed", "gmp", resume=str(checkpoint), **common)
