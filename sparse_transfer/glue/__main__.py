@@ -5,21 +5,20 @@ from __future__ import annotations
 import logging
 import sys
 
+from .._cli import run_command
 from .config import parse_args
 from .run import run_glue
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+
+    def body() -> int:
         glue_args, training_args, recipe_file = parse_args(argv)
         run_glue(glue_args, training_args, recipe_file)
-    except (ValueError, FileNotFoundError) as err:
-        # Bad input (unknown task, bad data, a model folder without weights, no network and no local data): the
-        # message names the problem and the fix; a traceback would only hide it.
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

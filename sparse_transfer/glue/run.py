@@ -248,11 +248,11 @@ def _checkpoint_to_resume(run_dir: Path, recipe: dict[str, Any], training_args, 
     """The last Trainer checkpoint of an unfinished run of the same recipe (only with a save_strategy)."""
     import shutil
 
-    from transformers.trainer_utils import get_last_checkpoint
+    from ..hf.trainer import last_complete_checkpoint
 
     if not run_dir.is_dir():
         return None
-    last = get_last_checkpoint(str(run_dir))
+    last = last_complete_checkpoint(run_dir)  # never a checkpoint whose save was interrupted
     if last is None:
         return None
     recipe_file = run_dir / RECIPE_NAME

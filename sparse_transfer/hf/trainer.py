@@ -50,8 +50,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import DefaultFlowCallback
 from transformers.trainer_utils import SchedulerType
 
+from .. import _cli
 from ..core import MASKS_NAME, SparseMasks
-from ..core.masks import is_dtensor
+from ..core.masks import is_dtensor, local_tensor
 from ..methods import Constant, MaskMethod
 from ..core.schedules import rewind_lr_factor
 from .unfreeze import UNFREEZE_MODES, GradualUnfreezer, unfreeze_stage
@@ -60,7 +61,58 @@ logger = logging.getLogger(__name__)
 
 SPARSE_TRAINER_STATE_NAME = "sparse_trainer_state.json"
 SPARSE_METHOD_STATE_NAME = "sparse_method_state.pt"
+CHECKPOINT_COMPLETE_NAME = "checkpoint_complete.json"
 REWIND = "rewind"
+
+
+def mark_checkpoint_complete(folder: str) -> None:
+    """Writes the completion marker of a checkpoint folder, last: every file it holds, with its size."""
+    files = {
+        name: os.path.getsize(os.path.join(folder, name))
+        for name in sorted(os.listdir(folder))
+        if name != CHECKPOINT_COMPLETE_NAME and os.path.isfile(os.path.join(folder, name))
+    }
+    path = os.path.join(folder, CHECKPOINT_COMPLETE_NAME)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"files": files}, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
+
+def checkpoint_is_complete(folder: str | os.PathLike) -> bool:
+    """Whether a checkpoint folder's save finished: its marker exists and every file it lists has its size.
+
+    A folder without the marker (an interrupted save, or a checkpoint of a version before markers) is not.
+    """
+    folder = os.fspath(folder)
+    try:
+        with open(os.path.join(folder, CHECKPOINT_COMPLETE_NAME)) as f:
+            files = json.load(f)["files"]
+        return bool(files) and all(os.path.getsize(os.path.join(folder, name)) == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` folder of ``output_dir`` whose save finished (:func:`checkpoint_is_complete`);
+    interrupted saves are passed over with a warning."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    output_dir = os.fspath(output_dir)
+    if not os.path.isdir(output_dir):
+        return None
+    found = []
+    for name in os.listdir(output_dir):
+        step = name[len(PREFIX_CHECKPOINT_DIR) + 1 :]
+        path = os.path.join(output_dir, name)
+        if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and step.isdigit() and os.path.isdir(path):
+            found.append((int(step), path))
+    for step, path in sorted(found, reverse=True):
+        if checkpoint_is_complete(path):
+            return path
+        logger.warning("%s is incomplete (its save was interrupted); passing over it.", path)
+    return None
 
 
 class _RewindSchedulerName(str):
@@ -378,6 +430,7 @@ class SparseTrainer(Trainer):
         self.steps_per_stage: int | None = None
         self._resumed_sparse_state: dict | None = None
         self._global_batch: int | None = None
+        self._nonfinite_step: Tensor | None = None  # first step whose loss was not finite (-1: none), on the device
 
         self.unfreezer: GradualUnfreezer | None = None
         self.unfreeze_callback: GradualUnfreezeCallback | None = None
@@ -528,10 +581,30 @@ class SparseTrainer(Trainer):
                     "gradient); leave it unset or set it to True."
                 )
         self._resumed_sparse_state = None
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)) and not checkpoint_is_complete(resume_from_checkpoint):
+            earlier = last_complete_checkpoint(os.path.dirname(os.path.normpath(resume_from_checkpoint)))
+            raise ValueError(
+                f"{resume_from_checkpoint} is incomplete: its save was interrupted (no {CHECKPOINT_COMPLETE_NAME}, or a "
+                f"file shorter than when it was written; checkpoints of versions before that marker lack it too). "
+                f"Resume from "
+                + (earlier if earlier else "an earlier checkpoint, or start over")
+                + "."
+            )
+        self._nonfinite_step = None
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        _cli.progress["step"] = self.state.global_step
         loss = super().training_step(model, inputs, num_items_in_batch)
+        # The first step with a non-finite loss, kept on the device (no synchronization per step); checked at every
+        # log and before every save. The Trainer's logging_nan_inf_filter would otherwise hide it in the logs.
+        step = torch.full((), self.state.global_step, dtype=torch.long, device=loss.device)
+        first = self._nonfinite_step if self._nonfinite_step is not None else torch.full_like(step, -1)
+        self._nonfinite_step = torch.where((first < 0) & ~torch.isfinite(loss.detach()), step, first)
         if self.accelerator.sync_gradients:
             # The Trainer has no callback between the last backward and clipping: the method runs here, so clipping
             # and the logged grad_norm see the gradient that is applied (RigL reads its dense gradient first).
@@ -558,12 +631,32 @@ class SparseTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------------------------------- logging
+    @torch.no_grad()
+    def _check_finite(self, before: str) -> None:
+        """Stops training, before ``before`` (a log line, a checkpoint), if the loss or a weight is not finite."""
+        if self._nonfinite_step is not None and int(self._nonfinite_step) >= 0:
+            step = int(self._nonfinite_step)
+            raise RuntimeError(
+                f"The training loss became NaN or inf at step {step}; stopped before {before}, so nothing was saved "
+                "over an earlier checkpoint. Try a lower learning_rate, a max_grad_norm, bf16 instead of fp16, or check "
+                "the inputs of that step; then resume from the last checkpoint."
+            )
+        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(local_tensor(p)).all())]
+        if bad:
+            raise RuntimeError(
+                f"{len(bad)} parameter(s) hold NaN or inf at step {self.state.global_step} (e.g. {bad[0]}); stopped "
+                f"before {before}, so nothing was saved over an earlier checkpoint. Try a lower learning_rate, a "
+                "max_grad_norm or bf16 instead of fp16; then resume from the last checkpoint."
+            )
+
     def measured_sparsity(self) -> float:
         """Fraction of exact zeros over the masked weights of the model as it is now (read by name)."""
         return self.masks.measured_sparsity()
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self.is_in_train:
+            if self._nonfinite_step is not None and int(self._nonfinite_step) >= 0:
+                self._check_finite("this log")
             logs["sparsity"] = round(self.measured_sparsity(), 6)
             logs["mask_sparsity"] = round(self.method.sparsity(), 6)
             if self.method.active:
@@ -582,6 +675,8 @@ class SparseTrainer(Trainer):
     # ---------------------------------------------------------------------------------------- checkpoints
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.is_in_train or state_dict is None:
+            self._check_finite(f"saving {output_dir}")
         if self.method.active:
             # Checked on what is written (under FSDP the gathered state dict; _save runs on the main process only).
             written = state_dict if state_dict is not None else self.accelerator.unwrap_model(self.model).state_dict()
@@ -621,7 +716,24 @@ class SparseTrainer(Trainer):
             with open(path + ".tmp", "w") as f:
                 json.dump(state, f, indent=2)
             os.replace(path + ".tmp", path)
-        super()._save_checkpoint(model, trial)
+        self._check_finite("saving a checkpoint")
+        # The parent writes the checkpoint's files one by one and then deletes old checkpoints beyond
+        # save_total_limit: rotation waits until the completion marker of the new one is written, so a kill at any
+        # point leaves at least one complete checkpoint, and resume only ever takes a complete one.
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+            run_dir = self._get_output_dir(trial=trial)
+            mark_checkpoint_complete(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
+            if limit:
+                rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
     @torch.no_grad()
     def _check_masks_against_weights(self, masks: dict[str, Tensor], checkpoint: str, source: str) -> None:

@@ -6,23 +6,23 @@ import json
 import logging
 import sys
 
+from .._cli import run_command
 from .config import parse_args
 from .run import run_upstream
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        args = parse_args(argv)
-        results = run_upstream(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    summary = {"output_dir": results["output_dir"], "sparsity": round(results["sparsity"], 6), "steps": results["steps"],
-               **{f"final_{k}": round(v, 6) for k, v in results["final"].items()},
-               **{f"magnitude_only_{k}": round(v, 6) for k, v in results["magnitude_only"].items()}}
-    print(json.dumps(summary))
-    return 0
+
+    def body() -> int:
+        results = run_upstream(parse_args(argv))
+        summary = {"output_dir": results["output_dir"], "sparsity": round(results["sparsity"], 6), "steps": results["steps"],
+                   **{f"final_{k}": round(v, 6) for k, v in results["final"].items()},
+                   **{f"magnitude_only_{k}": round(v, 6) for k, v in results["magnitude_only"].items()}}
+        print(json.dumps(summary))
+        return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..core import SparseMasks, compute_masks
-from ..hf.trainer import SparseTrainer
+from ..hf.trainer import SparseTrainer, checkpoint_is_complete
 from ..methods import ACDC, GMP, NM, MaskMethod, RigL, dense_masks
 from .losses import LossWeights, distillation_losses
 
@@ -289,7 +289,8 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     found = []
     for name in os.listdir(output_dir):
         path = os.path.join(output_dir, name)
-        if name.startswith("checkpoint-") and name[11:].isdigit() and os.path.isfile(os.path.join(path, UPSTREAM_STATE_NAME)):
+        if (name.startswith("checkpoint-") and name[11:].isdigit() and os.path.isfile(os.path.join(path, UPSTREAM_STATE_NAME))
+                and checkpoint_is_complete(path)):
             found.append((int(name[11:]), path))
     return max(found)[1] if found else None
 

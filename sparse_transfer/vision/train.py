@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .. import __version__, _cli
 from ..core import MASKS_NAME, SparseMasks, sparsity_report
 from ..methods import ACDC, GMP, Constant, MaskMethod, RigL, dense_masks
 from .config import VisionArguments
@@ -356,6 +356,7 @@ def train(args: VisionArguments) -> dict[str, Any]:
             if i >= steps_per_epoch:
                 break
             step = epoch * steps_per_epoch + i
+            _cli.progress["step"] = step
             x = x.to(accelerator.device, non_blocking=True)
             if use_cl:
                 x = x.to(memory_format=torch.channels_last)

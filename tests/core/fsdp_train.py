@@ -94,6 +94,8 @@ def train(output_dir: str, method_name: str) -> None:
                   "mask_sparsity": method.masks.sparsity()}
         with open(os.path.join(output_dir, "report.json"), "w") as f:
             json.dump(report, f)
+    if world > 1:
+        dist.barrier()  # rank 1 waits for rank 0's save before the next run (or the end of the process group)
 
 
 def main() -> None:

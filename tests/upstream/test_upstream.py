@@ -270,3 +270,24 @@ def test_recipe_fills_fields_and_flags_override(tmp_path, tiny_dirs):
     with pytest.raises(ValueError, match="unknown field"):
         parse_args(["--recipe", str(recipe)])
     write_text(tmp_path / "t.txt", 2, 0)
+
+
+def test_ctrl_c_ends_with_one_line_and_exit_130_then_the_same_command_resumes(tiny_dirs, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    argv = base_argv(tiny_dirs, "base", out, "--sparsity", "0.8", "--keep-checkpoints")
+    original = MaskMethodCallback.on_step_begin
+
+    def ctrl_c_at_step_7(self, args, state, control, **kwargs):
+        if state.global_step == 7:
+            raise KeyboardInterrupt
+        return original(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(MaskMethodCallback, "on_step_begin", ctrl_c_at_step_7)
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "interrupted at step 6; rerun the same command to resume"
+    assert "Traceback" not in "\n".join(err)
+    assert not (out / "results.json").exists() and not (out / "model.safetensors").exists()  # nothing looks finished
+    monkeypatch.setattr(MaskMethodCallback, "on_step_begin", original)
+    assert main(argv) == 0
+    assert json.loads((out / "results.json").read_text())["resumed_from"].endswith("checkpoint-6")

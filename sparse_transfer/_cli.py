@@ -1,0 +1,33 @@
+"""What every command line shares: exit codes, one-line errors, and a Ctrl-C that leaves a resumable run.
+
+Exit codes: 0 done; 2 bad input or a refused file (the message names the problem and the fix); 130 interrupted
+(SIGINT), after which rerunning the same command resumes from the last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+#: The optimizer step a running loop last finished, for the interruption message (set by the training loops).
+progress: dict[str, int | None] = {"step": None}
+
+
+def run_command(body: Callable[[], int]) -> int:
+    """Runs a command's body: bad input -> one line on stderr and exit code 2; Ctrl-C -> one line and exit code 130,
+    no traceback."""
+    progress["step"] = None
+    try:
+        return body()
+    except (ValueError, FileNotFoundError) as err:
+        # Bad input (unknown task, bad data, a model folder without weights, a refused file, no network and no
+        # local data): the message names the problem and the fix; a traceback would only hide it.
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        where = f" at step {progress['step']}" if progress["step"] is not None else ""
+        print(f"interrupted{where}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,130 @@
+"""Fault injection: kill -9 at many points of a run, corrupted and swapped files, non-finite values.
+
+Every case ends in correct recovery (rerunning the same command ends with the weights of an uninterrupted run) or in
+a clear error. Kills are real SIGKILLs of a forked child process, at the k-th file write of its run (every
+``torch.save``, ``save_file``, ``json.dump`` and ``os.replace``), so they land inside checkpoint saves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sparse_transfer import GMP, SparseTrainer, dense_masks
+from sparse_transfer.hf.trainer import CHECKPOINT_COMPLETE_NAME, last_complete_checkpoint
+
+from .conftest import make_tiny_bert
+from .hf.conftest import make_args, make_dataset
+
+STEPS = 8
+
+
+def train_or_resume(out) -> dict[str, torch.Tensor]:
+    """The 'same command': GMP fine-tuning that saves every 2 steps and resumes from its last complete checkpoint."""
+    model = make_tiny_bert()
+    method = GMP(dense_masks(model, "bert"), final_sparsity=0.8, start_step=0, end_step=6, interval=2)
+    args = make_args(out, unfreeze="none", max_steps=STEPS, save_strategy="steps", save_steps=2, save_total_limit=1,
+                     logging_steps=1)
+    trainer = SparseTrainer(model=model, args=args, train_dataset=make_dataset(16), method=method)
+    trainer.train(resume_from_checkpoint=True if last_complete_checkpoint(out) else None)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _writers():
+    import safetensors.torch
+    import transformers.trainer
+
+    return [(torch, "save"), (safetensors.torch, "save_file"), (json, "dump"), (os, "replace"),
+            (transformers.trainer, "save_file")]
+
+
+def run_killed_at(out, k: int) -> bool:
+    """Runs the command in a forked child that SIGKILLs itself at its k-th file write; True if it was killed."""
+    pid = os.fork()
+    if pid == 0:  # the child: count writes, die at the k-th one
+        try:
+            calls = [0]
+
+            def wrap(fn):
+                def wrapper(*args, **kwargs):
+                    calls[0] += 1
+                    if calls[0] == k:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    return fn(*args, **kwargs)
+
+                return wrapper
+
+            for module, name in _writers():
+                if hasattr(module, name):
+                    setattr(module, name, wrap(getattr(module, name)))
+            train_or_resume(out)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return train_or_resume(tmp_path_factory.mktemp("uninterrupted") / "out")
+
+
+@pytest.mark.parametrize("k", [1, 4, 9, 14, 20, 27, 33, 41])
+def test_kill_9_at_any_write_then_rerun_ends_like_an_uninterrupted_run(reference, tmp_path, k):
+    out = tmp_path / "out"
+    killed = run_killed_at(out, k)
+    assert killed, f"the run finished before its write #{k}: pick kill points inside the run"
+    final = train_or_resume(out)  # the same command again
+    assert final.keys() == reference.keys()
+    for name in reference:
+        assert torch.equal(final[name], reference[name]), f"kill at write #{k}: {name} differs"
+
+
+def test_an_interrupted_checkpoint_is_never_resumed_from(tmp_path):
+    out = tmp_path / "out"
+    train_or_resume(out)
+    last = last_complete_checkpoint(out)
+    # truncate a file of the newest checkpoint, as a kill during its write would leave it
+    weights = os.path.join(last, "model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    assert last_complete_checkpoint(out) != last
+    with pytest.raises(ValueError, match="is incomplete: its save was interrupted"):
+        model = make_tiny_bert()
+        SparseTrainer(model=model, args=make_args(out, unfreeze="none", max_steps=STEPS), train_dataset=make_dataset(16),
+                      method=GMP(dense_masks(model, "bert"), 0.8, 0, 6, 2)).train(resume_from_checkpoint=last)
+    os.remove(os.path.join(last, CHECKPOINT_COMPLETE_NAME))
+    assert last_complete_checkpoint(out) != last
+
+
+class _Poison:
+    """A callback that writes NaN into one weight after a given step."""
+
+    def __init__(self, step):
+        self.step = step
+
+
+def test_a_non_finite_loss_stops_training_before_anything_is_saved(tmp_path):
+    from transformers import TrainerCallback
+
+    class NaNWeight(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 3:
+                with torch.no_grad():
+                    model.bert.embeddings.word_embeddings.weight.fill_(float("nan"))
+
+    model = make_tiny_bert()
+    out = tmp_path / "out"
+    args = make_args(out, unfreeze="none", max_steps=STEPS, save_strategy="steps", save_steps=2, logging_steps=2)
+    trainer = SparseTrainer(model=model, args=args, train_dataset=make_dataset(16), callbacks=[NaNWeight()],
+                            method=GMP(dense_masks(model, "bert"), 0.8, 0, 6, 2))
+    with pytest.raises(RuntimeError, match=r"loss became NaN or inf at step 3; stopped before|hold NaN or inf"):
+        trainer.train()
+    assert last_complete_checkpoint(out).endswith("checkpoint-2")  # the good checkpoint was not saved over
+    assert not (out / "checkpoint-4").exists()
+    assert all(torch.isfinite(t).all() for t in load_file(out / "checkpoint-2" / "model.safetensors").values())
