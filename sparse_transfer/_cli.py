@@ -1,7 +1,8 @@
 """What every command line shares: exit codes, one-line errors, and a Ctrl-C that leaves a resumable run.
 
-Exit codes: 0 done; 2 bad input or a refused file (the message names the problem and the fix); 130 interrupted
-(SIGINT), after which rerunning the same command resumes from the last complete checkpoint.
+Exit codes: 0 done; 1 trained and saved, but the push after training failed (the message says how to retry); 2 bad
+input or a refused file (the message names the problem and the fix); 130 interrupted (SIGINT), after which rerunning
+the same command resumes from the last complete checkpoint.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+EXIT_PUSH_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -27,6 +29,13 @@ def run_command(body: Callable[[], int]) -> int:
         # local data): the message names the problem and the fix; a traceback would only hide it.
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RuntimeError as err:
+        from .hub import PushFailed
+
+        if not isinstance(err, PushFailed):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_PUSH_FAILED
     except KeyboardInterrupt:
         where = f" at step {progress['step']}" if progress["step"] is not None else ""
         print(f"interrupted{where}; rerun the same command to resume", file=sys.stderr)

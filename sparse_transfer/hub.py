@@ -30,12 +30,15 @@ from .core import MASKS_NAME, SparseMasks, SparsityReport, select_targets, spars
 from .core.targets import BERT_ENCODER_PATTERNS, TargetSpec
 
 __all__ = [
+    "PushFailed",
     "auto_targets",
+    "check_push_target",
     "check_sparsity",
     "load_sparse_masks",
     "load_state_dict_from_checkpoint",
     "model_card",
     "files_to_upload",
+    "push_or_explain",
     "push_sparse_to_hub",
     "refuse_secrets",
     "save_sparse_pretrained",
@@ -631,6 +634,57 @@ def push_sparse_to_hub(
         allow_patterns=[glob.escape(name) for name in files],
     )
     return str(repo_url)
+
+
+class PushFailed(RuntimeError):
+    """A push after training failed; the message says how to retry without retraining."""
+
+
+def check_push_target(repo_id: str, token: str | None = None) -> None:
+    """Before training: checks that ``repo_id`` is a valid Hub repository id, that a token is available (``token``,
+    ``HF_TOKEN`` or ``huggingface-cli login``) and that the Hub answers and accepts it. Raises ``ValueError`` with
+    what to do, so a run that cannot be published fails in seconds instead of after training. The token is never
+    printed."""
+    import huggingface_hub
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(f"--push-to-hub {repo_id!r} is not a Hub repository id ({_first_line(err)}); use USER/NAME.") from None
+    if "/" not in repo_id:
+        raise ValueError(f"--push-to-hub {repo_id!r} has no namespace; use USER/NAME (or ORG/NAME).")
+    token = token or huggingface_hub.get_token()
+    if not token:
+        raise ValueError(
+            "--push-to-hub needs a Hugging Face token: run `huggingface-cli login`, set HF_TOKEN, or pass --hub-token; "
+            "or train without --push-to-hub and publish later with `python -m sparse_transfer.push DIR REPO`."
+        )
+    try:
+        huggingface_hub.HfApi().whoami(token=token)
+    except Exception as err:  # connection errors, HTTP 401, offline mode: all mean "this push would fail"
+        status = getattr(getattr(err, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise ValueError("The Hub rejected the token (HTTP %s): log in again with `huggingface-cli login`." % status) from None
+        raise ValueError(
+            f"The Hugging Face Hub cannot be reached ({type(err).__name__}: {_first_line(err)}), so the model could not "
+            "be published. Train without --push-to-hub and publish the saved folder later with `python -m "
+            "sparse_transfer.push DIR REPO`, or retry when the Hub is reachable."
+        ) from None
+
+
+def push_or_explain(folder: str | os.PathLike, repo_id: str, **kwargs) -> str:
+    """:func:`push_sparse_to_hub` after training: a failure becomes :class:`PushFailed` with one line saying how to
+    retry without retraining (the trained folder is kept)."""
+    try:
+        return push_sparse_to_hub(folder, repo_id, **kwargs)
+    except (ValueError, FileNotFoundError):
+        raise  # the folder itself is refused (zeros lost, a token in a file): retrying would not help
+    except Exception as err:
+        raise PushFailed(
+            f"push of {folder} to {repo_id} failed ({type(err).__name__}: {_first_line(err)}); the trained model is "
+            f"kept there: retry with `python -m sparse_transfer.push {folder} {repo_id}`."
+        ) from None
 
 
 def files_to_upload(folder: str | os.PathLike) -> list[str]:

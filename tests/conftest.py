@@ -54,3 +54,14 @@ def tiny_cnn():
 def mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 2))
+
+
+@pytest.fixture
+def hub_login(monkeypatch):
+    """A logged-in user on a reachable Hub, for the push preflight (no network: whoami answers here)."""
+    import huggingface_hub
+
+    token = "hf_" + "T" * 34
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: token)
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", lambda self, token=None, **kw: {"name": "me"})
+    return token

@@ -549,6 +549,10 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
     push_repo = training_args.hub_model_id if training_args.push_to_hub else None
     if training_args.push_to_hub and not push_repo:
         raise ValueError("--push-to-hub needs the repository: --push-to-hub USER/NAME.")
+    if push_repo:
+        from ..hub import check_push_target
+
+        check_push_target(push_repo, training_args.hub_token)  # before any training: fails in seconds, not hours
     # Everything that can be wrong with the input fails here, before any output is written.
     data = load_glue_data(
         task, glue_args.data_dir, glue_args.train_file, glue_args.validation_file, glue_args.validation_mismatched_file,
@@ -597,11 +601,9 @@ def _print_run(task: GlueTask, results: dict[str, Any]) -> None:
 
 def push_best(checkpoint: str, repo_id: str, training_args) -> str:
     """Uploads a best checkpoint (its zeros checked against its mask first) with its model card."""
-    from ..hub import push_sparse_to_hub
+    from ..hub import push_or_explain
 
-    url = push_sparse_to_hub(
-        checkpoint, repo_id, token=training_args.hub_token, private=bool(training_args.hub_private_repo)
-    )
+    url = push_or_explain(checkpoint, repo_id, token=training_args.hub_token, private=bool(training_args.hub_private_repo))
     print(f"pushed {checkpoint} to {url}")
     return url
 

@@ -200,10 +200,10 @@ def save_checkpoint(directory: str, model: nn.Module, method: MaskMethod | None,
 def push_checkpoint(directory: str, args: VisionArguments) -> str:
     """Uploads a checkpoint directory with :func:`~sparse_transfer.hub.push_sparse_to_hub`: its weights are checked
     against its mask file first, and only the allow-listed files (safetensors, JSON, the card) go up."""
-    from ..hub import push_sparse_to_hub
+    from ..hub import push_or_explain
 
     message = f"sparse_transfer: {args.model} {args.method}" + (f" {args.sparsity:.0%}" if args.sparsity else "")
-    return push_sparse_to_hub(directory, args.hub_model_id, private=args.hub_private, commit_message=message)
+    return push_or_explain(directory, args.hub_model_id, private=args.hub_private, commit_message=message)
 
 
 @torch.no_grad()
@@ -260,6 +260,10 @@ def train(args: VisionArguments) -> dict[str, Any]:
     from accelerate.utils import gather_object
 
     args.validate()
+    if args.push_to_hub:
+        from ..hub import check_push_target
+
+        check_push_target(args.hub_model_id)  # before any training: fails in seconds, not hours
     accelerator = Accelerator(mixed_precision=_mixed_precision(args), cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     out = args.output_dir

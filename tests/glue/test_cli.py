@@ -46,7 +46,7 @@ def dev_accuracy(checkpoint: Path, dev_tsv: Path) -> float:
     return glue_metrics("rte", predictions, labels)["accuracy"]
 
 
-def test_rte_end_to_end_with_push(tiny_model_dir, glue_dir, tmp_path, monkeypatch):
+def test_rte_end_to_end_with_push(tiny_model_dir, glue_dir, tmp_path, monkeypatch, hub_login):
     import huggingface_hub
 
     uploads = []
@@ -396,3 +396,48 @@ def test_a_mask_file_that_disagrees_with_the_weights_is_an_error(tiny_model_dir,
     SparseMasks.from_zeros(other, "bert").save(model_dir / MASKS_NAME)
     assert main(["--task", "rte", *fast_args(model_dir, glue_dir, tmp_path / "rte")]) != 0
     assert "disagrees with the weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [("offline", "cannot be reached"), ("no-token", "needs a Hugging Face token"), ("bad-id", "not a Hub repository id"),
+     ("rejected", "rejected the token")],
+)
+def test_push_to_hub_is_checked_before_training(tiny_model_dir, glue_dir, tmp_path, monkeypatch, capsys, case, message):
+    import huggingface_hub
+
+    def whoami(self, token=None, **kw):
+        if case == "rejected":
+            err = OSError("401 Unauthorized")
+            err.response = type("R", (), {"status_code": 401})()
+            raise err
+        raise ConnectionError("no route to huggingface.co")
+
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None if case == "no-token" else "hf_" + "x" * 34)
+    monkeypatch.setattr(huggingface_hub.HfApi, "whoami", whoami)
+    repo = "not a repo!" if case == "bad-id" else "me/tiny-rte"
+    out = tmp_path / "rte"
+    assert main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out), "--push-to-hub", repo]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and "x" * 34 not in err
+    assert not (out / "results.json").exists() and not (out / "best").exists()  # nothing trained
+
+
+def test_a_push_that_fails_after_training_says_how_to_retry(tiny_model_dir, glue_dir, tmp_path, monkeypatch, capsys,
+                                                            hub_login):
+    import huggingface_hub
+
+    from sparse_transfer.push import main as push_main
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("reset")))
+    out = tmp_path / "rte"
+    assert main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out, "--epochs", "1"), "--push-to-hub", "me/r"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: push of ") and f"python -m sparse_transfer.push {out / 'best'} me/r" in err[-1]
+    assert (out / "results.json").is_file() and (out / "best" / "model.safetensors").is_file()
+    # the retry, without retraining
+    sent = []
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **k: huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **k: sent.append(k["allow_patterns"]))
+    assert push_main([str(out / "best"), "me/r"]) == 0
+    assert sent and "model.safetensors" in sent[0] and "training_args.bin" not in sent[0]

@@ -226,7 +226,7 @@ def test_unreadable_image_is_a_clear_error(tmp_path, image_folder):
         run(tmp_path, str(data), "dense", epochs=1)
 
 
-def test_push_to_hub_uploads_checkpoint_with_model_card(tmp_path, image_folder, monkeypatch):
+def test_push_to_hub_uploads_checkpoint_with_model_card(tmp_path, image_folder, monkeypatch, hub_login):
     import huggingface_hub
 
     calls = {}
