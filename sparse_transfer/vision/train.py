@@ -140,6 +140,10 @@ def _atomic_json(path: str, obj: Any) -> None:
 
 
 def _replace_dir(tmp: str, final: str) -> None:
+    """Puts the complete folder ``tmp`` in place of ``final``: final -> final.old, tmp -> final, drop final.old.
+
+    A kill between the two renames leaves no ``final`` but a complete ``tmp`` (written before the swap started) and
+    ``final.old``; :func:`_recover_dir` finishes the swap on the next run."""
     old = f"{final}.old"
     if os.path.exists(old):
         shutil.rmtree(old)
@@ -148,6 +152,20 @@ def _replace_dir(tmp: str, final: str) -> None:
     os.replace(tmp, final)
     if os.path.exists(old):
         shutil.rmtree(old)
+
+
+def _recover_dir(final: str) -> None:
+    """Finishes a :func:`_replace_dir` that a kill interrupted, so that a rerun resumes instead of starting over."""
+    tmp, old = f"{final}.tmp", f"{final}.old"
+    if os.path.isdir(final):
+        if os.path.exists(old):
+            shutil.rmtree(old)  # killed after the swap, before the clean-up
+        return
+    if os.path.isdir(tmp) and os.path.isdir(old):  # killed between the renames: tmp was complete
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    elif os.path.isdir(old):  # killed before tmp was renamed and tmp is gone: the previous folder is the last good one
+        os.replace(old, final)
 
 
 def model_card(args: VisionArguments, report, results: dict[str, Any]) -> str:
@@ -315,6 +333,10 @@ def train(args: VisionArguments) -> dict[str, Any]:
     start_epoch, history, best = 0, [], {"eval_top1": -1.0, "epoch": None}
     prev_mask: dict[str, torch.Tensor] | None = None
     explored: dict[str, torch.Tensor] | None = None  # union of every mask at target sparsity so far
+    if main:
+        for name in ("state", "last", "best"):
+            _recover_dir(os.path.join(out, name))
+    accelerator.wait_for_everyone()
     if args.resume and os.path.isfile(os.path.join(state_dir, "state.pt")):
         state = torch.load(os.path.join(state_dir, "state.pt"), map_location="cpu", weights_only=True)
         saved = {k: v for k, v in state["recipe"].items() if k not in _RUNTIME_FIELDS}

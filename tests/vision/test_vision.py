@@ -328,3 +328,48 @@ def test_imagenet_recipes_match_their_generator_and_schedules():
     for sp in (90, 95):
         assert f"resnet50_gmp_{sp}_1x" in names and f"resnet50_rigl_{sp}_erk_1x" in names
     assert "resnet50_dense_1x" in names
+
+
+@pytest.mark.parametrize("when", ["between-renames", "before-cleanup"])
+def test_kill_9_inside_the_state_swap_resumes_instead_of_starting_over(tmp_path, image_folder, when, caplog):
+    """Killed inside the swap of ``state/`` at the end of epoch 2: the rerun resumes at epoch 3 (not 1) and ends
+    with the weights of an uninterrupted run."""
+    import signal
+
+    name = "gmp"
+    _, full = run(tmp_path / "a", image_folder, name)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            real_replace, real_rmtree = os.replace, __import__("shutil").rmtree
+            seen = {"swaps": 0}
+
+            def replace(src, dst):
+                if str(src).endswith(os.sep + "state.tmp"):
+                    seen["swaps"] += 1
+                    if seen["swaps"] == 2 and when == "between-renames":
+                        os.kill(os.getpid(), signal.SIGKILL)
+                real_replace(src, dst)
+
+            def rmtree(path, *a, **k):
+                if str(path).endswith(os.sep + "state.old") and seen["swaps"] == 2 and when == "before-cleanup":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                real_rmtree(path, *a, **k)
+
+            os.replace = replace
+            __import__("shutil").rmtree = rmtree
+            run(tmp_path / "b", image_folder, name)
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    state = tmp_path / "b" / name / "state"
+    assert not state.exists() or when == "before-cleanup"
+    with caplog.at_level("INFO", logger="sparse_transfer.vision.train"):
+        _, resumed = run(tmp_path / "b", image_folder, name)
+    assert "at epoch 2." in caplog.text  # resumed after epoch 2, not started over
+    assert resumed["complete"]
+    a = load_file(str(tmp_path / "a" / name / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / name / "last" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "b" / name / "state.old").exists() and not (tmp_path / "b" / name / "state.tmp").exists()
