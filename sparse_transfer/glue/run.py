@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ RESULTS_NAME = "results.json"
 RECIPE_NAME = "recipe.yaml"
 GRID_RESULTS_NAME = "grid_results.json"
 BEST_DIR = "best"
+# The best epoch so far while a run trains: only a finished run has best/ (with its dev results in the model card)
+# and results.json, so nothing an interrupted run leaves behind looks finished.
+BEST_IN_PROGRESS_DIR = "best.in-progress"
 
 # Fields that do not change what a run computes: a finished run with other values for them is still the same run.
 _NOT_IN_FINGERPRINT = {
@@ -405,7 +409,11 @@ def train_one(
     keys = metric_keys(task, list(data.evals))
     GlueTrainer, BestCheckpointCallback = _make_trainer_classes(task, keys)
     best_dir = run_dir / BEST_DIR
-    best_callback = BestCheckpointCallback(best_dir, masks, tokenizer)
+    best_so_far = run_dir / BEST_IN_PROGRESS_DIR
+    if not resume_from:  # leftovers of an earlier, abandoned attempt: best/ is written again when this run ends
+        shutil.rmtree(best_so_far, ignore_errors=True)
+        shutil.rmtree(run_dir / BEST_DIR, ignore_errors=True)
+    best_callback = BestCheckpointCallback(best_so_far, masks, tokenizer)
     compute_metrics = make_compute_metrics(task)
     if len(data.evals) == 1:
         base_metrics = compute_metrics
@@ -439,10 +447,10 @@ def train_one(
 
     # The run's product is the best checkpoint: reload it, check its zeros against the mask, and save it again
     # with a model card that states its dev results.
-    trainer.accelerator.wait_for_everyone()  # the main process wrote best_dir
-    loaded = model.load_state_dict(load_state_dict_from_checkpoint(best_dir), strict=False)
+    trainer.accelerator.wait_for_everyone()  # the main process wrote best_so_far
+    loaded = model.load_state_dict(load_state_dict_from_checkpoint(best_so_far), strict=False)
     if loaded.unexpected_keys:
-        raise RuntimeError(f"{best_dir} holds tensors this model does not have: {loaded.unexpected_keys[:5]}.")
+        raise RuntimeError(f"{best_so_far} holds tensors this model does not have: {loaded.unexpected_keys[:5]}.")
     dev_results = {k: best[k] for k in keys}
     card = {
         "title": f"{Path(glue_args.model).name} fine-tuned sparse on GLUE {task.name.upper()}",
@@ -493,6 +501,7 @@ def train_one(
     }
     if trainer.args.should_save:
         write_json_atomic(run_dir / RESULTS_NAME, _plain(results))
+        shutil.rmtree(best_so_far, ignore_errors=True)
     del trainer
     return results
 

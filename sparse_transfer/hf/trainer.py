@@ -282,6 +282,13 @@ class GradualUnfreezeCallback(TrainerCallback):
         self._sync(state)
 
 
+class _ProgressCallback(TrainerCallback):
+    """Records the optimizer step in progress for the command line's interruption message."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        _cli.progress["step"] = state.global_step
+
+
 class _RewindSyncCallback(TrainerCallback):
     """Calls :meth:`SparseTrainer._sync_rewind_lr` before every optimizer step."""
 
@@ -443,7 +450,8 @@ class SparseTrainer(Trainer):
         # stage and LR of the coming step in on_train_begin/on_step_begin.
         ours = [
             cb
-            for cb in (self.unfreeze_callback, _RewindSyncCallback(self) if args.uses_rewind else None, self.method_callback)
+            for cb in (_ProgressCallback(), self.unfreeze_callback, _RewindSyncCallback(self) if args.uses_rewind else None,
+                       self.method_callback)
             if cb
         ]
         callbacks = self.callback_handler.callbacks
@@ -598,7 +606,6 @@ class SparseTrainer(Trainer):
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        _cli.progress["step"] = self.state.global_step
         loss = super().training_step(model, inputs, num_items_in_batch)
         # The first step with a non-finite loss, kept on the device (no synchronization per step); checked at every
         # log and before every save. The Trainer's logging_nan_inf_filter would otherwise hide it in the logs.

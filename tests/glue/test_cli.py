@@ -321,8 +321,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_model_dir, glue_dir, tm
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(SparseTrainer, "training_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "resumed")
+    assert run(tmp_path / "resumed") == 130  # Ctrl-C: one line, exit code 130
     assert not (tmp_path / "resumed" / "results.json").exists()
     assert (tmp_path / "resumed" / "checkpoint-4").is_dir()
     steps.clear()
@@ -441,3 +440,27 @@ def test_a_push_that_fails_after_training_says_how_to_retry(tiny_model_dir, glue
     monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **k: sent.append(k["allow_patterns"]))
     assert push_main([str(out / "best"), "me/r"]) == 0
     assert sent and "model.safetensors" in sent[0] and "training_args.bin" not in sent[0]
+
+
+def test_ctrl_c_leaves_nothing_that_looks_finished(tiny_model_dir, glue_dir, tmp_path, monkeypatch, capsys):
+    from sparse_transfer.hf import MaskMethodCallback
+
+    original = MaskMethodCallback.on_step_begin
+
+    def ctrl_c(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise KeyboardInterrupt
+        return original(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(MaskMethodCallback, "on_step_begin", ctrl_c)
+    out = tmp_path / "rte"
+    argv = ["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out, "--epochs", "2", "--eval_strategy", "steps",
+                                        "--eval_steps", "1")]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "interrupted at step 2; rerun the same command to resume"
+    assert not (out / "results.json").exists() and not (out / "best").exists()
+    assert (out / "best.in-progress").is_dir()  # the best evaluation so far, named as what it is
+    monkeypatch.setattr(MaskMethodCallback, "on_step_begin", original)
+    assert main(argv) == 0
+    assert (out / "results.json").is_file() and (out / "best").is_dir() and not (out / "best.in-progress").exists()

@@ -285,7 +285,7 @@ def test_ctrl_c_ends_with_one_line_and_exit_130_then_the_same_command_resumes(ti
     monkeypatch.setattr(MaskMethodCallback, "on_step_begin", ctrl_c_at_step_7)
     assert main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "interrupted at step 6; rerun the same command to resume"
+    assert err[-1] == "interrupted at step 7; rerun the same command to resume"
     assert "Traceback" not in "\n".join(err)
     assert not (out / "results.json").exists() and not (out / "model.safetensors").exists()  # nothing looks finished
     monkeypatch.setattr(MaskMethodCallback, "on_step_begin", original)
