@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import weakref
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -268,7 +269,7 @@ class SparseMasks:
         self._optimizer: torch.optim.Optimizer | None = None
         self._hooks: list = []  # the optimizer hooks of the current attach
         self._grad_hooks: dict[str, tuple[Tensor, object]] = {}  # name -> (parameter, handle) of its gradient hook
-        self._fired: set[str] = set()  # gradients that went through their hook since the last optimizer step
+        self._fired: dict[str, weakref.ref | None] = {}  # name -> the gradient its hook saw since the last step
         self._dense_pending: set[str] = set()  # gradients a hook left dense for a method, not masked since
         self._generation = 0
         self._warned_outside: list[str] = []
@@ -486,7 +487,12 @@ class SparseMasks:
 
     def _grad_hook(self, name: str):
         def hook(param: Tensor) -> None:
-            self._fired.add(name)
+            if param.grad is not None and param.grad.layout != torch.strided:
+                raise RuntimeError(
+                    f"{name} received a {param.grad.layout} gradient (e.g. nn.Embedding(sparse=True)); masks need dense "
+                    "gradients: make the module produce dense ones (sparse=False) or leave it out of the targets."
+                )
+            self._fired[name] = weakref.ref(param.grad) if param.grad is not None else None
             if self.keep_dense_grads:  # left dense for the method, which masks it (mask_grads_) once it has read it
                 self._dense_pending.add(name)
                 return
@@ -519,18 +525,24 @@ class SparseMasks:
     def _pre_step(self, *_) -> None:
         """Masks the gradients that no hook masked since the last step: the safety net behind the gradient hooks."""
         fired, pending = self._fired, self._dense_pending
-        self._fired, self._dense_pending = set(), set()
+        self._fired, self._dense_pending = {}, set()
         if not self.enforcing:
             return
-        # Gradients accumulated since the last step went through their hook, which masked them (or left them dense
-        # for a method that masks them after reading): any other gradient reaches the optimizer unmasked.
-        missed = {
+        # A gradient is masked if its hook saw this very tensor since the last step (and did not leave it dense for a
+        # method). Any other gradient (assigned by hand, replaced after backward, or a tensor whose hooks PyTorch no
+        # longer runs) is checked here, and masked if a pruned coordinate is non-zero.
+        candidates = {
             name: local_tensor(p.grad)
             for name, p in self._params.items()
-            if p.grad is not None and p.requires_grad and (name not in fired or name in pending)
+            if p.grad is not None and p.requires_grad
+            and (name in pending or fired.get(name) is None or fired[name]() is not p.grad)
+        }
+        missed = {
+            name: grad for name, grad in candidates.items()
+            if bool((grad[~self._local[name].to(grad.device)] != 0).any())
         }
         if not missed:
-            return
+            return  # e.g. a zero gradient kept from an earlier step (zero_grad(set_to_none=False), an unused layer)
         self._select_(missed)
         if set(missed) <= pending:
             logger.warning(
@@ -584,7 +596,7 @@ class SparseMasks:
             handle.remove()
         for _, handle in self._grad_hooks.values():
             handle.remove()
-        self._hooks, self._grad_hooks, self._fired, self._dense_pending = [], {}, set(), set()
+        self._hooks, self._grad_hooks, self._fired, self._dense_pending = [], {}, {}, set()
         self._optimizer = None
         self._generation += 1
 

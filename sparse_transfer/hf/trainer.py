@@ -436,7 +436,7 @@ class SparseTrainer(Trainer):
         self._masked_optimizer = None
         self.steps_per_stage: int | None = None
         self._resumed_sparse_state: dict | None = None
-        self._global_batch: int | None = None
+        self._batch_layout: list[int] | None = None
         self._nonfinite_step: Tensor | None = None  # first step whose loss was not finite (-1: none), on the device
 
         self.unfreezer: GradualUnfreezer | None = None
@@ -487,14 +487,17 @@ class SparseTrainer(Trainer):
                 raise ValueError("The training data has no length, so stage_epochs cannot be counted: set stage_steps.")
             steps_per_stage = max(1, round(self.args.stage_epochs * num_update_steps_per_epoch))
         saved = self._resumed_sparse_state
-        global_batch = values[4]  # total_train_batch_size: per-device batch x accumulation x processes
-        if saved is not None and saved.get("global_batch") not in (None, global_batch):
+        # per-device batch, accumulation, processes: the same global batch split differently draws other dropout
+        # masks and sums in another order, so even that would not continue the same run.
+        layout = [self._train_batch_size, self.args.gradient_accumulation_steps, self.args.world_size]
+        if saved is not None and saved.get("batch_layout") not in (None, layout):
+            was = saved["batch_layout"]
             raise ValueError(
-                f"The checkpoint was trained with a global batch of {saved['global_batch']} examples per optimizer step "
-                f"(batch x gradient accumulation x processes), this run would use {global_batch}: the data position and "
-                "the schedule would not continue the same run. Resume with the same batch size, accumulation and processes."
+                f"The checkpoint was trained with batch {was[0]} x gradient accumulation {was[1]} x {was[2]} process(es), "
+                f"this run would use {layout[0]} x {layout[1]} x {layout[2]}: the data position, the schedule and the "
+                "random draws would not continue the same run. Resume with the same batch size, accumulation and processes."
             )
-        self._global_batch = global_batch
+        self._batch_layout = layout
         if saved is not None and saved.get("steps_per_stage") not in (None, steps_per_stage):
             raise ValueError(
                 f"The checkpoint was trained with {saved['steps_per_stage']} optimizer steps per stage, this run would "
@@ -712,7 +715,7 @@ class SparseTrainer(Trainer):
             state = {
                 "global_step": self.state.global_step,
                 "steps_per_stage": self.steps_per_stage,
-                "global_batch": self._global_batch,
+                "batch_layout": self._batch_layout,
                 "unfreeze": self.args.unfreeze,
                 "unfreezer": self.unfreezer.state_dict() if self.unfreezer is not None else None,
             }

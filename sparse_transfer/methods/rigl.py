@@ -28,7 +28,8 @@ Technical details:
     masked gradient is not cheaper to compute), so the dense gradient adds no backward cost: what update steps
     add is the drop/grow top-k, measured in ``benchmarks/vision_step_time.py``. Under DDP the gradient is
     already all-reduced, so every rank computes the same mask. A NaN or inf at a pruned coordinate of the dense
-    gradient is set to 0 before growth (never grown); a frozen parameter (gradual unfreezing) keeps its mask.
+    gradient is set to 0 before growth (never grown); a frozen parameter (gradual unfreezing) or one without a
+    gradient on that step keeps its mask.
 
 Attribution:
     Evci, Gale, Menick, Castro, Elsen, "Rigging the Lottery: Making All Tickets Winners" (ICML 2020).
@@ -126,14 +127,20 @@ class RigL(MaskMethod):
         if not self.is_update_step(step):
             return None
         fraction = rigl_drop_fraction(step, self.alpha, self.end_step)
+        trainable = [p for p in self.masks.params.values() if p.requires_grad]
+        if trainable and all(p.grad is None for p in trainable):
+            raise RuntimeError(
+                "RigL needs the dense gradient on update steps, and no masked parameter has one: call step() after "
+                "backward() (and begin_step() before the forward pass)."
+            )
         new_masks, grown_at = {}, {}
         for name, param in self.masks.params.items():
             mask = self.masks[name]
-            if param.grad is None and not param.requires_grad:  # frozen (e.g. gradual unfreezing): its mask stays
+            if not param.requires_grad or param.grad is None:
+                # Frozen (gradual unfreezing; a left-over zero .grad does not count) or unused this step: no gradient
+                # to grow by, so its mask stays.
                 new_masks[name] = mask.clone()
                 continue
-            if param.grad is None:
-                raise RuntimeError(f"RigL needs the dense gradient of {name} on update steps: call step() after backward() (and begin_step() before it).")
             weight, grad = full_tensor(param.detach()), full_tensor(param.grad.detach())
             n_active = int(mask.sum())
             n_drop = int(round(fraction * n_active))

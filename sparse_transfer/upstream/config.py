@@ -44,9 +44,9 @@ class UpstreamArguments:
     trust_remote_code: bool = _f(False, "Allow model code from the Hub (off: only architectures transformers ships).")
 
     # ---------------------------------------------------------------- pruning
-    method: str = _f("gmp", "Mask method: gmp (cubic gradual magnitude pruning), acdc (alternating compressed/decompressed "
-                     "phases, lengths in steps), rigl (fixed sparsity from step 0, drop/grow by gradient), nm (N:M one-shot, "
-                     "see --nm).", choices=list(METHODS))
+    method: str | None = _f(None, "Mask method: gmp (cubic gradual magnitude pruning; the default), acdc (alternating "
+                            "compressed/decompressed phases, lengths in steps), rigl (fixed sparsity from step 0, drop/grow "
+                            "by gradient), nm (N:M one-shot; the default with --nm).", choices=list(METHODS))
     sparsity: float | None = _f(None, "Final sparsity (fraction of zeros) of the target weights, in [0, 1).")
     initial_sparsity: float = _f(0.0, "Sparsity imposed at the first pruning step (cubic GMP schedule).")
     prune_start_step: int = _f(0, "First pruning step (optimizer steps from 0).")
@@ -93,7 +93,14 @@ class UpstreamArguments:
         if isinstance(self.text, str):
             self.text = [self.text]
         if self.nm is not None or self.distribution == "nm":
+            if self.method not in (None, "nm"):
+                raise ValueError(
+                    f"--nm / --distribution nm cut an N:M pattern once (method nm), but --method {self.method} was given: "
+                    "drop one of them."
+                )
             self.distribution, self.method = "nm", "nm"
+        elif self.method is None:
+            self.method = "gmp"
 
     @property
     def nm_pair(self) -> tuple[int, int] | None:
@@ -167,11 +174,20 @@ class UpstreamArguments:
             raise ValueError(
                 f"Pruning needs 0 <= prune_start_step <= prune_end_step, got {self.prune_start_step} and {self.end_step}."
             )
-        if self.end_step >= self.max_steps:
+        if self.method == "gmp" and self.end_step >= self.max_steps:
             raise ValueError(
                 f"prune_end_step ({self.end_step}) must be before max_steps ({self.max_steps}): the mask is then held for a "
                 "final stretch of distillation. Lower prune_end_step or raise max_steps."
             )
+        if self.method in ("acdc", "rigl"):
+            unused = [flag for flag, value, default in (("--initial-sparsity", self.initial_sparsity, 0.0),
+                                                        ("--prune-start-step", self.prune_start_step, 0),
+                                                        ("--prune-end-step", self.prune_end_step, None)) if value != default]
+            if unused:
+                raise ValueError(
+                    f"{', '.join(unused)} belong(s) to the GMP schedule and have no effect with --method {self.method}: "
+                    "drop them (AC/DC's lengths are --acdc-*-steps, RigL's --rigl-interval and --rigl-end-fraction)."
+                )
         if self.method == "acdc":
             warmup, phase, final = self.acdc_steps
             if warmup < 0 or phase <= 0 or final <= 0 or warmup + 2 * phase + final > self.max_steps:

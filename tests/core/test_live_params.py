@@ -327,3 +327,53 @@ def test_a_dense_step_whose_method_never_ran_is_masked_at_the_optimizer_step(cap
         optimizer.step()
     assert "method.step(step, optimizer) skipped" in caplog.text
     _assert_enforced(masks, optimizer)
+
+
+def test_a_gradient_replaced_after_backward_is_masked_before_the_step(caplog):
+    model = mlp()
+    masks = SparseMasks.from_magnitude(model, 0.5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    masks.attach(optimizer)
+    model(torch.randn(8, 10)).pow(2).mean().backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.grad = p.grad + 1.0  # a new tensor, after the hooks ran
+    with caplog.at_level("WARNING", logger="sparse_transfer.core.masks"):
+        optimizer.step()
+    assert "did not go through their gradient hook" in caplog.text
+    _assert_enforced(masks, optimizer)
+
+
+class WithAux(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.main, self.aux = nn.Linear(10, 10), nn.Linear(10, 10)
+
+    def forward(self, x, use_aux=False):
+        return self.aux(x) if use_aux else self.main(x)
+
+
+def test_no_false_alarm_for_kept_zero_gradients_of_an_unused_layer(caplog):
+    model = WithAux()
+    masks = SparseMasks.from_magnitude(model, 0.5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    masks.attach(optimizer)
+    with caplog.at_level("WARNING", logger="sparse_transfer.core.masks"):
+        for step in range(4):
+            model(torch.randn(4, 10), use_aux=step == 0).pow(2).mean().backward()
+            optimizer.step()
+            optimizer.step()  # twice on the same gradient
+            optimizer.zero_grad(set_to_none=False)  # aux keeps a zero .grad while unused
+    assert "gradient hook" not in caplog.text
+    _assert_enforced(masks, optimizer)
+
+
+def test_a_sparse_gradient_is_a_clear_error():
+    from sparse_transfer.core import TargetSpec
+
+    model = nn.Sequential(nn.Embedding(20, 8, sparse=True))
+    masks = SparseMasks.from_magnitude(model, 0.5, targets=TargetSpec(module_types=(nn.Embedding,)))
+    masks.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(RuntimeError, match=r"0\.weight received a torch.sparse_coo gradient .* \(sparse=False\)"):
+        model(torch.tensor([1, 2])).sum().backward()

@@ -224,12 +224,13 @@ def test_parameter_replacing_conversion_flags_are_refused(tmp_path, flag):
         setter(False)
 
 
-def test_resume_with_another_global_batch_is_an_error(tmp_path):
+@pytest.mark.parametrize("batch, accumulation", [(4, 2), (2, 2)])  # another global batch; the same one split otherwise
+def test_resume_with_another_batch_layout_is_an_error(tmp_path, batch, accumulation):
     common = dict(save_strategy="steps", save_steps=4, stage_steps=3, max_steps=8)
     run(tmp_path / "first", "constant", **common)
-    with pytest.raises(ValueError, match="global batch of 4 .* would use 8"):
+    with pytest.raises(ValueError, match=f"batch 4 x gradient accumulation 1 x 1 process.* {batch} x {accumulation} x 1"):
         run(tmp_path / "second", "constant", resume=str(tmp_path / "first" / "checkpoint-4"),
-            per_device_train_batch_size=4, gradient_accumulation_steps=2, **common)
+            per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, **common)
 
 
 def test_a_dense_model_with_default_masks_warns_that_training_is_dense(tmp_path, caplog):

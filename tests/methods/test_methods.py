@@ -342,3 +342,23 @@ def test_enforcement_follows_a_mask_changed_in_place():
     for n, p in method.masks.params.items():
         assert (p.detach()[~sparser[n]] == 0).all()
         assert (p.grad[~sparser[n]] == 0).all()
+
+
+def test_rigl_keeps_the_mask_of_frozen_or_unused_layers_even_with_kept_zero_grads():
+    model = tiny_cnn()
+    method = RigL.from_model(model, 0.8, 24, distribution="erk", targets="cnn", update_interval=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    method.attach(opt)
+    before = {n: m.clone() for n, m in method.masks.items()}
+    loss_fn = nn.CrossEntropyLoss()
+    for step in range(1, 10):
+        if step == 2:
+            model[0].weight.requires_grad_(False)  # frozen from step 2 on, keeping a zero .grad below
+        method.begin_step(step)
+        x, y = batch(step)
+        loss_fn(model(x), y).backward()
+        method.step(step, opt)
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+    assert torch.equal(method.masks["0.weight"], before["0.weight"])
+    assert not torch.equal(method.masks["3.weight"], before["3.weight"])  # the trainable layers did move

@@ -140,7 +140,8 @@ def test_output_is_exactly_sparse_and_loads_in_transformers(tiny_dirs, tmp_path,
 def test_every_method_runs_upstream(tiny_dirs, tmp_path, method, events):
     out = tmp_path / method
     extra = ["--sparsity", "0.8", "--method", method, "--rigl-interval", "2", "--max-steps", "12"]
-    assert main(base_argv(tiny_dirs, "base", out, *extra)) == 0
+    argv = base_argv(tiny_dirs, "base", out, *extra)
+    assert main(argv if method == "gmp" else _without_end(argv)) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["method"] == method
     assert {e["event"] for e in results["pruning_events"]} >= events
@@ -158,7 +159,7 @@ def test_every_method_runs_upstream(tiny_dirs, tmp_path, method, events):
 
 def test_acdc_lengths_that_do_not_fit_are_an_error(tiny_dirs, tmp_path, capsys):
     argv = base_argv(tiny_dirs, "base", tmp_path / "x", "--sparsity", "0.8", "--method", "acdc", "--acdc-phase-steps", "4")
-    assert main(argv) == 2
+    assert main(_without_end(argv)) == 2
     assert "AC/DC needs warm-up" in capsys.readouterr().err
 
 
@@ -291,3 +292,20 @@ def test_ctrl_c_ends_with_one_line_and_exit_130_then_the_same_command_resumes(ti
     monkeypatch.setattr(MaskMethodCallback, "on_step_begin", original)
     assert main(argv) == 0
     assert json.loads((out / "results.json").read_text())["resumed_from"].endswith("checkpoint-6")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--method", "rigl", "--nm", "2:4"], "drop one of them"),
+     (["--method", "acdc", "--sparsity", "0.8", "--initial-sparsity", "0.2"], "--initial-sparsity belong"),
+     (["--method", "rigl", "--sparsity", "0.8", "--prune-start-step", "2"], "--prune-start-step belong")],
+)
+def test_flags_of_another_method_are_an_error_not_ignored(tiny_dirs, tmp_path, capsys, extra, message):
+    assert main(_without_end(base_argv(tiny_dirs, "base", tmp_path / "x", *extra))) == 2
+    assert message in capsys.readouterr().err
+
+
+def _without_end(argv: list[str]) -> list[str]:
+    """base_argv without its GMP-only --prune-end-step (refused with the other methods)."""
+    i = argv.index("--prune-end-step")
+    return argv[:i] + argv[i + 2 :]
