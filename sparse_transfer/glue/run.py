@@ -410,9 +410,11 @@ def train_one(
     GlueTrainer, BestCheckpointCallback = _make_trainer_classes(task, keys)
     best_dir = run_dir / BEST_DIR
     best_so_far = run_dir / BEST_IN_PROGRESS_DIR
-    if not resume_from:  # leftovers of an earlier, abandoned attempt: best/ is written again when this run ends
+    # best/ of an unfinished attempt (killed after writing it, before results.json) must not look finished: it is
+    # written again when this run ends. The best epoch so far survives only with the checkpoint it belongs to.
+    shutil.rmtree(run_dir / BEST_DIR, ignore_errors=True)
+    if not resume_from:
         shutil.rmtree(best_so_far, ignore_errors=True)
-        shutil.rmtree(run_dir / BEST_DIR, ignore_errors=True)
     best_callback = BestCheckpointCallback(best_so_far, masks, tokenizer)
     compute_metrics = make_compute_metrics(task)
     if len(data.evals) == 1:

@@ -464,3 +464,48 @@ def test_ctrl_c_leaves_nothing_that_looks_finished(tiny_model_dir, glue_dir, tmp
     monkeypatch.setattr(MaskMethodCallback, "on_step_begin", original)
     assert main(argv) == 0
     assert (out / "results.json").is_file() and (out / "best").is_dir() and not (out / "best.in-progress").exists()
+
+
+_KILL_AT_WRITE = """
+import json, os, signal, sys
+import safetensors.torch, torch
+k, threads, argv, calls = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:], [0]
+torch.set_num_threads(threads)  # as in the test process, so that both compute the same numbers
+def wrap(fn):
+    def wrapper(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return fn(*args, **kwargs)
+    return wrapper
+for module, name in ((torch, "save"), (safetensors.torch, "save_file"), (os, "replace"), (json, "dump")):
+    setattr(module, name, wrap(getattr(module, name)))
+from sparse_transfer.glue.__main__ import main
+main(argv)
+"""
+
+
+@pytest.mark.parametrize("k", [3, 12, 30])
+def test_kill_9_mid_run_then_the_same_command_ends_like_an_uninterrupted_run(tiny_model_dir, glue_dir, tmp_path, k):
+    """A real SIGKILL of the command's process at its k-th file write (inside the best-so-far or a Trainer checkpoint
+    save), then the same command: the same best epoch, the same weights."""
+    import signal
+
+    def argv(out):
+        return ["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out), "--save_strategy", "epoch",
+                "--save_total_limit", "1", "--max_train_samples", "32", "--max_eval_samples", "8"]
+
+    assert main(argv(tmp_path / "straight")) == 0
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    killed = subprocess.run([sys.executable, "-c", _KILL_AT_WRITE, str(k), str(torch.get_num_threads()), *argv(out)],
+                            env=env, capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, f"the run finished before write #{k}: {killed.stderr[-2000:]}"
+    assert not (out / "results.json").exists() and not (out / "best").exists()
+    assert main(argv(out)) == 0  # the same command again
+    straight = json.loads((tmp_path / "straight" / "results.json").read_text())
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["best"] == straight["best"] and resumed["per_epoch"] == straight["per_epoch"]
+    a = load_file(str(tmp_path / "straight" / "best" / "model.safetensors"))
+    b = load_file(str(out / "best" / "model.safetensors"))
+    assert all(torch.equal(a[key], b[key]) for key in a)
