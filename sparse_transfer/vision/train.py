@@ -374,6 +374,7 @@ def train(args: VisionArguments) -> dict[str, Any]:
                             persistent_workers=False)
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        bad_step = torch.full((), -1, dtype=torch.long, device=accelerator.device)
         events: list[dict[str, Any]] = []
         t0 = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs} @{size}px",
@@ -401,10 +402,13 @@ def train(args: VisionArguments) -> dict[str, Any]:
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach().double()
+            # the first step with a non-finite loss, kept on the device (no synchronization per step)
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), torch.full_like(bad_step, step), bad_step)
             bar.update(1)
             if i % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.close()
+        _stop_if_not_finite(int(accelerator.reduce(bad_step, reduction="max")), unwrapped, epoch)
         epoch_time = time.perf_counter() - t0
         step_times.append(epoch_time / steps_per_epoch)
         train_loss = float(accelerator.reduce(loss_sum, reduction="mean")) / steps_per_epoch
@@ -486,6 +490,21 @@ def train(args: VisionArguments) -> dict[str, Any]:
             _atomic_json(os.path.join(out, "results.json"), results)
     accelerator.wait_for_everyone()
     return results
+
+
+@torch.no_grad()
+def _stop_if_not_finite(bad_step: int, model: nn.Module, epoch: int) -> None:
+    """Stops at the end of an epoch, before its checkpoints are written over the previous ones, if a step's loss or a
+    weight is not finite."""
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad_step < 0 and not bad:
+        return
+    what = f"the training loss became NaN or inf at step {bad_step}" if bad_step >= 0 else (
+        f"{len(bad)} parameter(s) hold NaN or inf (e.g. {bad[0]})")
+    raise RuntimeError(
+        f"Epoch {epoch + 1}: {what}; stopped before saving, so last/, best/ and state/ still hold epoch {epoch}. Try a "
+        "lower --lr, --mixed_precision bf16 instead of fp16, or check the data; then rerun the same command to resume."
+    )
 
 
 def _released(method: MaskMethod, reference: dict[str, torch.Tensor]) -> bool:

@@ -373,3 +373,34 @@ def test_kill_9_inside_the_state_swap_resumes_instead_of_starting_over(tmp_path,
     b = load_file(str(tmp_path / "b" / name / "last" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "b" / name / "state.old").exists() and not (tmp_path / "b" / name / "state.tmp").exists()
+
+
+def test_a_non_finite_loss_stops_before_the_epoch_is_saved(tmp_path, image_folder, monkeypatch):
+    import torch.nn as nn
+
+    run(tmp_path, image_folder, "gmp", stop_after_epoch=1)
+    state_before = (tmp_path / "gmp" / "state" / "state.pt").read_bytes()
+    original = nn.CrossEntropyLoss.forward
+    monkeypatch.setattr(nn.CrossEntropyLoss, "forward", lambda self, x, y: original(self, x, y) * float("nan"))
+    with pytest.raises(RuntimeError, match=r"Epoch 2: the training loss became NaN or inf at step \d+; stopped before saving"):
+        run(tmp_path, image_folder, "gmp")
+    assert (tmp_path / "gmp" / "state" / "state.pt").read_bytes() == state_before  # epoch 1 kept, not saved over
+
+
+def test_ctrl_c_in_the_vision_command_is_one_line_and_exit_130(tmp_path, image_folder, monkeypatch, capsys):
+    import importlib
+
+    from sparse_transfer.vision.__main__ import main
+
+    vision_train = importlib.import_module("sparse_transfer.vision.train")  # the module (the package exports a function)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vision_train, "evaluate", interrupted)
+    argv = ["--data", str(image_folder), "--model", "test_resnet", "--output_dir", str(tmp_path / "v"), "--epochs", "1",
+            "--batch_size", "8", "--train_size_start", "16", "--train_size_end", "16", "--eval_size", "16",
+            "--eval_resize", "16", "--num_workers", "0", "--method", "dense", "--progress", "false", "--lr_warmup_epochs", "0"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("interrupted at step ") and err[-1].endswith("; rerun the same command to resume")
