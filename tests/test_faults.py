@@ -7,7 +7,6 @@ a clear error. Kills are real SIGKILLs of a forked child process, at the k-th fi
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 
@@ -20,6 +19,7 @@ from sparse_transfer.hf.trainer import CHECKPOINT_COMPLETE_NAME, last_complete_c
 
 from .conftest import make_tiny_bert
 from .hf.conftest import make_args, make_dataset
+from .kill_points import install_kill_at_write
 
 STEPS = 8
 
@@ -35,33 +35,12 @@ def train_or_resume(out) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _writers():
-    import safetensors.torch
-    import transformers.trainer
-
-    return [(torch, "save"), (safetensors.torch, "save_file"), (json, "dump"), (os, "replace"),
-            (transformers.trainer, "save_file")]
-
-
 def run_killed_at(out, k: int) -> bool:
     """Runs the command in a forked child that SIGKILLs itself at its k-th file write; True if it was killed."""
     pid = os.fork()
-    if pid == 0:  # the child: count writes, die at the k-th one
+    if pid == 0:
         try:
-            calls = [0]
-
-            def wrap(fn):
-                def wrapper(*args, **kwargs):
-                    calls[0] += 1
-                    if calls[0] == k:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    return fn(*args, **kwargs)
-
-                return wrapper
-
-            for module, name in _writers():
-                if hasattr(module, name):
-                    setattr(module, name, wrap(getattr(module, name)))
+            install_kill_at_write(k)
             train_or_resume(out)
         finally:
             os._exit(0)
@@ -100,13 +79,6 @@ def test_an_interrupted_checkpoint_is_never_resumed_from(tmp_path):
                       method=GMP(dense_masks(model, "bert"), 0.8, 0, 6, 2)).train(resume_from_checkpoint=last)
     os.remove(os.path.join(last, CHECKPOINT_COMPLETE_NAME))
     assert last_complete_checkpoint(out) != last
-
-
-class _Poison:
-    """A callback that writes NaN into one weight after a given step."""
-
-    def __init__(self, step):
-        self.step = step
 
 
 def test_a_non_finite_loss_stops_training_before_anything_is_saved(tmp_path):

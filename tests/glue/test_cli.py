@@ -467,21 +467,12 @@ def test_ctrl_c_leaves_nothing_that_looks_finished(tiny_model_dir, glue_dir, tmp
 
 
 _KILL_AT_WRITE = """
-import json, os, signal, sys
-import safetensors.torch, torch
-k, threads, argv, calls = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:], [0]
-torch.set_num_threads(threads)  # as in the test process, so that both compute the same numbers
-def wrap(fn):
-    def wrapper(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == k:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return fn(*args, **kwargs)
-    return wrapper
-for module, name in ((torch, "save"), (safetensors.torch, "save_file"), (os, "replace"), (json, "dump")):
-    setattr(module, name, wrap(getattr(module, name)))
+import sys, torch
+from tests.kill_points import install_kill_at_write
+torch.set_num_threads(int(sys.argv[2]))  # as in the test process, so that both compute the same numbers
+install_kill_at_write(int(sys.argv[1]))
 from sparse_transfer.glue.__main__ import main
-main(argv)
+main(sys.argv[3:])
 """
 
 
@@ -497,7 +488,8 @@ def test_kill_9_mid_run_then_the_same_command_ends_like_an_uninterrupted_run(tin
 
     assert main(argv(tmp_path / "straight")) == 0
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(repo)}
     killed = subprocess.run([sys.executable, "-c", _KILL_AT_WRITE, str(k), str(torch.get_num_threads()), *argv(out)],
                             env=env, capture_output=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, f"the run finished before write #{k}: {killed.stderr[-2000:]}"
