@@ -336,7 +336,7 @@ class MaskMethodCallback(TrainerCallback):
 
 
 class SparseTrainer(Trainer):
-    """A ``transformers.Trainer`` that keeps fixed masks exact and trains with gradual unfreezing.
+    """A ``transformers.Trainer`` that keeps the masks of any mask method exact and trains with gradual unfreezing.
 
     Example:
         >>> args = SparseTrainingArguments("runs/rte", learning_rate=1e-4, num_train_epochs=8,
