@@ -12,10 +12,13 @@ Because the mask is stored separately, a consumer can check that the zeros survi
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import fnmatch
 import glob
 import inspect as _inspect
 import json
+import mmap
 import os
 import re
 import shutil
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .core import MASKS_NAME, SparseMasks, SparsityReport, select_targets, sparsity_report
+from .core.masks import weights_fingerprint
 from .core.targets import BERT_ENCODER_PATTERNS, TargetSpec
 
 __all__ = [
@@ -156,6 +160,12 @@ def verify_checkpoint_sparsity(checkpoint: str | os.PathLike, revision: str | No
         check_sparsity(state_dict, masks)
     except ValueError as err:
         raise ValueError(f"Checkpoint {os.fspath(checkpoint)}: {err}") from None
+    expected = masks.saved_model_fingerprint
+    if expected is not None and weights_fingerprint({n: state_dict[n] for n in masks}) != expected:
+        raise ValueError(
+            f"Checkpoint {os.fspath(checkpoint)}: its {MASKS_NAME} was saved beside other weights (model fingerprint "
+            f"{expected}): it belongs to another checkpoint. Save the mask file with these weights."
+        )
     return masks
 
 
@@ -613,6 +623,8 @@ def push_sparse_to_hub(
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise FileNotFoundError(f"{output_dir} is not a directory; save the model with save_sparse_pretrained first.")
+    if (output_dir / MASKS_NAME).is_symlink():
+        raise ValueError(f"{output_dir / MASKS_NAME} is a link, which a push does not follow: copy the file into the folder.")
     if not (output_dir / MASKS_NAME).is_file():
         raise FileNotFoundError(
             f"{output_dir} has no {MASKS_NAME}, so its sparsity cannot be checked before upload. Save it with "
@@ -705,20 +717,33 @@ def files_to_upload(folder: str | os.PathLike) -> list[str]:
 
 
 def refuse_secrets(folder: str | os.PathLike, names: Iterable[str], tokens: Iterable[str | None] = ()) -> None:
-    """Raises ``ValueError`` if a file about to be uploaded contains an access token: one of ``tokens`` (the token
-    of the push, the stored login) or anything shaped like a Hugging Face token. Text files are read whole,
-    safetensors files only in their JSON header (the tensors are numbers). The token itself is never printed."""
-    secrets = [t.encode() for t in tokens if t]
+    """Raises ``ValueError`` if a file about to be uploaded, or its name, contains an access token: one of ``tokens``
+    (the token of the push, the stored login), also as UTF-16, base64 or JSON escapes, anywhere in the file; or
+    anything shaped like a Hugging Face token in a name, a text file or a safetensors header. The token itself is
+    never printed."""
+    secrets = {t for t in tokens if t}
+    patterns = set()
+    for token in secrets:
+        raw = token.encode()
+        patterns |= {raw, token.encode("utf-16-le"), token.encode("utf-16-be"),
+                     token.replace("_", "\\u005f").encode(), token.replace("_", "\\u005F").encode()}
+        for shift in range(3):  # base64 of the token at each alignment inside a longer string: the stable middle
+            encoded = base64.b64encode(b"\0" * shift + raw)
+            patterns.add(encoded[4 if shift else 0 : len(encoded) - 4])
+    patterns.discard(b"")
     for name in names:
         path = Path(folder) / name
-        if name.endswith(".safetensors"):
-            with open(path, "rb") as f:
-                size = int.from_bytes(f.read(8), "little")
-                data = f.read(min(size, 100_000_000))
-        else:
-            data = path.read_bytes()
-        if any(secret in data for secret in secrets) or _HF_TOKEN_RE.search(data):
+        found = _HF_TOKEN_RE.search(name.encode()) is not None or any(secret in name for secret in secrets)
+        if not found and path.stat().st_size:
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                found = any(data.find(pattern) >= 0 for pattern in patterns)
+                if not found and name.endswith(".safetensors"):  # tensors are numbers: the shape scan reads the header
+                    size = int.from_bytes(data[:8], "little")
+                    found = _HF_TOKEN_RE.search(data[8 : 8 + min(size, 100_000_000)]) is not None
+                elif not found:
+                    found = _HF_TOKEN_RE.search(data) is not None
+        if found:
             raise ValueError(
-                f"{path} contains a Hugging Face access token; refusing to upload it. Remove the token from that file "
-                "(or the file from the folder) and push again."
+                f"{path} contains a Hugging Face access token (in its name or its content); refusing to upload it. "
+                "Remove the token from that file (or the file from the folder) and push again."
             )

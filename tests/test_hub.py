@@ -414,3 +414,47 @@ def test_inspect_reports_a_damaged_mask_file_instead_of_crashing(saved_bert, cap
     assert inspect_main([str(out)]) == 1
     printed = capsys.readouterr().out
     assert "REFUSED" in printed and "fails its checksum" in printed
+
+
+@pytest.mark.parametrize("form", ["file-name", "utf-16", "base64", "json-escaped", "tensor-data"])
+def test_push_refuses_the_token_in_other_forms(saved_bert, monkeypatch, form):
+    import base64
+
+    _, _, out = saved_bert
+    token = "hf_" + "Q" * 34
+    if form == "file-name":
+        (out / f"{token}.txt").write_text("x")
+    elif form == "utf-16":
+        (out / "notes.txt").write_bytes(f"token: {token}".encode("utf-16"))
+    elif form == "base64":
+        (out / "results.json").write_text(json.dumps({"auth": base64.b64encode(f"user:{token}".encode()).decode()}))
+    elif form == "json-escaped":
+        (out / "results.json").write_text('{"t": "hf\\u005f' + "Q" * 34 + '"}')
+    else:
+        save_file({"secret": torch.frombuffer(bytearray(token.encode()), dtype=torch.uint8)}, out / "extra.safetensors")
+    hub = _FakeHub(monkeypatch)
+    with pytest.raises(ValueError, match="contains a Hugging Face access token"):
+        push_sparse_to_hub(out, "me/x", token=token)
+    assert hub.uploads == []
+
+
+def test_push_refuses_a_linked_mask_file_and_a_mask_file_of_other_weights(saved_bert, tmp_path, monkeypatch):
+    _, masks, out = saved_bert
+    hub = _FakeHub(monkeypatch)
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    os.replace(out / MASKS_NAME, elsewhere)
+    os.symlink(elsewhere, out / MASKS_NAME)
+    with pytest.raises(ValueError, match="is a link"):
+        push_sparse_to_hub(out, "me/x")
+    os.remove(out / MASKS_NAME)
+    # the same zeros, but the file was saved beside other weights: an earlier checkpoint's mask file
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            model.get_parameter(name)[mask] *= 2.0  # kept weights changed, zeros intact
+    SparseMasks(dict(masks.items()), model).save(out / MASKS_NAME)
+    with pytest.raises(ValueError, match="saved beside other weights"):
+        push_sparse_to_hub(out, "me/x")
+    assert hub.uploads == []

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import weakref
 from collections.abc import Iterator, Mapping
@@ -83,8 +84,11 @@ def _fingerprint(shapes: Mapping[str, tuple[int, ...]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _checksum(packed: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]]) -> str:
+def _checksum(packed: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]], metadata: Mapping[str, str]) -> str:
+    """SHA-256 over every metadata field but the checksum itself (version, sparsity, model fingerprint...), and the
+    names, shapes and bits: no field can be edited, added or removed without failing it."""
     h = hashlib.sha256()
+    h.update(json.dumps(sorted((k, v) for k, v in metadata.items() if k != "checksum")).encode())
     for name in sorted(packed):
         h.update(name.encode())
         h.update(json.dumps(list(shapes[name])).encode())
@@ -113,13 +117,17 @@ def _file_problem(packed: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, 
         if tensor.dtype != torch.uint8 or tensor.dim() != 1:
             return (f"stores {name} as {tensor.dtype} with shape {tuple(tensor.shape)}; masks are packed bits, one "
                     "uint8 vector per parameter.")
-        expected = (int(torch.Size(shapes[name]).numel()) + 7) // 8
+        expected = (math.prod(shapes[name]) + 7) // 8
         if tensor.numel() != expected:
             return f"stores {tensor.numel()} bytes for {name} of shape {shapes[name]}, which needs {expected}."
     if "fingerprint" in metadata and metadata["fingerprint"] != _fingerprint(shapes):
         return "has a names-and-shapes fingerprint that does not match its own shapes: the metadata was edited."
-    checksum = metadata.get("checksum")
-    if metadata.get("version") != "1" and checksum != _checksum(packed, shapes):
+    if metadata.get("version") == "1":
+        if "checksum" in metadata or "model_fingerprint" in metadata:
+            return ("says it is version 1 but carries version-2 fields (checksum, model fingerprint): its version was "
+                    "edited.")
+        return ""
+    if metadata.get("checksum") != _checksum(packed, shapes, metadata):
         return ("fails its checksum: its bits or metadata changed after it was saved (a flipped byte, a partial "
                 "copy, or an edit).")
     return ""
@@ -756,7 +764,6 @@ class SparseMasks:
             "shapes": json.dumps(shapes),
             "fingerprint": _fingerprint(shapes),
             "sparsity": f"{self.sparsity():.6f}",
-            "checksum": _checksum(packed, shapes),
         }
         if model is not None:
             weights = {name: model.get_parameter(name) for name in self._masks}
@@ -767,6 +774,7 @@ class SparseMasks:
             weights = {}
         if weights and not any(is_dtensor(p) for p in weights.values()):  # sharded: the fingerprint would need a gather
             metadata["model_fingerprint"] = weights_fingerprint({n: p.detach() for n, p in weights.items()})
+        metadata["checksum"] = _checksum(packed, shapes, metadata)  # last: it covers every other field
         path = os.fspath(path)
         tmp = f"{path}.tmp"
         save_file(packed, tmp, metadata=metadata)
@@ -804,6 +812,9 @@ class SparseMasks:
             shapes = {name: tuple(shape) for name, shape in json.loads(metadata["shapes"]).items()}
         except (KeyError, ValueError, TypeError, AttributeError):
             raise ValueError(f"{path}: the mask file's metadata has no readable 'shapes'.") from None
+        for name, shape in shapes.items():
+            if not all(type(d) is int and d >= 0 for d in shape) or math.prod(shape) == 0:
+                raise ValueError(f"{path}: the shape {list(shape)} of {name} is not a non-empty tensor shape; the file was edited.")
         try:
             packed = load_file(path)
         except Exception as err:
@@ -815,7 +826,11 @@ class SparseMasks:
             logger.warning("%s has no checksum (mask file version 1): re-save it to protect it.", path)
         masks = cls({name: unpack_bits(packed[name], shapes[name]) for name in shapes})
         stored_sparsity = metadata.get("sparsity")
-        if stored_sparsity is not None and abs(float(stored_sparsity) - masks.sparsity()) > 1e-6:
+        try:
+            claimed = float(stored_sparsity) if stored_sparsity is not None else None
+        except ValueError:
+            claimed = math.nan
+        if claimed is not None and not abs(claimed - masks.sparsity()) <= 1e-6:  # NaN fails too
             raise ValueError(
                 f"{path} says its sparsity is {stored_sparsity} but its bits hold {masks.sparsity():.6f}: the metadata "
                 "disagrees with the data. Refusing to load it; re-save the masks from their source."

@@ -77,7 +77,7 @@ def test_bits_of_the_wrong_length_are_refused(saved):
 
 def test_lying_metadata_is_refused(saved):
     _, masks, path = saved
-    rewrite(path, sparsity="0.990000", checksum=None, version="1")  # an old-format file whose sparsity lies
+    rewrite(path, sparsity="0.990000", checksum=None, model_fingerprint=None, version="1")  # an old-format file that lies
     with pytest.raises(ValueError, match="says its sparsity is 0.990000 but its bits hold"):
         SparseMasks.load(path)
 
@@ -129,3 +129,26 @@ def test_version_1_files_still_load_with_a_warning(saved, caplog):
     with caplog.at_level("WARNING", logger="sparse_transfer.core.masks"):
         loaded = SparseMasks.load(path, model)
     assert "no checksum" in caplog.text and all(torch.equal(loaded[n], masks[n]) for n in masks)
+
+
+def test_a_version_edited_down_to_1_is_refused(saved):
+    _, _, path = saved
+    rewrite(path, version="1")  # one byte: would turn the checksum off
+    with pytest.raises(ValueError, match="says it is version 1 but carries version-2 fields"):
+        SparseMasks.load(path)
+
+
+@pytest.mark.parametrize("change", [dict(model_fingerprint=None), dict(model_fingerprint="0" * 16), dict(sparsity="nan")])
+def test_every_metadata_field_is_under_the_checksum(saved, change):
+    _, _, path = saved
+    rewrite(path, **change)
+    with pytest.raises(ValueError, match="fails its checksum"):
+        SparseMasks.load(path)
+
+
+@pytest.mark.parametrize("shapes", ['{"0.weight": ["20", 10], "2.weight": [2, 20]}', '{"0.weight": [0, 10], "2.weight": [2, 20]}'])
+def test_malformed_shapes_are_a_clear_error(saved, shapes):
+    _, _, path = saved
+    rewrite(path, shapes=shapes)
+    with pytest.raises(ValueError, match="is not a non-empty tensor shape"):
+        SparseMasks.load(path)
