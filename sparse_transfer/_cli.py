@@ -1,8 +1,9 @@
 """What every command line shares: exit codes, one-line errors, and a Ctrl-C that leaves a resumable run.
 
 Exit codes: 0 done; 1 trained and saved, but the push after training failed (the message says how to retry); 2 bad
-input or a refused file (the message names the problem and the fix); 130 interrupted (SIGINT), after which rerunning
-the same command resumes from the last complete checkpoint.
+input or a refused file (the message names the problem and the fix); 3 training stopped on a NaN or inf loss or weight
+(nothing was saved over a good checkpoint); 130 interrupted (SIGINT), after which rerunning the same command resumes
+from the last complete checkpoint.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from collections.abc import Callable
 
 EXIT_PUSH_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_NOT_FINITE = 3
 EXIT_INTERRUPTED = 130
+
+class TrainingStopped(RuntimeError):
+    """Training stopped on a non-finite loss or weight, before anything was saved over a good checkpoint."""
+
 
 #: The optimizer step a running loop last finished, for the interruption message (set by the training loops).
 progress: dict[str, int | None] = {"step": None}
@@ -29,6 +35,9 @@ def run_command(body: Callable[[], int]) -> int:
         # local data): the message names the problem and the fix; a traceback would only hide it.
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingStopped as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_NOT_FINITE
     except RuntimeError as err:
         from .hub import PushFailed
 

@@ -652,36 +652,36 @@ class PushFailed(RuntimeError):
     """A push after training failed; the message says how to retry without retraining."""
 
 
-def check_push_target(repo_id: str, token: str | None = None) -> None:
+def check_push_target(repo_id: str, token: str | None = None, flag: str = "--push-to-hub") -> None:
     """Before training: checks that ``repo_id`` is a valid Hub repository id, that a token is available (``token``,
     ``HF_TOKEN`` or ``huggingface-cli login``) and that the Hub answers and accepts it. Raises ``ValueError`` with
     what to do, so a run that cannot be published fails in seconds instead of after training. The token is never
-    printed."""
+    printed. ``flag`` names the argument that gave the repository, in the messages."""
     import huggingface_hub
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    later = (" Or train without --push-to-hub and publish the saved folder later with `python -m sparse_transfer.push "
+             "DIR USER/NAME`." if flag == "--push-to-hub" else "")
     try:
         validate_repo_id(repo_id)
     except HFValidationError as err:
-        raise ValueError(f"--push-to-hub {repo_id!r} is not a Hub repository id ({_first_line(err)}); use USER/NAME.") from None
+        raise ValueError(f"{flag} {repo_id!r} is not a Hub repository id ({_first_line(err)}); use USER/NAME.") from None
     if "/" not in repo_id:
-        raise ValueError(f"--push-to-hub {repo_id!r} has no namespace; use USER/NAME (or ORG/NAME).")
+        raise ValueError(f"{flag} {repo_id!r} has no namespace; use USER/NAME (or ORG/NAME).")
     token = token or huggingface_hub.get_token()
     if not token:
-        raise ValueError(
-            "--push-to-hub needs a Hugging Face token: run `huggingface-cli login`, set HF_TOKEN, or pass --hub-token; "
-            "or train without --push-to-hub and publish later with `python -m sparse_transfer.push DIR REPO`."
-        )
+        raise ValueError("Publishing needs a Hugging Face token: run `huggingface-cli login` or set HF_TOKEN." + later)
     try:
         huggingface_hub.HfApi().whoami(token=token)
     except Exception as err:  # connection errors, HTTP 401, offline mode: all mean "this push would fail"
         status = getattr(getattr(err, "response", None), "status_code", None)
         if status in (401, 403):
-            raise ValueError("The Hub rejected the token (HTTP %s): log in again with `huggingface-cli login`." % status) from None
+            raise ValueError(
+                f"The Hub rejected the token (HTTP {status}): use a valid token (`huggingface-cli login`, or HF_TOKEN)."
+            ) from None
         raise ValueError(
-            f"The Hugging Face Hub cannot be reached ({type(err).__name__}: {_first_line(err)}), so the model could not "
-            "be published. Train without --push-to-hub and publish the saved folder later with `python -m "
-            "sparse_transfer.push DIR REPO`, or retry when the Hub is reachable."
+            f"The Hugging Face Hub cannot be reached ({type(err).__name__}: {_first_line(err)}), so nothing can be "
+            "published now; retry when it is reachable." + later
         ) from None
 
 

@@ -154,14 +154,16 @@ def inspect_sparsity(
         mask_info = {"file": MASKS_NAME, "sparsity": masks.sparsity(), "tensors": len(masks), "zeros_intact": True, "problem": None}
         try:
             check_sparsity(tensors, masks)
-            expected = masks.saved_model_fingerprint
-            if expected is not None and weights_fingerprint({n: tensors[n] for n in masks}) != expected:
-                raise ValueError(
-                    f"{MASKS_NAME} was saved beside other weights (model fingerprint {expected}): it belongs to another "
-                    "checkpoint of the same architecture."
-                )
         except ValueError as err:
             mask_info.update(zeros_intact=False, problem=str(err))
+        expected = masks.saved_model_fingerprint
+        if mask_info["zeros_intact"] and expected is not None and all(n in tensors for n in masks):
+            if weights_fingerprint({n: tensors[n] for n in masks}) != expected:
+                mask_info.update(
+                    foreign=True,
+                    problem=f"{MASKS_NAME} was saved beside other weights (model fingerprint {expected}): it belongs to "
+                    "another checkpoint of the same architecture.",
+                )
     return _result(source, path, label, report, mask_info)
 
 
@@ -188,6 +190,8 @@ def format_result(result: dict) -> str:
             lines.append(f"mask file {masks['file']}: REFUSED")
         else:
             state = "zeros intact" if masks["zeros_intact"] else "ZEROS LOST"
+            if masks.get("foreign"):
+                state += ", but SAVED BESIDE OTHER WEIGHTS"
             lines.append(f"mask file {masks['file']}: {masks['tensors']} tensors, sparsity {masks['sparsity']:.2%}, {state}")
         if masks["problem"]:
             lines.append(masks["problem"])
@@ -231,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}, indent=2))
     else:
         print(format_result(result))
-    return 0 if result["masks"] is None or result["masks"]["zeros_intact"] else 1
+    masks = result["masks"]
+    return 0 if masks is None or (masks["zeros_intact"] and not masks.get("foreign")) else 1
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from .hub import check_push_target, push_or_explain
 
-        check_push_target(args.repo_id)
+        check_push_target(args.repo_id, flag="repository")
         print(push_or_explain(args.folder, args.repo_id, private=args.private))
         return 0
 

@@ -100,3 +100,24 @@ def test_a_non_finite_loss_stops_training_before_anything_is_saved(tmp_path):
     assert last_complete_checkpoint(out).endswith("checkpoint-2")  # the good checkpoint was not saved over
     assert not (out / "checkpoint-4").exists()
     assert all(torch.isfinite(t).all() for t in load_file(out / "checkpoint-2" / "model.safetensors").values())
+
+
+def test_resume_refuses_a_weights_file_swapped_for_another_of_the_same_size(tmp_path):
+    """Sizes cannot see this swap; the mask file's weights fingerprint does."""
+    import shutil
+
+    from sparse_transfer import Constant, SparseMasks
+
+    from .hf.conftest import make_sparse_bert
+
+    def trainer(out):
+        model = make_sparse_bert()
+        args = make_args(out, unfreeze="none", max_steps=STEPS, save_strategy="steps", save_steps=2)
+        return SparseTrainer(model=model, args=args, train_dataset=make_dataset(16),
+                             method=Constant(SparseMasks.from_zeros(model, "bert")))
+
+    out = tmp_path / "out"
+    trainer(out).train()
+    shutil.copy(out / "checkpoint-2" / "model.safetensors", out / "checkpoint-4" / "model.safetensors")
+    with pytest.raises(ValueError, match="its weights are not those its sparse_masks.safetensors was saved beside"):
+        trainer(tmp_path / "resumed").train(resume_from_checkpoint=str(out / "checkpoint-4"))

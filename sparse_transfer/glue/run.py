@@ -337,6 +337,7 @@ def _make_trainer_classes(task: GlueTask, keys: list[str]):
             if score is None or _score_key(score) <= self.best_score:
                 return
             self.best_score, self.best_step = _score_key(score), state.global_step
+            self.trainer.check_finite(f"saving the best epoch so far to {self.best_dir}")
             if state.is_world_process_zero:
                 save_sparse_pretrained(model, self.best_dir, masks=self.masks, processing_class=self.tokenizer)
 
@@ -435,6 +436,7 @@ def train_one(
         masks=masks,
         callbacks=[best_callback],
     )
+    best_callback.trainer = trainer
     train_output = trainer.train(resume_from_checkpoint=resume_from)
 
     evaluations = _evaluations(trainer.state.log_history, keys)

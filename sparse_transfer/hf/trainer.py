@@ -52,7 +52,7 @@ from transformers.trainer_utils import SchedulerType
 
 from .. import _cli
 from ..core import MASKS_NAME, SparseMasks
-from ..core.masks import is_dtensor, local_tensor
+from ..core.masks import is_dtensor, local_tensor, weights_fingerprint
 from ..methods import Constant, MaskMethod
 from ..core.schedules import rewind_lr_factor
 from .unfreeze import UNFREEZE_MODES, GradualUnfreezer, unfreeze_stage
@@ -641,19 +641,26 @@ class SparseTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------------------------------- logging
+    def check_finite(self, before: str) -> None:
+        """Raises :class:`~sparse_transfer._cli.TrainingStopped` if a training loss so far, or a weight now, is NaN or
+        inf; ``before`` names what is then not done (a log, a save). Callbacks that write models call it first."""
+        self._check_finite(before)
+
     @torch.no_grad()
     def _check_finite(self, before: str) -> None:
         """Stops training, before ``before`` (a log line, a checkpoint), if the loss or a weight is not finite."""
         if self._nonfinite_step is not None and int(self._nonfinite_step) >= 0:
             step = int(self._nonfinite_step)
-            raise RuntimeError(
+            raise _cli.TrainingStopped(
                 f"The training loss became NaN or inf at step {step}; stopped before {before}, so nothing was saved "
                 "over an earlier checkpoint. Try a lower learning_rate, a max_grad_norm, bf16 instead of fp16, or check "
                 "the inputs of that step; then resume from the last checkpoint."
             )
-        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(local_tensor(p)).all())]
+        params = list(self.model.named_parameters())
+        finite = torch.stack([torch.isfinite(local_tensor(p)).all() for _, p in params]) if params else None
+        bad = [] if finite is None or bool(finite.all()) else [n for (n, _), ok in zip(params, finite.tolist()) if not ok]
         if bad:
-            raise RuntimeError(
+            raise _cli.TrainingStopped(
                 f"{len(bad)} parameter(s) hold NaN or inf at step {self.state.global_step} (e.g. {bad[0]}); stopped "
                 f"before {before}, so nothing was saved over an earlier checkpoint. Try a lower learning_rate, a "
                 "max_grad_norm or bf16 instead of fp16; then resume from the last checkpoint."
@@ -665,8 +672,7 @@ class SparseTrainer(Trainer):
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self.is_in_train:
-            if self._nonfinite_step is not None and int(self._nonfinite_step) >= 0:
-                self._check_finite("this log")
+            self._check_finite("this log")
             logs["sparsity"] = round(self.measured_sparsity(), 6)
             logs["mask_sparsity"] = round(self.method.sparsity(), 6)
             if self.method.active:
@@ -797,6 +803,18 @@ class SparseTrainer(Trainer):
                 f"{resume_from_checkpoint} has no {SPARSE_METHOD_STATE_NAME}, so the state of {type(self.method).__name__} "
                 "(its masks, phase and schedule position) cannot be restored: resume from a checkpoint this version wrote."
             )
+        if os.path.isfile(masks_path) and not any(is_dtensor(p) for p in self.masks.params.values()):
+            # The mask file was saved beside the checkpoint's weights: a weights file swapped for another of the same
+            # size (which the completion marker's sizes cannot see) shows in its fingerprint.
+            on_disk = SparseMasks.load(masks_path, check_fingerprint=False)
+            expected = on_disk.saved_model_fingerprint
+            if expected is not None and expected != weights_fingerprint(
+                {n: p.detach() for n, p in self.masks.params.items()}
+            ):
+                raise ValueError(
+                    f"{resume_from_checkpoint}: its weights are not those its {MASKS_NAME} was saved beside (model "
+                    "fingerprint): a file of the checkpoint was replaced. Resume from an untouched checkpoint."
+                )
         state_path = os.path.join(resume_from_checkpoint, SPARSE_TRAINER_STATE_NAME)
         if os.path.isfile(state_path):
             with open(state_path) as f:

@@ -501,7 +501,7 @@ def _stop_if_not_finite(bad_step: int, model: nn.Module, epoch: int) -> None:
         return
     what = f"the training loss became NaN or inf at step {bad_step}" if bad_step >= 0 else (
         f"{len(bad)} parameter(s) hold NaN or inf (e.g. {bad[0]})")
-    raise RuntimeError(
+    raise _cli.TrainingStopped(
         f"Epoch {epoch + 1}: {what}; stopped before saving, so last/, best/ and state/ still hold epoch {epoch}. Try a "
         "lower --lr, --mixed_precision bf16 instead of fp16, or check the data; then rerun the same command to resume."
     )

@@ -501,3 +501,24 @@ def test_kill_9_mid_run_then_the_same_command_ends_like_an_uninterrupted_run(tin
     a = load_file(str(tmp_path / "straight" / "best" / "model.safetensors"))
     b = load_file(str(out / "best" / "model.safetensors"))
     assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_nan_weight_stops_before_the_best_epoch_is_saved(tiny_model_dir, glue_dir, tmp_path, monkeypatch, capsys):
+    """A NaN in a weight the loss does not use (the [MASK] embedding row): the loss stays finite, the weights check
+    stops the run with one line and exit code 3 before any best checkpoint is written."""
+    from sparse_transfer.hf import MaskMethodCallback
+
+    original = MaskMethodCallback.on_step_begin
+
+    def poison(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 1:
+            with torch.no_grad():
+                model.bert.embeddings.word_embeddings.weight[4].fill_(float("nan"))
+        return original(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(MaskMethodCallback, "on_step_begin", poison)
+    out = tmp_path / "rte"
+    assert main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "hold NaN or inf" in err[-1] and "Traceback" not in "\n".join(err)
+    assert not (out / "best").exists() and not (out / "best.in-progress").exists() and not (out / "results.json").exists()
