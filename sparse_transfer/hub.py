@@ -13,7 +13,6 @@ Because the mask is stored separately, a consumer can check that the zeros survi
 from __future__ import annotations
 
 import base64
-import contextlib
 import fnmatch
 import glob
 import inspect as _inspect
