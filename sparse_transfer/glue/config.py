@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.resources
 import math
 import operator
 import os
@@ -21,7 +22,9 @@ from .._recipes import read_recipe
 from .tasks import GLUE_TASKS, get_task
 
 DEFAULT_MODEL = "neuralmagic/oBERT-12-upstream-pruned-unstructured-90-v2"
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes" / "glue"
+# The recipes ship inside the package (``sparse_transfer/recipes`` links to the top-level ``recipes/`` of a checkout,
+# and a wheel holds copies), so ``--recipe dense_transfer`` works from any install.
+RECIPES_DIR = Path(str(importlib.resources.files("sparse_transfer") / "recipes" / "glue"))
 GRID_SUMMARIES = ("mean_top2", "best")
 
 # The paper's recipe for the TrainingArguments fields (RECIPES.md section 1, items 5, 8, 9). They only
