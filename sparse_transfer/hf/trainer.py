@@ -94,9 +94,10 @@ def checkpoint_is_complete(folder: str | os.PathLike) -> bool:
         return False
 
 
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest ``checkpoint-N`` folder of ``output_dir`` whose save finished (:func:`checkpoint_is_complete`);
-    interrupted saves are passed over with a warning."""
+def last_complete_checkpoint(output_dir: str | os.PathLike, requires: str | None = None) -> str | None:
+    """The newest ``checkpoint-N`` folder of ``output_dir`` whose save finished (:func:`checkpoint_is_complete`) and,
+    if given, that holds the file ``requires`` (a subclass's own last-written file); interrupted saves are passed over
+    with a warning."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     output_dir = os.fspath(output_dir)
@@ -109,7 +110,7 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
         if name.startswith(PREFIX_CHECKPOINT_DIR + "-") and step.isdigit() and os.path.isdir(path):
             found.append((int(step), path))
     for step, path in sorted(found, reverse=True):
-        if checkpoint_is_complete(path):
+        if checkpoint_is_complete(path) and (requires is None or os.path.isfile(os.path.join(path, requires))):
             return path
         logger.warning("%s is incomplete (its save was interrupted); passing over it.", path)
     return None
@@ -641,14 +642,10 @@ class SparseTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     # ------------------------------------------------------------------------------------------- logging
+    @torch.no_grad()
     def check_finite(self, before: str) -> None:
         """Raises :class:`~sparse_transfer._cli.TrainingStopped` if a training loss so far, or a weight now, is NaN or
         inf; ``before`` names what is then not done (a log, a save). Callbacks that write models call it first."""
-        self._check_finite(before)
-
-    @torch.no_grad()
-    def _check_finite(self, before: str) -> None:
-        """Stops training, before ``before`` (a log line, a checkpoint), if the loss or a weight is not finite."""
         if self._nonfinite_step is not None and int(self._nonfinite_step) >= 0:
             step = int(self._nonfinite_step)
             raise _cli.TrainingStopped(
@@ -672,7 +669,7 @@ class SparseTrainer(Trainer):
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self.is_in_train:
-            self._check_finite("this log")
+            self.check_finite("this log")
             logs["sparsity"] = round(self.measured_sparsity(), 6)
             logs["mask_sparsity"] = round(self.method.sparsity(), 6)
             if self.method.active:
@@ -692,7 +689,7 @@ class SparseTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.is_in_train or state_dict is None:
-            self._check_finite(f"saving {output_dir}")
+            self.check_finite(f"saving {output_dir}")
         if self.method.active:
             # Checked on what is written (under FSDP the gathered state dict; _save runs on the main process only).
             written = state_dict if state_dict is not None else self.accelerator.unwrap_model(self.model).state_dict()
@@ -732,7 +729,7 @@ class SparseTrainer(Trainer):
             with open(path + ".tmp", "w") as f:
                 json.dump(state, f, indent=2)
             os.replace(path + ".tmp", path)
-        self._check_finite("saving a checkpoint")
+        self.check_finite("saving a checkpoint")
         # The parent writes the checkpoint's files one by one and then deletes old checkpoints beyond
         # save_total_limit: rotation waits until the completion marker of the new one is written, so a kill at any
         # point leaves at least one complete checkpoint, and resume only ever takes a complete one.

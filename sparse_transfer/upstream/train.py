@@ -31,7 +31,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..core import SparseMasks, compute_masks
-from ..hf.trainer import SparseTrainer, checkpoint_is_complete
+from ..hf.trainer import SparseTrainer
+from ..hf.trainer import last_complete_checkpoint as hf_last_complete_checkpoint
 from ..methods import ACDC, GMP, NM, MaskMethod, RigL, dense_masks
 from .losses import LossWeights, distillation_losses
 
@@ -283,16 +284,8 @@ def library_versions() -> dict[str, str]:
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
-    """Newest ``checkpoint-N`` folder whose :data:`UPSTREAM_STATE_NAME` was written (i.e. the save completed)."""
-    if not os.path.isdir(output_dir):
-        return None
-    found = []
-    for name in os.listdir(output_dir):
-        path = os.path.join(output_dir, name)
-        if (name.startswith("checkpoint-") and name[11:].isdigit() and os.path.isfile(os.path.join(path, UPSTREAM_STATE_NAME))
-                and checkpoint_is_complete(path)):
-            found.append((int(name[11:]), path))
-    return max(found)[1] if found else None
+    """Newest complete ``checkpoint-N`` folder that also holds :data:`UPSTREAM_STATE_NAME` (written last)."""
+    return hf_last_complete_checkpoint(output_dir, requires=UPSTREAM_STATE_NAME)
 
 
 def remove_checkpoints(output_dir: str) -> None:
