@@ -202,6 +202,29 @@ def _optimizer_param_ids(optimizer: torch.optim.Optimizer) -> set[int]:
     return {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
+def _through_wrappers(masks: Mapping[str, Tensor], model: nn.Module, named: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+    """``masks`` renamed to ``model``'s parameter names through peft's wrapper segments (``base_model.model.``,
+    ``.base_layer``), if every name maps to exactly one parameter; else ``None`` (and the caller reports the names)."""
+    from .targets import _adapter_param_ids, canonical_name
+
+    adapters = _adapter_param_ids(model)
+    by_canonical: dict[str, str] = {}
+    for name, param in named.items():
+        if id(param) in adapters:
+            continue
+        key = canonical_name(name)
+        if key in by_canonical:
+            return None
+        by_canonical[key] = name
+    renamed = {}
+    for name, mask in masks.items():
+        target = name if name in named else by_canonical.get(canonical_name(name))
+        if target is None or target in renamed:
+            return None
+        renamed[target] = mask
+    return renamed
+
+
 def _refuse_fsdp1(model: nn.Module) -> None:
     for module in model.modules():
         if type(module).__name__ == "FullyShardedDataParallel":
@@ -321,6 +344,11 @@ class SparseMasks:
         _refuse_fsdp1(model)
         named = dict(model.named_parameters(remove_duplicate=False))
         missing = [name for name in self._masks if name not in named]
+        if missing:
+            renamed = _through_wrappers(self._masks, model, named)
+            if renamed is not None:  # masks of the unwrapped model bound to its peft-wrapped self
+                self._masks = renamed
+                missing = []
         if missing:
             prefix_hint = ""
             for candidate in named:

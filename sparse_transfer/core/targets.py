@@ -87,8 +87,38 @@ def resolve_target_spec(targets: TargetSpec | str | None) -> TargetSpec:
     raise TypeError(f"targets must be a TargetSpec, a preset name or None, got {type(targets).__name__}.")
 
 
+# Name segments that peft inserts around a wrapped module: ``base_model.model.`` in front, ``.base_layer`` for the
+# module a LoRA layer wraps, ``.modules_to_save.<adapter>`` for a trained copy of a head.
+_PEFT_PREFIX = re.compile(r"^base_model\.model\.")
+_PEFT_SEGMENTS = re.compile(r"\.base_layer(?=\.|$)|\.modules_to_save\.[^.]+(?=\.|$)")
+
+
+def canonical_name(name: str) -> str:
+    """``name`` as it reads in the unwrapped model: peft's wrapper segments removed, so that target patterns written
+    for ``bert.encoder.layer.0.attention.self.query.weight`` also select
+    ``base_model.model.bert.encoder.layer.0.attention.self.query.base_layer.weight``."""
+    return _PEFT_SEGMENTS.sub("", _PEFT_PREFIX.sub("", name))
+
+
+def _adapter_param_ids(model: nn.Module) -> set[int]:
+    """Parameters that belong to peft adapters (``lora_A``, ``lora_B``...) or to the frozen ``original_module`` that a
+    trained head copy replaces: never pruning targets. Duck-typed, so this module does not import peft."""
+    ids: set[int] = set()
+    for module in model.modules():
+        for layer_name in getattr(module, "adapter_layer_names", ()):
+            sub = getattr(module, layer_name, None)
+            if isinstance(sub, (nn.Module, nn.ParameterDict)):
+                ids.update(id(p) for p in sub.parameters())
+        if type(module).__name__ == "ModulesToSaveWrapper" and isinstance(getattr(module, "original_module", None), nn.Module):
+            ids.update(id(p) for p in module.original_module.parameters())
+    return ids
+
+
 def select_targets(model: nn.Module, targets: TargetSpec | str | None = None) -> dict[str, nn.Parameter]:
     """Returns the prunable parameters of ``model`` by fully qualified name, in registration order.
+
+    Patterns are matched against :func:`canonical_name`, so they work through peft wrappers; adapter weights (LoRA's
+    ``A`` and ``B``) are never targets. The returned names are the model's own.
 
     Raises:
         ValueError: if nothing is selected, or if an ``include`` pattern matches no parameter.
@@ -98,7 +128,7 @@ def select_targets(model: nn.Module, targets: TargetSpec | str | None = None) ->
     exclude = [re.compile(p) for p in spec.exclude]
     matched_patterns: set[str] = set()
     selected: dict[str, nn.Parameter] = {}
-    seen: set[int] = set()
+    seen: set[int] = _adapter_param_ids(model)
     for module_name, module in model.named_modules():
         if not isinstance(module, spec.module_types):
             continue
@@ -106,12 +136,13 @@ def select_targets(model: nn.Module, targets: TargetSpec | str | None = None) ->
         if not isinstance(param, nn.Parameter) or id(param) in seen:
             continue
         name = f"{module_name}.{spec.parameter_name}" if module_name else spec.parameter_name
+        readable = canonical_name(name)
         if include:
-            hits = [p.pattern for p in include if p.search(name)]
+            hits = [p.pattern for p in include if p.search(readable)]
             if not hits:
                 continue
             matched_patterns.update(hits)
-        if any(p.search(name) for p in exclude):
+        if any(p.search(readable) for p in exclude):
             continue
         seen.add(id(param))
         selected[name] = param

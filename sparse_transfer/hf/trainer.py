@@ -216,6 +216,26 @@ class SparseTrainingArguments(TrainingArguments):
         return str(self.lr_scheduler_type) == REWIND
 
 
+def _check_adapters(model: nn.Module, method: MaskMethod) -> None:
+    """What a peft model under SparseTrainer must satisfy: every LoRA on pruned weights masked, and fixed masks (the
+    base is frozen, so a method that moves the mask would prune weights under an adapter that cannot follow)."""
+    from ..lora import unmasked_lora_layers
+
+    plain = unmasked_lora_layers(model)
+    if plain:
+        raise ValueError(
+            f"{len(plain)} plain LoRA layer(s) wrap pruned weights (e.g. {plain[0]}): peft's LoRA update B A is dense, so "
+            "training and merging it revives the pruned weights. Build the adapter with "
+            "sparse_transfer.lora.SparseLoraConfig (it takes LoraConfig's arguments), whose update keeps every zero."
+        )
+    if not isinstance(method, Constant):
+        raise ValueError(
+            f"{type(method).__name__} changes the masks while training, but under LoRA the base weights are frozen and "
+            "each adapter's mask is fixed when it is created. Prune first (e.g. python -m sparse_transfer.upstream), "
+            "then train the adapter with the default fixed masks."
+        )
+
+
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Logit distillation as in oBERT: ``KL(softmax(t / T) || softmax(s / T)) * T^2``, mean over examples.
 
@@ -430,6 +450,8 @@ class SparseTrainer(Trainer):
                 "The method's masks are bound to another model than the one given to SparseTrainer: build them over "
                 "this model, e.g. GMP(dense_masks(model, 'bert'), ...)."
             )
+        if any(hasattr(m, "adapter_layer_names") for m in self.model.modules()):
+            _check_adapters(self.model, method)
         self.method = method
         self.masks = method.masks
         self.method_callback = MaskMethodCallback(method)

@@ -15,6 +15,10 @@ Parameters are sorted into four groups once, by name and owning module:
   ``embed`` (e.g. ELECTRA's ``embeddings_project``);
 * head: everything else (classifier, pooler, DistilBERT's ``pre_classifier``...), trained from stage 0.
 
+On a peft model (any module with adapters, e.g. LoRA) only the parameters peft left trainable take part: block
+``i`` is then the adapters inside encoder block ``i``, the head is what ``modules_to_save`` trains, and the frozen
+base never gets ``requires_grad`` back.
+
 The stage is a pure function of the optimizer step (:func:`unfreeze_stage`), so a resumed run lands in the
 same stage without any saved counter; :class:`GradualUnfreezer` still has ``state_dict``/``load_state_dict``
 to check that a resumed run uses the same schedule. This module knows nothing of transformers.
@@ -155,6 +159,12 @@ class GradualUnfreezer:
         self.unfreeze_embeddings = unfreeze_embeddings
         self.blocks = blocks if blocks is not None else find_encoder_blocks(model, encoder_blocks_pattern)
         self.stage: int | None = None
+        # peft freezes the base and leaves the adapters (and modules_to_save) trainable: that set is the whole
+        # universe of what may train here, or the unfreezer would train the base dense beside the adapters.
+        self.adapters_only = any(hasattr(m, "adapter_layer_names") for m in model.modules())
+        managed = [(n, p) for n, p in model.named_parameters() if p.requires_grad or not self.adapters_only]
+        if not managed:
+            raise ValueError("The peft model has no trainable parameter (inference_mode?): nothing to unfreeze.")
 
         always, embeddings, head = [], [], []
         block_weights: list[list[str]] = [[] for _ in self.blocks]
@@ -162,7 +172,7 @@ class GradualUnfreezer:
         embedding_tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
         block_prefixes = [name + "." for name, _ in self.blocks]
         embed_component = re.compile(r"(^|\.)embed[^.]*\.")
-        for name, param in model.named_parameters():
+        for name, param in managed:
             if name.endswith("bias") or id(param) in norm_params:
                 always.append(name)
                 continue
@@ -177,7 +187,7 @@ class GradualUnfreezer:
         self.embeddings = embeddings
         self.head = head
         self.block_weights = block_weights
-        self._params = dict(model.named_parameters())
+        self._params = dict(managed)
 
     @property
     def num_blocks(self) -> int:
