@@ -44,7 +44,9 @@ __all__ = [
     "push_or_explain",
     "push_sparse_to_hub",
     "refuse_secrets",
+    "save_sparse_adapter",
     "save_sparse_pretrained",
+    "verify_sparse_adapter",
     "shipped_masks",
     "verify_checkpoint_sparsity",
 ]
@@ -54,6 +56,8 @@ SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 WEIGHTS_NAME = "pytorch_model.bin"
 WEIGHTS_INDEX_NAME = "pytorch_model.bin.index.json"
 CARD_NAME = "README.md"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
 # Weight files of an earlier save that must not survive next to a new one: a stale shard index would make
 # loaders read the old weights.
@@ -285,6 +289,135 @@ def save_sparse_pretrained(
         _move_into_place(tmp_dir, output_dir, drop_masks=masks is None)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def save_sparse_adapter(
+    model: nn.Module,
+    output_dir: str | os.PathLike,
+    processing_class=None,
+    card: dict | None = None,
+) -> None:
+    """Saves a masked LoRA adapter (a peft model built with :class:`~sparse_transfer.lora.SparseLoraConfig`) with
+    peft's own files, the processing class and a model card; atomically, like :func:`save_sparse_pretrained`.
+
+    Files: ``adapter_config.json`` (with the masks' record), ``adapter_model.safetensors`` (the adapters and the
+    ``modules_to_save`` heads), the tokenizer's files, ``README.md``.
+
+    Raises:
+        ValueError: if the model has no masked LoRA layer, or has a plain LoRA layer on pruned weights.
+    """
+    from .lora import is_masked_lora_layer, lora_layers, unmasked_lora_layers
+
+    layers = lora_layers(model)
+    plain = unmasked_lora_layers(model)
+    if plain or not any(is_masked_lora_layer(m) for m in layers.values()):
+        raise ValueError(
+            f"{type(model).__name__} is not a masked LoRA model"
+            + (f" ({len(plain)} plain LoRA layers wrap pruned weights, e.g. {plain[0]})" if plain else "")
+            + ": build it with get_peft_model(model, sparse_transfer.lora.SparseLoraConfig(...))."
+        )
+    output_dir = Path(output_dir).resolve()
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_dir, 0o777 & ~umask)
+    try:
+        model.save_pretrained(tmp_dir)
+        if processing_class is not None:
+            processing_class.save_pretrained(tmp_dir)
+        (tmp_dir / CARD_NAME).write_text(adapter_card(tmp_dir, card), encoding="utf-8")
+        _move_into_place(tmp_dir, output_dir, drop_masks=True)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def verify_sparse_adapter(folder: str | os.PathLike) -> dict[str, str]:
+    """Checks that ``folder`` holds a masked LoRA adapter (peft's two files, the masks recorded); returns the record
+    (module -> ``kept/total:checksum``).
+
+    Raises:
+        FileNotFoundError: if a file is missing.
+        ValueError: if it is a plain LoRA adapter (merging it into a sparse base would revive pruned weights) or its
+            weights cannot be read.
+    """
+    folder = Path(folder)
+    config_path, weights_path = folder / ADAPTER_CONFIG_NAME, folder / ADAPTER_WEIGHTS_NAME
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} has no {path.name}: save the adapter with save_sparse_adapter first.")
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{config_path} is not valid JSON ({err}).") from None
+    record = config.get("sparse_masks")
+    if config.get("peft_type") != "LORA" or not isinstance(record, dict) or not record:
+        raise ValueError(
+            f"{folder} is not a masked LoRA adapter ({ADAPTER_CONFIG_NAME} has no 'sparse_masks' record): a plain LoRA "
+            "merged into a sparse base revives its pruned weights. Train it with sparse_transfer.lora.SparseLoraConfig."
+        )
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as err:
+        raise ValueError(f"{weights_path} is not a readable safetensors file ({err}).") from None
+    if not any("lora_" in k for k in keys):
+        raise ValueError(f"{weights_path} holds no LoRA weights.")
+    return dict(record)
+
+
+def adapter_card(folder: str | os.PathLike, card: dict | None = None) -> str:
+    """The model card of a masked LoRA adapter saved in ``folder``: front matter for the Hub (``library_name: peft``,
+    ``base_model`` when it is a Hub id, tags), what it is, how to load and merge it, its recipe and results."""
+    import yaml
+
+    from . import __version__
+
+    folder = Path(folder)
+    config = json.loads((folder / ADAPTER_CONFIG_NAME).read_text())
+    card = dict(card or {})
+    record = config.get("sparse_masks") or {}
+    kept = sum(int(v.split("/")[0]) for v in record.values())
+    total = sum(int(v.split("/")[1].split(":")[0]) for v in record.values())
+    base = card.get("base_model") or config.get("base_model_name_or_path")
+    front: dict = {"library_name": "peft"}
+    if base and _looks_like_repo_id(str(base)) and not os.path.exists(str(base)):
+        front["base_model"] = str(base)
+    front["tags"] = ["sparse", "sparse_transfer", "lora", "masked-lora", *[str(t) for t in _as_list(card.get("tags"))]]
+    if card.get("datasets"):
+        front["datasets"] = [str(d) for d in _as_list(card["datasets"])]
+    title = card.get("title") or "Masked LoRA adapter"
+    base_text = f"`{base}`" if base else "its sparse base model"
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {title}", ""]
+    lines.append(
+        f"A masked LoRA adapter (r={config.get('r')}, alpha={config.get('lora_alpha')}) for {base_text}, saved with "
+        f"sparse_transfer {__version__}. Its update is multiplied by the base weights' sparsity mask, so merging it "
+        f"keeps every pruned weight exactly 0: the {len(record)} adapted layers keep {kept:,} of {total:,} weights "
+        f"({1 - kept / max(total, 1):.2%} sparse). Load it only on the sparse model it was trained on: the mask of "
+        "each layer is recorded in `adapter_config.json` and checked when it loads."
+    )
+    lines += ["", "## Usage", "", "```python"]
+    load_base = f'"{base}"' if base else '"PATH/TO/SPARSE/BASE"'
+    lines += [
+        "from transformers import AutoModelForSequenceClassification",
+        "from sparse_transfer.lora import load_sparse_lora",
+        "",
+        f"base = AutoModelForSequenceClassification.from_pretrained({load_base}, num_labels=NUM_LABELS)",
+        'model = load_sparse_lora(base, "THIS_REPO_OR_FOLDER")',
+        "merged = model.merge_and_unload()  # a plain model, every pruned weight still exactly 0",
+        "```",
+        "",
+        "Plain `peft.PeftModel.from_pretrained` does not know the mask: it warns that `sparse_masks` is ignored and "
+        "loads the adapter unmasked. Use `load_sparse_lora`.",
+    ]
+    if card.get("results"):
+        lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in card["results"].items()]
+    if card.get("recipe"):
+        lines += ["", "## Recipe", "", "```yaml", yaml.safe_dump(_plain(card["recipe"]), sort_keys=True).strip(), "```"]
+    return "\n".join(lines) + "\n"
 
 
 def _save_weights(model: nn.Module, directory: Path) -> str:
@@ -622,6 +755,10 @@ def push_sparse_to_hub(
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise FileNotFoundError(f"{output_dir} is not a directory; save the model with save_sparse_pretrained first.")
+    if (output_dir / ADAPTER_CONFIG_NAME).is_file() and not (output_dir / MASKS_NAME).exists():
+        record = verify_sparse_adapter(output_dir)
+        return _upload(output_dir, repo_id, token, private,
+                       commit_message or f"Upload masked LoRA adapter ({len(record)} layers) with sparse_transfer")
     if (output_dir / MASKS_NAME).is_symlink():
         raise ValueError(f"{output_dir / MASKS_NAME} is a link, which a push does not follow: copy the file into the folder.")
     if not (output_dir / MASKS_NAME).is_file():
@@ -631,12 +768,16 @@ def push_sparse_to_hub(
             "if the zeros are your mask)."
         )
     masks = verify_checkpoint_sparsity(output_dir)
+    return _upload(output_dir, repo_id, token, private,
+                   commit_message or f"Upload {masks.sparsity():.1%} sparse model with sparse_transfer")
+
+
+def _upload(output_dir: Path, repo_id: str, token: str | None, private: bool, message: str) -> str:
     files = files_to_upload(output_dir)
     import huggingface_hub
 
     refuse_secrets(output_dir, files, [token, huggingface_hub.get_token()])
     repo_url = huggingface_hub.create_repo(repo_id, token=token, private=private, exist_ok=True)
-    message = commit_message or f"Upload {masks.sparsity():.1%} sparse model with sparse_transfer"
     huggingface_hub.upload_folder(
         repo_id=getattr(repo_url, "repo_id", repo_id),
         folder_path=str(output_dir),

@@ -6,7 +6,8 @@ Usage::
                                            [--revision REV] [--pretrained]
 
 ``PATH`` is a local checkpoint folder or weights file, a Hugging Face Hub repo id, or a timm model name
-(``resnet50``, ``hf-hub:timm/resnet50.a1_in1k``, ``local-dir:/path``). Checkpoints are read as plain tensors,
+(``resnet50``, ``hf-hub:timm/resnet50.a1_in1k``, ``local-dir:/path``). A peft adapter folder (masked LoRA from
+``sparse_transfer.lora``) is reported by its recorded masks, layer by layer. Checkpoints are read as plain tensors,
 without building the model, so any architecture works. If the checkpoint carries a sparse_transfer mask
 file, the report covers the masked tensors and checks that their pruned weights are still zero.
 
@@ -118,6 +119,9 @@ def inspect_sparsity(
     if not os.path.exists(path) and not _looks_like_repo_id(path):
         raise InspectError(f"{path!r} is not a file, a folder, a Hugging Face Hub repo id or a timm model name")
     source = "local" if os.path.exists(path) else "hub"
+    adapter_dir = _adapter_folder(path, revision)
+    if adapter_dir is not None:
+        return inspect_adapter(adapter_dir, path, source)
     try:
         tensors = load_state_dict_from_checkpoint(path, revision=revision)
         masks_path = _find_masks_file(path, revision)
@@ -167,6 +171,81 @@ def inspect_sparsity(
     return _result(source, path, label, report, mask_info)
 
 
+def _adapter_folder(path: str, revision: str | None) -> str | None:
+    """The folder of a peft adapter (``adapter_config.json`` and no full weights), local or downloaded; else None."""
+    from .hub import ADAPTER_CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, _snapshot
+
+    def is_adapter(folder: str) -> bool:
+        return os.path.isfile(os.path.join(folder, ADAPTER_CONFIG_NAME)) and not any(
+            os.path.isfile(os.path.join(folder, n)) for n in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME))
+
+    if os.path.isdir(path):
+        return path if is_adapter(path) else None
+    if os.path.exists(path):
+        return None
+    try:
+        folder = _snapshot(path, revision, patterns=(ADAPTER_CONFIG_NAME, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME))
+    except Exception:
+        return None  # the weights path below reports an unreachable Hub
+    return folder if is_adapter(folder) else None
+
+
+def inspect_adapter(folder: str, path: str, source: str) -> dict:
+    """Report of a LoRA adapter: masked (with each layer's recorded mask) or plain."""
+    from .hub import ADAPTER_CONFIG_NAME, verify_sparse_adapter
+
+    try:
+        config = json.loads(open(os.path.join(folder, ADAPTER_CONFIG_NAME)).read())
+    except ValueError as err:
+        raise InspectError(f"{path}: {ADAPTER_CONFIG_NAME} is not valid JSON ({err})") from None
+    info = {
+        "peft_type": config.get("peft_type"),
+        "r": config.get("r"),
+        "lora_alpha": config.get("lora_alpha"),
+        "base_model": config.get("base_model_name_or_path"),
+        "target_modules": config.get("target_modules"),
+        "modules_to_save": config.get("modules_to_save"),
+        "masked": bool(config.get("sparse_masks")),
+        "layers": {},
+        "problem": None,
+    }
+    if info["masked"]:
+        try:
+            record = verify_sparse_adapter(folder)
+        except (ValueError, FileNotFoundError) as err:
+            info["problem"] = _one_line(err)
+            record = config["sparse_masks"]
+        for name, value in sorted(record.items(), key=lambda item: _natural_key(item[0])):
+            kept, rest = value.split("/", 1)
+            total = int(rest.split(":", 1)[0])
+            info["layers"][name] = {"kept": int(kept), "total": total, "sparsity": 1 - int(kept) / total}
+        kept = sum(v["kept"] for v in info["layers"].values())
+        total = sum(v["total"] for v in info["layers"].values())
+        info["sparsity"] = 1 - kept / total if total else 0.0
+    else:
+        info["problem"] = ("plain LoRA adapter (no mask record): its update is dense, so merging it into a sparse "
+                           "base revives the pruned weights; sparse_transfer.lora.SparseLoraConfig trains a masked one")
+    return {"source": "adapter", "path": path, "targets": "adapter", "report": None, "masks": None, "adapter": info}
+
+
+def _format_adapter(result: dict) -> str:
+    info = result["adapter"]
+    kind = "masked LoRA adapter" if info["masked"] else "LoRA adapter"
+    lines = [f"{result['path']} ({kind}; r={info['r']}, alpha={info['lora_alpha']}; base {info['base_model']})", ""]
+    if info["layers"]:
+        width = max(len(n) for n in info["layers"])
+        lines.append(f"{'adapted layer':<{width}}  {'kept':>10}  {'total':>10}  {'sparsity':>9}")
+        for name, layer in info["layers"].items():
+            lines.append(f"{name:<{width}}  {layer['kept']:>10,}  {layer['total']:>10,}  {layer['sparsity']:>9.2%}")
+        lines += ["", f"{len(info['layers'])} adapted layers, sparsity of their masks {info['sparsity']:.2%}; the update "
+                  "keeps every zero when merged (sparse_transfer.lora.load_sparse_lora, then merge_and_unload)"]
+    if info["modules_to_save"]:
+        lines.append(f"trained in full (modules_to_save): {', '.join(info['modules_to_save'])}")
+    if info["problem"]:
+        lines.append(info["problem"])
+    return "\n".join(lines)
+
+
 def _result(source: str, path: str, targets: str, report: SparsityReport, masks: dict | None) -> dict:
     return {"source": source, "path": path, "targets": targets, "report": report.to_dict(), "masks": masks, "_report": report}
 
@@ -182,6 +261,8 @@ def _one_line(err: BaseException) -> str:
 
 def format_result(result: dict) -> str:
     """Human-readable report: the per-tensor table, global sparsity, and the mask check."""
+    if result["source"] == "adapter":
+        return _format_adapter(result)
     source = {"local": "local checkpoint", "hub": "Hugging Face Hub", "timm": "timm model"}[result["source"]]
     lines = [f"{result['path']} ({source}; targets: {result['targets']})", "", result["_report"].format_table()]
     masks = result["masks"]
@@ -235,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in result.items() if not k.startswith("_")}, indent=2))
     else:
         print(format_result(result))
+    if result["source"] == "adapter":  # 1: the adapter's files are damaged
+        return 1 if result["adapter"]["masked"] and result["adapter"]["problem"] else 0
     masks = result["masks"]
     return 0 if masks is None or (masks["zeros_intact"] and not masks.get("foreign")) else 1
 

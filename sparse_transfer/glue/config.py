@@ -95,6 +95,14 @@ class GlueArguments:
     mixed_precision: str = _f("auto", "auto (fp16 on a CUDA GPU, as oBERT's scripts; fp32 on CPU), no, fp16 or bf16. "
                               "--fp16/--bf16 also work.", choices=["auto", "no", "fp16", "bf16"])
     overwrite: bool = _f(False, "Train again even if --output_dir holds a finished run with a different recipe.")
+    lora_r: int | None = _f(None, "Train a masked LoRA adapter of this rank instead of the whole model (the base stays "
+                            "frozen; the update keeps every zero; sparse_transfer.lora). best/ then holds the adapter.")
+    lora_alpha: float | None = _f(None, "LoRA scaling numerator (update = alpha / r * B A); default 2 * lora_r.")
+    lora_dropout: float = _f(0.0, "Dropout on the adapters' input (0 keeps the fast fused forward).")
+    lora_target_modules: list[str] = _f([], "Modules that get an adapter (names or suffixes, as peft's "
+                                        "target_modules); default: every module whose weight is masked.")
+    lora_merge: bool = _f(False, "Also write the adapter merged into the base (RUN/merged/, an ordinary sparse "
+                          "checkpoint with exact zeros); --push-to-hub then pushes the merged model.")
 
     def __post_init__(self):
         if self.task is not None:
@@ -109,6 +117,13 @@ class GlueArguments:
             raise ValueError(f"grid_learning_rates must be positive, got {self.grid_learning_rates}.")
         if self.max_seq_length <= 0:
             raise ValueError(f"max_seq_length must be positive, got {self.max_seq_length}.")
+        if self.lora_r is not None and self.lora_r <= 0:
+            raise ValueError(f"lora_r must be a positive rank, got {self.lora_r}.")
+        if self.lora_r is None and (self.lora_alpha is not None or self.lora_dropout or self.lora_target_modules
+                                    or self.lora_merge):
+            raise ValueError("--lora-alpha, --lora-dropout, --lora-target-modules and --lora-merge need --lora-r.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
         self.epochs = str(self.epochs)
         self.grid_epochs = [str(e) for e in self.grid_epochs]
         for expression in [self.epochs, *self.grid_epochs]:

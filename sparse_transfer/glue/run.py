@@ -47,6 +47,8 @@ BEST_DIR = "best"
 # The best epoch so far while a run trains: only a finished run has best/ (with its dev results in the model card)
 # and results.json, so nothing an interrupted run leaves behind looks finished.
 BEST_IN_PROGRESS_DIR = "best.in-progress"
+# With --lora-merge: the best adapter merged into the base, an ordinary sparse checkpoint.
+MERGED_DIR = "merged"
 
 # Fields that do not change what a run computes: a finished run with other values for them is still the same run.
 _NOT_IN_FINGERPRINT = {
@@ -302,7 +304,7 @@ def _make_trainer_classes(task: GlueTask, keys: list[str]):
     from transformers import TrainerCallback
 
     from ..hf import SparseTrainer
-    from ..hub import save_sparse_pretrained
+    from ..hub import save_sparse_adapter, save_sparse_pretrained
 
     class GlueTrainer(SparseTrainer):
         """SparseTrainer whose evaluation over MNLI's two dev sets also reports their joint ``eval_score``."""
@@ -319,8 +321,8 @@ def _make_trainer_classes(task: GlueTask, keys: list[str]):
     class BestCheckpointCallback(TrainerCallback):
         """Saves the model (sparse, checked against the mask) whenever the dev score beats the best so far."""
 
-        def __init__(self, best_dir: Path, masks, tokenizer):
-            self.best_dir, self.masks, self.tokenizer = best_dir, masks, tokenizer
+        def __init__(self, best_dir: Path, masks, tokenizer, adapter: bool = False):
+            self.best_dir, self.masks, self.tokenizer, self.adapter = best_dir, masks, tokenizer, adapter
             self.best_score = -math.inf
             self.best_step: int | None = None
 
@@ -338,10 +340,36 @@ def _make_trainer_classes(task: GlueTask, keys: list[str]):
                 return
             self.best_score, self.best_step = _score_key(score), state.global_step
             self.trainer.check_finite(f"saving the best epoch so far to {self.best_dir}")
-            if state.is_world_process_zero:
+            if state.is_world_process_zero and self.adapter:
+                save_sparse_adapter(model, self.best_dir, processing_class=self.tokenizer)
+            elif state.is_world_process_zero:
                 save_sparse_pretrained(model, self.best_dir, masks=self.masks, processing_class=self.tokenizer)
 
     return GlueTrainer, BestCheckpointCallback
+
+
+def masked_lora_model(model, masks, glue_args: GlueArguments, encoder_blocks_pattern: str | None = None):
+    """``model`` wrapped in a masked LoRA (:class:`~sparse_transfer.lora.SparseLoraConfig`): adapters on every masked
+    module (or ``--lora-target-modules``), the task head (classifier, pooler: what gradual unfreezing trains first)
+    trained in full through peft's ``modules_to_save``."""
+    from peft import get_peft_model
+
+    from ..hf import GradualUnfreezer
+    from ..lora import SparseLoraConfig
+
+    targets = list(glue_args.lora_target_modules) or [name.removesuffix(".weight") for name in masks]
+    head = GradualUnfreezer(model, encoder_blocks_pattern=encoder_blocks_pattern).head
+    modules_to_save = sorted({name.rsplit(".", 1)[0] for name in head})
+    config = SparseLoraConfig(
+        r=glue_args.lora_r,
+        lora_alpha=glue_args.lora_alpha if glue_args.lora_alpha is not None else 2 * glue_args.lora_r,
+        lora_dropout=glue_args.lora_dropout,
+        target_modules=targets,
+        modules_to_save=modules_to_save,
+        task_type="SEQ_CLS",
+        base_model_name_or_path=glue_args.model,
+    )
+    return get_peft_model(model, config)
 
 
 def train_one(
@@ -371,7 +399,15 @@ def train_one(
     from ..core import SparseMasks, sparsity_report
     from ..hf import find_encoder_blocks
     from ..core import MASKS_NAME
-    from ..hub import load_state_dict_from_checkpoint, save_sparse_pretrained, shipped_masks, verify_checkpoint_sparsity
+    from ..hub import (
+        check_sparsity,
+        load_state_dict_from_checkpoint,
+        save_sparse_adapter,
+        save_sparse_pretrained,
+        shipped_masks,
+        verify_checkpoint_sparsity,
+        verify_sparse_adapter,
+    )
 
     task = data.task
     set_seed(training_args.seed)  # the new classifier head is initialized in from_pretrained
@@ -402,6 +438,11 @@ def train_one(
     else:
         logger.info("Masks from %s's %s (sparsity %.4f).", glue_args.model, MASKS_NAME, masks.sparsity())
     pruned_before = masks.numel() - sum(int(m.sum()) for _, m in masks.items())
+    lora = glue_args.lora_r is not None
+    train_model, train_masks = model, masks
+    if lora:
+        train_model = masked_lora_model(model, masks, glue_args, training_args.encoder_blocks_pattern)
+        train_masks = SparseMasks(masks.state_dict()).bind(train_model)  # the same masks, under peft's names
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RESULTS_NAME).unlink(missing_ok=True)  # --overwrite: the old results must not outlive a failure
     header = f"# Resolved recipe of {run_dir} (sparse_transfer.glue); rerun with --recipe {run_dir / RECIPE_NAME}\n"
@@ -416,7 +457,7 @@ def train_one(
     shutil.rmtree(run_dir / BEST_DIR, ignore_errors=True)
     if not resume_from:
         shutil.rmtree(best_so_far, ignore_errors=True)
-    best_callback = BestCheckpointCallback(best_so_far, masks, tokenizer)
+    best_callback = BestCheckpointCallback(best_so_far, train_masks, tokenizer, adapter=lora)
     compute_metrics = make_compute_metrics(task)
     if len(data.evals) == 1:
         base_metrics = compute_metrics
@@ -427,13 +468,13 @@ def train_one(
 
     eval_dataset = data.evals if len(data.evals) > 1 else next(iter(data.evals.values()))
     trainer = GlueTrainer(
-        model=model,
+        model=train_model,
         args=training_args,
         train_dataset=data.train,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
-        masks=masks,
+        masks=train_masks,
         callbacks=[best_callback],
     )
     best_callback.trainer = trainer
@@ -452,7 +493,14 @@ def train_one(
     # The run's product is the best checkpoint: reload it, check its zeros against the mask, and save it again
     # with a model card that states its dev results.
     trainer.accelerator.wait_for_everyone()  # the main process wrote best_so_far
-    loaded = model.load_state_dict(load_state_dict_from_checkpoint(best_so_far), strict=False)
+    if lora:
+        from peft import set_peft_model_state_dict
+
+        from ..hub import ADAPTER_WEIGHTS_NAME
+
+        loaded = set_peft_model_state_dict(train_model, load_state_dict_from_checkpoint(best_so_far / ADAPTER_WEIGHTS_NAME))
+    else:
+        loaded = model.load_state_dict(load_state_dict_from_checkpoint(best_so_far), strict=False)
     if loaded.unexpected_keys:
         raise RuntimeError(f"{best_so_far} holds tensors this model does not have: {loaded.unexpected_keys[:5]}.")
     dev_results = {k: best[k] for k in keys}
@@ -466,11 +514,41 @@ def train_one(
         "recipe": recipe,
         "results": {f"{task.name} dev {k}": float(v) for k, v in dev_results.items()} | {"best epoch": best["epoch"]},
     }
-    if trainer.args.should_save:
-        save_sparse_pretrained(model, best_dir, masks=masks, processing_class=tokenizer, card=card)
-    trainer.accelerator.wait_for_everyone()
-    saved_masks = verify_checkpoint_sparsity(best_dir)
-    saved = load_state_dict_from_checkpoint(best_dir)
+    lora_results = None
+    merged_dir = run_dir / MERGED_DIR
+    shutil.rmtree(merged_dir, ignore_errors=True)
+    if lora:
+        card["title"] = f"Masked LoRA adapter for {Path(glue_args.model).name} on GLUE {task.name.upper()}"
+        if trainer.args.should_save:
+            save_sparse_adapter(train_model, best_dir, processing_class=tokenizer, card=card)
+        trainer.accelerator.wait_for_everyone()
+        record = verify_sparse_adapter(best_dir)
+        lora_results = {
+            "r": glue_args.lora_r,
+            "alpha": train_model.peft_config["default"].lora_alpha,
+            "dropout": glue_args.lora_dropout,
+            "adapted_layers": len(record),
+            "trainable_parameters": sum(p.numel() for p in train_model.parameters() if p.requires_grad),
+            "adapter": str(best_dir),
+        }
+        # The merge is what users deploy: done here in any case, so the zeros are checked on the merged weights.
+        model = train_model.merge_and_unload()
+        check_sparsity(model, masks)
+        if glue_args.lora_merge:
+            card["title"] = f"{Path(glue_args.model).name} + masked LoRA, merged, on GLUE {task.name.upper()}"
+            if trainer.args.should_save:
+                save_sparse_pretrained(model, merged_dir, masks=masks, processing_class=tokenizer, card=card)
+            trainer.accelerator.wait_for_everyone()
+            lora_results["merged"] = str(merged_dir)
+        saved_masks = verify_checkpoint_sparsity(merged_dir) if glue_args.lora_merge else masks
+        saved = load_state_dict_from_checkpoint(merged_dir) if glue_args.lora_merge else {
+            n: p.detach().cpu() for n, p in model.state_dict().items()}
+    else:
+        if trainer.args.should_save:
+            save_sparse_pretrained(model, best_dir, masks=masks, processing_class=tokenizer, card=card)
+        trainer.accelerator.wait_for_everyone()
+        saved_masks = verify_checkpoint_sparsity(best_dir)
+        saved = load_state_dict_from_checkpoint(best_dir)
     report = sparsity_report(saved, list(masks))
     pruned_zero = sum(int((saved[name][~mask.cpu()] == 0).sum()) for name, mask in masks.items())
     sparsity = {
@@ -499,6 +577,9 @@ def train_one(
         "sparsity": sparsity,
         "data": data.source,
         "checkpoint": str(best_dir),
+        # What --push-to-hub publishes: the merged model if it was written, else best/ (model or adapter).
+        "publish": str(merged_dir) if lora and glue_args.lora_merge else str(best_dir),
+        "lora": lora_results,
         "recipe": recipe,
         "recipe_file": recipe_file,
         "versions": library_versions(),
@@ -581,7 +662,7 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
         results = train_one(glue_args, training_args, data, tokenizer, output_dir, recipe_file)
         _print_run(task, results)
         if push_repo:
-            push_best(results["checkpoint"], push_repo, training_args)
+            push_best(results.get("publish", results["checkpoint"]), push_repo, training_args)
         return results
 
     points = grid_points(glue_args, training_args)
@@ -590,7 +671,8 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
         run_glue_args = dataclasses.replace(glue_args, dropout=point["dropout"], epochs=point["epochs"], grid=False)
         run_training_args = dataclasses.replace(training_args, learning_rate=point["learning_rate"])
         results = train_one(run_glue_args, run_training_args, data, tokenizer, output_dir / point["name"], recipe_file)
-        runs.append({**point, "best": results["best"], "run_dir": str(output_dir / point["name"])})
+        runs.append({**point, "best": results["best"], "run_dir": str(output_dir / point["name"]),
+                     "publish": results.get("publish", results["checkpoint"])})
     keys = metric_keys(task, list(data.evals))
     summary = summarize_grid(runs, glue_args.grid_summary, keys)
     grid = {"task": task.name, "summary": summary, "runs": runs, "versions": library_versions()}
@@ -598,7 +680,7 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
     print(format_grid_table(runs, summary, keys))
     if push_repo:
         best_run = max(runs, key=lambda r: _score_key(r["best"]["score"]))
-        push_best(str(Path(best_run["run_dir"]) / BEST_DIR), push_repo, training_args)
+        push_best(best_run["publish"], push_repo, training_args)
     return grid
 
 
@@ -607,8 +689,10 @@ def _print_run(task: GlueTask, results: dict[str, Any]) -> None:
     shown = ", ".join(f"{k} {100 * best[k]:.2f}" for k in results["metrics"])
     print(
         f"{task.name}: best epoch {best['epoch']:g}: {shown}; sparsity of the pruned weights "
-        f"{results['sparsity']['checkpoint_target_sparsity']:.2%} (exact: {results['sparsity']['exact']}); "
-        f"checkpoint {results['checkpoint']}"
+        f"{results['sparsity']['checkpoint_target_sparsity']:.2%} (exact: {results['sparsity']['exact']}"
+        + ("; after merging the masked LoRA" if results.get("lora") else "") + "); "
+        + (f"adapter {results['checkpoint']}" if results.get("lora") else f"checkpoint {results['checkpoint']}")
+        + (f", merged model {results['lora']['merged']}" if (results.get("lora") or {}).get("merged") else "")
     )
 
 
