@@ -400,11 +400,22 @@ def adapter_card(folder: str | os.PathLike, card: dict | None = None) -> str:
     )
     lines += ["", "## Usage", "", "```python"]
     load_base = f'"{base}"' if base else '"PATH/TO/SPARSE/BASE"'
+    if "timm" in front["tags"]:
+        lines += [
+            "import timm",
+            "from sparse_transfer.lora import load_sparse_lora",
+            "",
+            f"base = timm.create_model({load_base}, num_classes=NUM_CLASSES)",
+            "base.load_state_dict(SPARSE_WEIGHTS)  # the sparse checkpoint the adapter was trained on",
+        ]
+    else:
+        lines += [
+            "from transformers import AutoModelForSequenceClassification",
+            "from sparse_transfer.lora import load_sparse_lora",
+            "",
+            f"base = AutoModelForSequenceClassification.from_pretrained({load_base}, num_labels=NUM_LABELS)",
+        ]
     lines += [
-        "from transformers import AutoModelForSequenceClassification",
-        "from sparse_transfer.lora import load_sparse_lora",
-        "",
-        f"base = AutoModelForSequenceClassification.from_pretrained({load_base}, num_labels=NUM_LABELS)",
         'model = load_sparse_lora(base, "THIS_REPO_OR_FOLDER")',
         "merged = model.merge_and_unload()  # a plain model, every pruned weight still exactly 0",
         "```",

@@ -60,6 +60,7 @@ __all__ = [
     "lora_layers",
     "mask_record",
     "unmasked_lora_layers",
+    "untracked_batchnorms",
 ]
 
 # peft init schemes that rewrite the base weights (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA, EVA, MiCA subtract or
@@ -296,6 +297,17 @@ def unmasked_lora_layers(model: nn.Module) -> list[str]:
         if isinstance(weight, Tensor) and weight.device.type != "meta" and bool((weight == 0).any()):
             names.append(name)
     return names
+
+
+def untracked_batchnorms(model: nn.Module) -> list[str]:
+    """BatchNorm layers outside ``modules_to_save`` that track running statistics: in training mode they change the
+    frozen base, which the adapter file does not hold, so the saved adapter would not reproduce the trained model.
+    Put them in ``modules_to_save`` (their statistics then travel with the adapter)."""
+    saved = {id(m) for w in model.modules() if type(w).__name__ == "ModulesToSaveWrapper"
+             for m in w.modules_to_save.modules()}
+    return [name for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats and id(m) not in saved
+            and ".original_module" not in name]
 
 
 def load_sparse_lora(

@@ -105,12 +105,17 @@ def _adapter_param_ids(model: nn.Module) -> set[int]:
     trained head copy replaces: never pruning targets. Duck-typed, so this module does not import peft."""
     ids: set[int] = set()
     for module in model.modules():
+        if type(module).__name__ == "ModulesToSaveWrapper":
+            # Its "adapter" is the trained copy of the wrapped module (a head): that copy is the module now, and a
+            # target if the original was; the frozen original is not.
+            original = getattr(module, "original_module", None)
+            if isinstance(original, nn.Module):
+                ids.update(id(p) for p in original.parameters())
+            continue
         for layer_name in getattr(module, "adapter_layer_names", ()):
             sub = getattr(module, layer_name, None)
             if isinstance(sub, (nn.Module, nn.ParameterDict)):
                 ids.update(id(p) for p in sub.parameters())
-        if type(module).__name__ == "ModulesToSaveWrapper" and isinstance(getattr(module, "original_module", None), nn.Module):
-            ids.update(id(p) for p in module.original_module.parameters())
     return ids
 
 

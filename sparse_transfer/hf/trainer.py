@@ -219,8 +219,15 @@ class SparseTrainingArguments(TrainingArguments):
 def _check_adapters(model: nn.Module, method: MaskMethod) -> None:
     """What a peft model under SparseTrainer must satisfy: every LoRA on pruned weights masked, and fixed masks (the
     base is frozen, so a method that moves the mask would prune weights under an adapter that cannot follow)."""
-    from ..lora import unmasked_lora_layers
+    from ..lora import unmasked_lora_layers, untracked_batchnorms
 
+    norms = untracked_batchnorms(model)
+    if norms:
+        raise ValueError(
+            f"{len(norms)} BatchNorm layer(s) of the frozen base (e.g. {norms[0]}) update their running statistics in "
+            "training mode, which the adapter does not save: the saved adapter would not reproduce the trained model. "
+            "Add them to the LoRA config's modules_to_save."
+        )
     plain = unmasked_lora_layers(model)
     if plain:
         raise ValueError(

@@ -81,6 +81,13 @@ class VisionArguments:
     mixed_precision: str = _f("auto", "auto (bf16 on a GPU that has it, else fp16; none on CPU), no, fp16 or bf16.")
     channels_last: str = _f("auto", "auto (on GPU), yes or no.")
     max_steps_per_epoch: int | None = _f(None, "Cap the optimizer steps per epoch (smoke tests, quick studies).")
+    lora_r: int | None = _f(None, "Fine-tune a masked LoRA adapter of this rank instead of the whole model (needs "
+                            "--method constant: the base stays frozen, the update keeps every zero; sparse_transfer.lora). "
+                            "best/ and last/ then hold the adapter.")
+    lora_alpha: float | None = _f(None, "LoRA scaling numerator (update = alpha / r * B A); default 2 * lora_r.")
+    lora_dropout: float = _f(0.0, "Dropout on the adapters' input (0 keeps the fast fused forward).")
+    lora_merge: bool = _f(False, "Also write the best adapter merged into the base (OUTPUT/merged/, a timm checkpoint "
+                          "with exact zeros); --push_to_hub then pushes it.")
     eval_every: int = _f(1, "Evaluate every this many epochs (and always at the end).")
     resume: bool = _f(True, "Resume from output_dir/state if a previous run of the same recipe stopped there.")
     stop_after_epoch: int | None = _f(None, "Stop (resumably) after this epoch, e.g. to split a long run over sessions.")
@@ -127,6 +134,18 @@ class VisionArguments:
             raise ValueError(f"model_kwargs must be a JSON object, got {self.model_kwargs!r}: {e}") from None
         if not isinstance(kwargs, dict):
             raise ValueError(f"model_kwargs must be a JSON object, got {self.model_kwargs!r}.")
+        if self.lora_r is not None:
+            if self.lora_r <= 0:
+                raise ValueError(f"lora_r must be a positive rank, got {self.lora_r}.")
+            if self.method != "constant" or self.sparsity:
+                raise ValueError(
+                    "--lora_r trains an adapter on a sparse checkpoint's fixed mask: use --method constant with "
+                    "--init_checkpoint (no --sparsity). A pruning method would change the mask under frozen weights."
+                )
+            if not 0.0 <= self.lora_dropout < 1.0:
+                raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+        elif self.lora_alpha is not None or self.lora_dropout or self.lora_merge:
+            raise ValueError("--lora_alpha, --lora_dropout and --lora_merge need --lora_r.")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id (e.g. user/resnet50-acdc-95).")
 

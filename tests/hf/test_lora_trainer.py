@@ -130,3 +130,17 @@ def test_a_mask_file_of_the_unwrapped_model_binds_to_the_peft_model(tmp_path):
     trainer = SparseTrainer(model, make_args(tmp_path, max_steps=2), train_dataset=make_dataset(), masks=masks)
     trainer.train()
     assert trainer.masks.violations() == 0
+
+
+def test_batchnorm_statistics_outside_the_adapter_are_refused(tmp_path):
+    from tests.conftest import TinyCNN
+
+    cnn = TinyCNN()
+    SparseMasks.from_magnitude(cnn, 0.8, targets="cnn").apply_()
+    model = get_peft_model(cnn, SparseLoraConfig(r=2, target_modules=["body"]))
+    with pytest.raises(ValueError, match="BatchNorm layer.*bn.*modules_to_save"):
+        SparseTrainer(model, make_args(tmp_path, unfreeze="none", mask_targets="cnn"), train_dataset=make_dataset())
+    ok = get_peft_model(TinyCNN(), SparseLoraConfig(r=2, target_modules=["body"], modules_to_save=["bn"]))
+    from sparse_transfer.lora import untracked_batchnorms
+
+    assert untracked_batchnorms(ok) == []

@@ -404,3 +404,42 @@ def test_ctrl_c_in_the_vision_command_is_one_line_and_exit_130(tmp_path, image_f
     assert main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("interrupted at step ") and err[-1].endswith("; rerun the same command to resume")
+
+
+def test_masked_lora_fine_tunes_a_sparse_timm_checkpoint_and_merges_with_exact_zeros(tmp_path, image_folder):
+    import timm
+    from peft import PeftModel  # noqa: F401 - peft must be importable for the adapter files
+
+    from sparse_transfer.lora import load_sparse_lora
+
+    run(tmp_path / "a", image_folder, "gmp")
+    source = tmp_path / "a" / "gmp" / "last"
+    args, results = run(tmp_path / "b", image_folder, "constant", sparsity=0.0, epochs=2, init_checkpoint=str(source),
+                        lora_r=2, lora_merge=True)
+    out = tmp_path / "b" / "constant"
+    lora = results["lora"]
+    assert lora["adapted_layers"] > 0 and lora["merged"] == str(out / "merged")
+    best = out / "best"
+    assert (best / "adapter_config.json").is_file() and not (best / "model.safetensors").exists()
+    assert "timm.create_model" in (best / "README.md").read_text()
+    # merged/ is a timm checkpoint: same mask as the source, every pruned weight 0, the kept ones trained.
+    masks = SparseMasks.load(source / MASKS_NAME)
+    merged = load_file(str(out / "merged" / "model.safetensors"))
+    original = load_file(str(source / "model.safetensors"))
+    assert all((merged[n][~m] == 0).all() for n, m in masks.items())
+    assert any(not torch.equal(merged[n], original[n]) for n in masks if n != "fc.weight")
+    shipped = SparseMasks.load(out / "merged" / MASKS_NAME)
+    assert set(shipped) == set(masks) and all(torch.equal(shipped[n], masks[n]) for n in masks)
+    reloaded = timm.create_model(f"local-dir:{out / 'merged'}", pretrained=True).eval()
+    # The adapter on the sparse base predicts what the merged model predicts.
+    base = timm.create_model("test_resnet", num_classes=reloaded.num_classes)
+    base.load_state_dict(original)
+    adapted = load_sparse_lora(base, best).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(x), reloaded(x), rtol=1e-4, atol=1e-5)
+
+
+def test_lora_needs_the_constant_method(tmp_path, image_folder):
+    with pytest.raises(ValueError, match="--lora_r trains an adapter"):
+        run(tmp_path, image_folder, "gmp", lora_r=2)
