@@ -68,16 +68,25 @@ LOSS_CONFIGS = {
 }
 
 
-def run_one(name: str, recipe: str, overrides: dict, command: str) -> dict:
+def model_dir(name: str) -> str:
+    """Where run ``name`` leaves its sparse model (not committed)."""
+    return os.path.join(RUNS_DIR, name)
+
+
+def run_one(name: str, recipe: str, overrides: dict, command: str, need_model: bool = False) -> dict:
+    """Trains (or resumes) run ``name``, unless its results are cached; with ``need_model``, also when the results are
+    cached but the model they describe is not on this machine (weights are never committed): the run is then trained
+    again from scratch, which reproduces it (same seed), and its JSON is rewritten with the new measurements."""
     cache = os.path.join(RESULTS_DIR, f"{name}.json")
-    if os.path.isfile(cache):
+    have_model = os.path.isfile(os.path.join(model_dir(name), "model.safetensors"))
+    if os.path.isfile(cache) and (have_model or not need_model):
         with open(cache) as f:
             cached = json.load(f)
         print(f"[cached] {name}: {json.dumps(cached['final'])}")
         return cached
     values = load_recipe(os.path.join(REPO, recipe))
     values.update(overrides)
-    values["output_dir"] = os.path.join(RUNS_DIR, name)
+    values["output_dir"] = model_dir(name)
     values["disable_tqdm"] = False
     for key in ("model", "eval_text"):
         values[key] = os.path.normpath(os.path.join(REPO, values[key]))
@@ -174,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the recipes as written; full-3x: 6000 steps, same proportions.")
     parser.add_argument("--loss-configs", nargs="+", default=list(LOSS_CONFIGS), choices=list(LOSS_CONFIGS))
     parser.add_argument("--sparsities", nargs="+", default=["90", "80", "97"], choices=["80", "90", "97"])
+    parser.add_argument("--need-model", action="store_true",
+                        help="Train again a run whose results are cached but whose model is not on this machine.")
     opts = parser.parse_args(argv)
     command = "python benchmarks/upstream_minilm.py " + " ".join(sys.argv[1:] if argv is None else argv)
     rows = []
@@ -210,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         for s in opts.sparsities:
             overrides = {"cpu": CPU_BUDGET, "cpu-long": CPU_LONG_BUDGET, "cpu-xl": CPU_XL_BUDGET, "full": {},
                          "full-3x": FULL_3X_BUDGET}[opts.budget]
-            rows.append(run_one(f"minilm_{s}_{opts.budget}", f"recipes/upstream/minilm_{s}.yaml", overrides, command))
+            rows.append(run_one(f"minilm_{s}_{opts.budget}", f"recipes/upstream/minilm_{s}.yaml", overrides, command,
+                                need_model=opts.need_model))
     print(table(rows))
     return 0
 

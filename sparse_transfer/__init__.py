@@ -18,8 +18,10 @@ from .hub import (
     load_sparse_masks,
     load_state_dict_from_checkpoint,
     push_sparse_to_hub,
+    save_sparse_adapter,
     save_sparse_pretrained,
     verify_checkpoint_sparsity,
+    verify_sparse_adapter,
 )
 from .methods import ACDC, GMP, NM, Constant, MaskMethod, RigL, acdc_phase, dense_masks, rigl_drop_fraction
 
@@ -28,11 +30,13 @@ from .methods import ACDC, GMP, NM, Constant, MaskMethod, RigL, acdc_phase, dens
 _LAZY = {
     "GradualUnfreezer": "sparse_transfer.hf",
     "MaskMethodCallback": "sparse_transfer.hf",
+    "SparseLoraConfig": "sparse_transfer.lora",
     "SparseTrainer": "sparse_transfer.hf",
     "SparseTrainingArguments": "sparse_transfer.hf",
     "distillation_loss": "sparse_transfer.hf",
     "find_encoder_blocks": "sparse_transfer.hf",
     "glue_metrics": "sparse_transfer.glue",
+    "load_sparse_lora": "sparse_transfer.lora",
     "run_glue": "sparse_transfer.glue",
 }
 
@@ -56,6 +60,7 @@ __all__ = [
     "MaskMethodCallback",
     "NM",
     "RigL",
+    "SparseLoraConfig",
     "SparseMasks",
     "SparseTrainer",
     "SparseTrainingArguments",
@@ -70,13 +75,16 @@ __all__ = [
     "erk_densities",
     "find_encoder_blocks",
     "glue_metrics",
+    "load_sparse_lora",
     "load_sparse_masks",
     "load_state_dict_from_checkpoint",
     "push_sparse_to_hub",
     "rigl_drop_fraction",
     "run_glue",
+    "save_sparse_adapter",
     "save_sparse_pretrained",
     "select_targets",
     "sparsity_report",
     "verify_checkpoint_sparsity",
+    "verify_sparse_adapter",
 ]
