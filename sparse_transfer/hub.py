@@ -309,6 +309,9 @@ def save_sparse_adapter(
     from .lora import is_masked_lora_layer, lora_layers, unmasked_lora_layers
 
     layers = lora_layers(model)
+    for name, layer in layers.items():
+        if is_masked_lora_layer(layer):
+            layer._check_mask_current(name)
     plain = unmasked_lora_layers(model)
     if plain or not any(is_masked_lora_layer(m) for m in layers.values()):
         raise ValueError(
@@ -363,8 +366,15 @@ def verify_sparse_adapter(folder: str | os.PathLike) -> dict[str, str]:
             keys = list(f.keys())
     except Exception as err:
         raise ValueError(f"{weights_path} is not a readable safetensors file ({err}).") from None
-    if not any("lora_" in k for k in keys):
+    adapted = {k.split(".lora_", 1)[0].removeprefix("base_model.model.") for k in keys if ".lora_" in k}
+    if not adapted:
         raise ValueError(f"{weights_path} holds no LoRA weights.")
+    unrecorded = sorted(adapted - set(record))
+    if unrecorded:
+        raise ValueError(
+            f"{folder}: {len(unrecorded)} adapted layer(s) have no mask in {ADAPTER_CONFIG_NAME}'s sparse_masks (e.g. "
+            f"{unrecorded[0]}): the record was edited or the files come from different adapters."
+        )
     return dict(record)
 
 

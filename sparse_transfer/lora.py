@@ -89,6 +89,13 @@ class SparseLoraConfig(LoraConfig):
             must match it. Leave it ``None``.
     """
 
+    # Declared as a LoRA variant (peft's own mechanism): a stock peft layer asked to take a masked adapter (e.g.
+    # add_adapter(name, SparseLoraConfig(...)) on layers that already hold a plain LoRA) then refuses ("unsupported
+    # variant combination ('masked_lora',)") instead of training it unmasked. Only the masked layers accept it.
+    masked_lora: bool = field(
+        default=True,
+        metadata={"is_lora_variant": True, "help": "Marks a masked LoRA (sparse_transfer.lora); always True."},
+    )
     sparse_masks: dict[str, str] | None = field(
         default=None,
         metadata={
@@ -99,6 +106,8 @@ class SparseLoraConfig(LoraConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if not self.masked_lora:
+            raise ValueError("SparseLoraConfig(masked_lora=False) is a plain LoRA: use peft.LoraConfig for that.")
         variants = [name for name in ("use_dora", "use_bdlora", "arrow_config", "velora_config", "monteclora_config",
                                       "kasa_config", "alora_invocation_tokens", "mica") if getattr(self, name, None)]
         if variants:
@@ -162,19 +171,52 @@ class _MaskedLoraMixin:
         if "sparse_lora_mask" not in self._buffers:
             # Not persistent: the mask is the base's own zeros, recorded in the adapter config, never a second copy.
             self.register_buffer("sparse_lora_mask", weight.detach() != 0, persistent=False)
+        if not isinstance(config, SparseLoraConfig):
+            raise ValueError(
+                f"{target_name!r} holds a masked LoRA, and a plain LoRA ({type(config).__name__}) cannot be added beside "
+                "it (the layer would compute it masked). Add adapters with SparseLoraConfig; load saved masked adapters "
+                "with sparse_transfer.lora.load_sparse_lora(model, path, adapter_name=...)."
+            )
+        self._check_mask_current(target_name)
         record = mask_record(self.sparse_lora_mask)
-        if isinstance(config, SparseLoraConfig):
-            if config.sparse_masks is None:
-                config.sparse_masks = {}
-            expected = config.sparse_masks.get(target_name)
-            if expected is None:
-                config.sparse_masks[target_name] = record
-            elif expected != record:
-                raise ValueError(
-                    f"The masked LoRA adapter was trained on a base whose {target_name!r} had mask {expected} (kept/"
-                    f"total:checksum); this base's zeros give {record}. Load the adapter on the sparse model it was "
-                    "trained on (same pruned weights), or train a new adapter for this one."
-                )
+        if not config.sparse_masks:  # a new adapter: record the masks it is created with
+            config.sparse_masks = {}
+            config._recording_masks = True
+        expected = config.sparse_masks.get(target_name)
+        if expected is None and getattr(config, "_recording_masks", False):
+            config.sparse_masks[target_name] = record
+        elif expected is None:
+            raise ValueError(
+                f"The masked LoRA adapter's record has no mask for {target_name!r} (it records "
+                f"{len(config.sparse_masks)} layers): the adapter was trained on other layers, or its "
+                "adapter_config.json was edited. Load it on the model it was trained on, with the same target_modules."
+            )
+        elif expected != record:
+            raise ValueError(
+                f"The masked LoRA adapter was trained on a base whose {target_name!r} had mask {expected} (kept/"
+                f"total:checksum); this base's zeros give {record}. Load the adapter on the sparse model it was "
+                "trained on (same pruned weights), or train a new adapter for this one."
+            )
+
+    def _check_mask_current(self, target_name: str = "") -> None:
+        """Refuses a base weight whose zeros moved since the mask was taken (weights loaded into the base after the
+        adapter was created): merging would then write the update onto pruned weights."""
+        if self.merged:
+            return
+        weight = self.get_base_layer().weight
+        if weight.device.type == "meta":
+            return
+        moved = int(((weight.detach() != 0) != self.sparse_lora_mask).sum())
+        if moved:
+            raise ValueError(
+                f"The base weight of {target_name or type(self).__name__} no longer has the zeros its masked LoRA was "
+                f"created with ({moved:,} positions differ): weights were loaded or changed after get_peft_model. Load "
+                "the sparse weights first, then add the adapter."
+            )
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        self._check_mask_current()
+        super().merge(safe_merge=safe_merge, adapter_names=adapter_names)
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: int, config: LoraConfig, **kwargs) -> None:
         # peft's conv layers do not pass target_name on to update_layer; __init__ kept it.
@@ -185,8 +227,13 @@ class _MaskedLoraMixin:
     def get_delta_weight(self, adapter: str) -> Tensor:
         """peft's ``s * B A`` with every pruned coordinate exactly 0 (``where``, so a NaN/inf there stays out too).
         peft's merge, unmerge, ``merge_and_unload`` and weighted-adapter arithmetic all go through this."""
-        delta = super().get_delta_weight(adapter)
-        return torch.where(self.sparse_lora_mask, delta, delta.new_zeros(()))
+        weight = self.get_base_layer().weight
+        # Outside autocast and cast to the base's dtype once, here: the forward adds exactly this tensor to W, and so
+        # does the merge, so the merged model computes what the adapter model computed, in half precision too.
+        with torch.autocast(weight.device.type, enabled=False):
+            delta = super().get_delta_weight(adapter)
+        delta = torch.where(self.sparse_lora_mask, delta, delta.new_zeros(()))
+        return delta.to(weight.dtype) if weight.dtype.is_floating_point else delta
 
     def _adapters_to_apply(self) -> list[str]:
         return [a for a in self.active_adapters if a in self.lora_A.keys()]
@@ -204,6 +251,30 @@ class _MaskedLoraMixin:
         if args or kwargs:
             raise TypeError(f"{type(self).__name__} takes only the input tensor, got extra arguments.")
 
+    def _call_base(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The base layer's computation with ``weight`` and ``bias`` in place of its own: ``F.linear`` / the conv
+        directly for a plain ``nn.Linear`` / ``nn.Conv2d`` without hooks; otherwise the layer's own forward (a subclass
+        such as timm's padding-same conv, or one with hooks) through ``torch.func.functional_call``, so that the
+        adapter model computes exactly what the merged model (the same layer with merged weights) computes."""
+        base = self.get_base_layer()
+        plain = (
+            type(base).forward is type(self)._plain_forward
+            and not (base._forward_hooks or base._forward_pre_hooks)
+            and not (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks)
+        )
+        if plain:
+            return self._apply_weight(x, weight, bias)
+        params = {"weight": weight}
+        if base.bias is not None:
+            params["bias"] = bias if bias is not None else torch.zeros_like(base.bias)
+        return torch.func.functional_call(base, params, (x,))
+
+    def _lora_bias(self, adapter: str, dtype: torch.dtype) -> Tensor | None:
+        return (self.lora_B[adapter].bias * self.scaling[adapter]).to(dtype) if self.lora_bias[adapter] else None
+
+    def _add_bias(self, result: Tensor, bias: Tensor) -> Tensor:
+        return result + (bias.view(1, -1, *([1] * (result.dim() - 2))) if self._channels_first else bias)
+
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         if self.disable_adapters or self.merged or not self._adapters_to_apply():
             return super().forward(x, *args, **kwargs)
@@ -211,23 +282,27 @@ class _MaskedLoraMixin:
         base = self.get_base_layer()
         adapters = self._adapters_to_apply()
         if any(self._dropout_active(a) for a in adapters):
-            # Dropout applies to the adapter's input only, so the update cannot be folded into the base weight.
+            # Dropout applies to the adapter's input only, so the update is computed beside the base: exact for every
+            # layer whose forward is linear in its weight (nn.Linear, nn.Conv2d and their usual subclasses).
             result = base(x)
             out_dtype = result.dtype
             for a in adapters:
                 delta = self.get_delta_weight(a)
                 xa = self._cast_input_dtype(x, delta.dtype)
-                result = result + self._apply_weight(self.lora_dropout[a](xa), delta, None).to(out_dtype)
+                update = self._call_base(self.lora_dropout[a](xa), delta, None)
+                extra = self._lora_bias(a, update.dtype)
+                result = result + (update if extra is None else self._add_bias(update, extra)).to(out_dtype)
             return result
+        # What merging writes, W + M * (s B A) (+ LoRA's bias), in one call of the base computation.
         weight = base.weight
         for a in adapters:
-            weight = weight + self.get_delta_weight(a).to(weight.dtype)
-        bias = base.bias
+            weight = weight + self.get_delta_weight(a)
+        result = self._call_base(self._cast_input_dtype(x, weight.dtype), weight, base.bias)
         for a in adapters:
-            if self.lora_bias[a]:
-                extra = self.lora_B[a].bias * self.scaling[a]
-                bias = extra.to(weight.dtype) if bias is None else bias + extra.to(bias.dtype)
-        return self._apply_weight(self._cast_input_dtype(x, weight.dtype), weight, bias)
+            extra = self._lora_bias(a, result.dtype)
+            if extra is not None:
+                result = self._add_bias(result, extra)
+        return result
 
     def _mixed_batch_forward(self, *args, **kwargs):  # peft's path ignores get_delta_weight
         raise ValueError("Masked LoRA does not support mixed-adapter batches (adapter_names=...).")
@@ -235,6 +310,13 @@ class _MaskedLoraMixin:
 
 class SparseLoraLinear(_MaskedLoraMixin, lora_layer.Linear):
     """peft's ``lora.Linear`` with the update masked by the base weight's zeros (see the module docstring)."""
+
+    _plain_forward = nn.Linear.forward
+    _channels_first = False
+
+    @property
+    def lora_variants(self):
+        return {**super().lora_variants, ("masked_lora",): None}  # the masked update is this class, no variant
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: LoraConfig, **kwargs) -> None:
         if config.fan_in_fan_out:
@@ -251,6 +333,13 @@ class SparseLoraLinear(_MaskedLoraMixin, lora_layer.Linear):
 
 class SparseLoraConv2d(_MaskedLoraMixin, lora_layer.Conv2d):
     """peft's ``lora.Conv2d`` with the update masked by the base weight's zeros (see the module docstring)."""
+
+    _plain_forward = nn.Conv2d.forward
+    _channels_first = True
+
+    @property
+    def lora_variants(self):
+        return {**super().lora_variants, ("masked_lora",): None}
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: LoraConfig, **kwargs) -> None:
         if base_layer.groups > 1:
@@ -332,6 +421,11 @@ def load_sparse_lora(
     """
     hub_keys = ("revision", "token", "subfolder", "cache_dir", "local_files_only")
     config = SparseLoraConfig.from_pretrained(str(model_id), **{k: v for k, v in kwargs.items() if k in hub_keys})
+    if isinstance(model, PeftModel):  # another adapter on a model that has one: peft's load_adapter, our config
+        config.inference_mode = not is_trainable
+        model.add_adapter(adapter_name, config)
+        model.load_adapter(str(model_id), adapter_name, is_trainable=is_trainable, **kwargs)
+        return model
     return PeftModel.from_pretrained(
         model, str(model_id), adapter_name=adapter_name, is_trainable=is_trainable, config=config, **kwargs
     )

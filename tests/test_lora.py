@@ -1,5 +1,6 @@
 """Masked LoRA (sparse_transfer.lora): what trains is what merges, and every pruned weight stays exactly 0."""
 
+import copy
 import json
 import warnings
 
@@ -245,3 +246,105 @@ def test_two_adapters_and_bf16_autocast_keep_zeros():
         model(input_ids=x, labels=torch.tensor([0, 1])).loss.backward()
     merged = model.merge_and_unload(adapter_names=["default", "second"])
     assert revived(merged, zeros) == 0
+
+
+# ---------------------------------------------------------------------------------------------- attacked from outside
+def test_a_masked_adapter_cannot_be_added_onto_plain_lora_layers_nor_a_plain_one_beside_masked_ones():
+    plain = get_peft_model(sparse_bert(), LoraConfig(r=4, target_modules=["query"]))
+    with pytest.raises(ValueError, match="masked_lora"):
+        plain.add_adapter("masked", config(target_modules=["query"], task_type=None))
+    masked = get_peft_model(sparse_bert(), config(target_modules=["query"], task_type=None))
+    with pytest.raises(ValueError, match="a plain LoRA .*cannot be added beside"):
+        masked.add_adapter("plain", LoraConfig(r=4, target_modules=["query"]))
+
+
+def test_load_adapter_routes(tmp_path):
+    trained = get_peft_model(sparse_bert(), config(target_modules=["query"], task_type=None))
+    trained.save_pretrained(tmp_path / "masked")
+    get_peft_model(sparse_bert(), LoraConfig(r=4, target_modules=["query"])).save_pretrained(tmp_path / "plain")
+    model = get_peft_model(sparse_bert(), config(target_modules=["query"], task_type=None))
+    with pytest.raises(ValueError, match="cannot be added beside"):  # peft's load_adapter reads a plain LoraConfig
+        model.load_adapter(tmp_path / "masked", "other")
+    assert load_sparse_lora(model, tmp_path / "masked", adapter_name="other") is model
+    assert "other" in model.peft_config and model.peft_config["other"].sparse_masks
+    with pytest.raises(ValueError, match="trained on a base whose"):
+        load_sparse_lora(get_peft_model(sparse_bert(seed=2), config(target_modules=["query"], task_type=None)),
+                         tmp_path / "masked", adapter_name="other")
+
+
+def test_an_incomplete_mask_record_is_refused(tmp_path):
+    from sparse_transfer.hub import verify_sparse_adapter
+
+    get_peft_model(sparse_bert(), config(task_type=None)).save_pretrained(tmp_path / "ad")
+    path = tmp_path / "ad" / "adapter_config.json"
+    saved = json.loads(path.read_text())
+    saved["sparse_masks"].pop("bert.encoder.layer.1.output.dense")
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="no mask for 'bert.encoder.layer.1.output.dense'"):
+        load_sparse_lora(sparse_bert(), tmp_path / "ad")
+    with pytest.raises(ValueError, match="have no mask in adapter_config.json"):
+        verify_sparse_adapter(tmp_path / "ad")
+
+
+def test_lora_bias_trains_through_the_dropout_path_and_matches_the_merge():
+    model = get_peft_model(sparse_bert(), config(lora_bias=True, lora_dropout=0.5, task_type=None))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)
+    x = torch.randint(0, 99, (2, 6))
+    model.train()
+    model(input_ids=x).logits.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n and
+               n.endswith("bias"))
+    model.eval()
+    with torch.no_grad():
+        ref = model(input_ids=x).logits
+        torch.testing.assert_close(model.merge_and_unload()(input_ids=x).logits, ref, rtol=1e-5, atol=1e-5)
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return super().forward(x) * 2.0
+
+
+def test_a_linear_subclass_with_its_own_forward_and_hooks_computes_what_the_merge_computes():
+    torch.manual_seed(0)
+    net = nn.Sequential(ScaledLinear(8, 8))
+    with torch.no_grad():
+        net[0].weight[net[0].weight.abs() < 0.2] = 0
+    calls = []
+    net[0].register_forward_hook(lambda *args: calls.append(1))
+    model = get_peft_model(net, SparseLoraConfig(r=2, target_modules=["0"]))
+    with torch.no_grad():
+        model.base_model.model[0].lora_B["default"].weight.normal_()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        adapted = model(x)
+        assert calls
+        torch.testing.assert_close(model.merge_and_unload()(x), adapted)
+
+
+def test_weights_loaded_after_the_adapter_was_created_are_refused_at_merge():
+    model = get_peft_model(make_tiny_bert(), config(task_type=None))  # dense base: the mask keeps everything
+    sparse = dict(sparse_bert().named_parameters())
+    with torch.no_grad():  # the zeros arrive afterwards
+        for name, param in model.named_parameters():
+            plain = name.replace("base_model.model.", "").replace(".base_layer", "")
+            if "lora_" not in name and plain in sparse:
+                param.copy_(sparse[plain])
+    with pytest.raises(ValueError, match="no longer has the zeros its masked LoRA was created with"):
+        model.merge_and_unload()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_merge_is_exactly_the_adapter_model(dtype):
+    model = get_peft_model(sparse_bert().to(dtype), config(task_type=None)).eval()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.3)
+    x = torch.randint(0, 99, (2, 6))
+    with torch.no_grad():
+        adapted = model(input_ids=x).logits
+        for safe in (False, True):
+            merged = copy.deepcopy(model).merge_and_unload(safe_merge=safe)
+            assert torch.equal(merged(input_ids=x).logits, adapted)

@@ -9,6 +9,7 @@ A run, under its folder ``RUN``::
     SparseTrainer.train(), evaluating every epoch:
         new best score -> RUN/best/                # sparse checkpoint (safetensors + mask), atomic
     RUN/best/ reloaded, checked against the mask, saved again with its model card (recipe, dev results)
+    RUN/log_history.json                           # every logged step and evaluation (for plots)
     RUN/results.json                               # last, atomically: its presence means "finished"
 
 ``--grid`` runs one such folder per grid point under ``--output_dir`` and skips the ones whose
@@ -41,6 +42,7 @@ from .tasks import GlueTask, get_task
 logger = logging.getLogger(__name__)
 
 RESULTS_NAME = "results.json"
+LOG_HISTORY_NAME = "log_history.json"
 RECIPE_NAME = "recipe.yaml"
 GRID_RESULTS_NAME = "grid_results.json"
 BEST_DIR = "best"
@@ -585,6 +587,8 @@ def train_one(
         "versions": library_versions(),
     }
     if trainer.args.should_save:
+        # Every logged step (loss, LR, unfreezing stage, sparsity) and evaluation, for plots.
+        write_json_atomic(run_dir / LOG_HISTORY_NAME, _plain(trainer.state.log_history))
         write_json_atomic(run_dir / RESULTS_NAME, _plain(results))
         shutil.rmtree(best_so_far, ignore_errors=True)
     del trainer

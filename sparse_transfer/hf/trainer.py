@@ -228,6 +228,29 @@ def _check_adapters(model: nn.Module, method: MaskMethod) -> None:
             "training mode, which the adapter does not save: the saved adapter would not reproduce the trained model. "
             "Add them to the LoRA config's modules_to_save."
         )
+    from ..lora import is_masked_lora_layer, lora_layers
+
+    masks = method.masks
+    for name, layer in lora_layers(model).items():
+        weight_name = f"{name}.base_layer.weight"
+        if weight_name not in masks:
+            continue
+        pruned = ~masks[weight_name].to(layer.get_base_layer().weight.device)
+        if not is_masked_lora_layer(layer):
+            if layer.lora_A and bool(pruned.any()):
+                raise ValueError(
+                    f"{name} is a plain LoRA on weights these masks prune: its update B A is dense, so training and "
+                    "merging it revives them. Build the adapter with sparse_transfer.lora.SparseLoraConfig."
+                )
+            continue
+        layer._check_mask_current(name)
+        updated = int((layer.sparse_lora_mask & pruned).sum())
+        if updated:
+            raise ValueError(
+                f"The masked LoRA of {name} updates {updated:,} weights that the trainer's masks prune: the adapter's "
+                "mask (the base's zeros when it was created) differs from the masks given. Build the adapter on the "
+                "model pruned as the masks say, or train with the masks the model's zeros give (the default)."
+            )
     plain = unmasked_lora_layers(model)
     if plain:
         raise ValueError(

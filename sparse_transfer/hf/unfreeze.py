@@ -173,7 +173,8 @@ class GradualUnfreezer:
         block_prefixes = [name + "." for name, _ in self.blocks]
         embed_component = re.compile(r"(^|\.)embed[^.]*\.")
         for name, param in managed:
-            if name.endswith("bias") or id(param) in norm_params:
+            # An adapter's own bias (LoRA's lora_bias) belongs to its block, like the adapter.
+            if (name.endswith("bias") and not (self.adapters_only and ".lora_" in name)) or id(param) in norm_params:
                 always.append(name)
                 continue
             index = next((i for i, prefix in enumerate(block_prefixes) if name.startswith(prefix)), None)

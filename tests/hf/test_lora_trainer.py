@@ -36,7 +36,7 @@ class RecordTrainable(TrainerCallback):
 
 def test_plain_lora_on_a_sparse_base_is_refused(tmp_path):
     model = get_peft_model(make_sparse_bert(sparsity=0.9), LoraConfig(r=4, target_modules=LINEARS, task_type="SEQ_CLS"))
-    with pytest.raises(ValueError, match="plain LoRA layer.*SparseLoraConfig"):
+    with pytest.raises(ValueError, match="plain LoRA.*SparseLoraConfig"):
         SparseTrainer(model, make_args(tmp_path), train_dataset=make_dataset())
 
 
@@ -144,3 +144,24 @@ def test_batchnorm_statistics_outside_the_adapter_are_refused(tmp_path):
     from sparse_transfer.lora import untracked_batchnorms
 
     assert untracked_batchnorms(ok) == []
+
+
+def test_trainer_masks_must_agree_with_the_adapters_masks(tmp_path):
+    # The adapter was made on a 50%-sparse base; masks that prune 90% would let the merge write onto pruned weights.
+    model = lora_model(make_sparse_bert(sparsity=0.5))
+    stricter = SparseMasks.from_magnitude(make_sparse_bert(sparsity=0.5), 0.9, targets="bert")
+    with pytest.raises(ValueError, match="updates .* weights that the trainer's masks prune"):
+        SparseTrainer(model, make_args(tmp_path), train_dataset=make_dataset(), masks=SparseMasks(stricter.state_dict()))
+    # A plain LoRA on a dense base with masks that prune: refused too (the base's zeros are not what counts).
+    plain = get_peft_model(make_sparse_bert(sparsity=0.0), LoraConfig(r=4, target_modules=LINEARS, task_type="SEQ_CLS"))
+    masks = SparseMasks.from_magnitude(make_sparse_bert(sparsity=0.0), 0.9, targets="bert")
+    with pytest.raises(ValueError, match="plain LoRA on weights these masks prune"):
+        SparseTrainer(plain, make_args(tmp_path), train_dataset=make_dataset(), masks=SparseMasks(masks.state_dict()))
+
+
+def test_an_adapters_bias_unfreezes_with_its_block(tmp_path):
+    model = lora_model(make_sparse_bert(sparsity=0.9), lora_bias=True)
+    trainer = SparseTrainer(model, make_args(tmp_path), train_dataset=make_dataset())
+    stage0 = trainer.unfreezer.trainable_names(0)
+    assert not any(".lora_" in n for n in stage0)
+    assert any(".lora_B" in n and n.endswith("bias") and "layer.1." in n for n in trainer.unfreezer.trainable_names(1))
