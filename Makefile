@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test test-all bench clean
+.PHONY: install test test-all demo bench clean
 
 install: $(VENV)/.installed
 
@@ -11,6 +11,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e ".[dev]"
 	touch $@
+
+demo: install
+	$(PY) -m sparse_transfer.demo
 
 test: install
 	$(PY) -m pytest -q

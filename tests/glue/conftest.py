@@ -122,8 +122,10 @@ def make_tiny_model_dir(path: Path, sparsity: float = 0.5, seed: int = 0) -> Pat
     path.mkdir(parents=True, exist_ok=True)
     vocab = SPECIAL + sorted(set(WORDS) | {"?", ".", ","})
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizerFast(str(path / "vocab.txt"), do_lower_case=True)  # positional: v5 ignores vocab_file=
     tokenizer.save_pretrained(path)
+    # Words must be words, not [UNK] (transformers 5 silently ignores vocab_file=, and every word became [UNK]).
+    assert tokenizer.convert_ids_to_tokens(tokenizer("the cat sat")["input_ids"]) == ["[CLS]", "the", "cat", "sat", "[SEP]"]
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
