@@ -61,21 +61,48 @@ def create_model(args: VisionArguments, num_classes: int) -> nn.Module:
                 "pass --no_pretrained, or --init_checkpoint with a local .safetensors file."
             ) from e
         raise
+    model.new_head = []  # classifier parameters re-created for this run's classes (dense, outside any mask)
     if args.init_checkpoint:
-        from safetensors.torch import load_file
-
-        path = args.init_checkpoint
-        if os.path.isdir(path):
-            path = os.path.join(path, "model.safetensors")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No weights at {path} (expected a .safetensors file or a directory holding model.safetensors).")
-        state = load_file(path)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected:
-            raise ValueError(f"{path} does not match {name}: unexpected keys {unexpected[:3]}.")
-        if missing:
-            logger.warning("init_checkpoint %s lacks %d tensors (e.g. %s); they keep their fresh values.", path, len(missing), missing[:2])
+        model.new_head = load_init_checkpoint(model, args.init_checkpoint, name)
     return model
+
+
+def load_init_checkpoint(model: nn.Module, checkpoint: str, name: str) -> list[str]:
+    """Loads ``checkpoint`` into ``model`` (a timm model built for this run's classes). The classifier is re-created
+    when the class count differs (its tensors are skipped and stay freshly initialized; returned by name); any other
+    difference (a missing, extra or differently shaped tensor: another architecture) is an error, never a partly
+    loaded hybrid."""
+    from safetensors.torch import load_file
+
+    path = os.path.join(checkpoint, "model.safetensors") if os.path.isdir(checkpoint) else checkpoint
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No weights at {path} (expected a .safetensors file or a directory holding model.safetensors).")
+    state = load_file(path)
+    own = model.state_dict()
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    heads = classifier if isinstance(classifier, (list, tuple)) else [classifier] if classifier else []
+    in_head = lambda key: any(key == h or key.startswith(h + ".") for h in heads)  # noqa: E731
+    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
+    new_head = [k for k in mismatched if in_head(k)]
+    if new_head:
+        old = state[new_head[0]].shape[0]
+        logger.warning("%s has a %d-class classifier; it is re-created for %d classes (%s), dense and outside the "
+                       "mask; the rest of the network keeps its weights and mask.", path, old,
+                       own[new_head[0]].shape[0], ", ".join(new_head))
+        state = {k: v for k, v in state.items() if k not in new_head}
+    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched if k not in new_head]
+    missing = [k for k in own if k not in state and k not in new_head]
+    unexpected = [k for k in state if k not in own]
+    if wrong_shape or missing or unexpected:
+        problems = [f"{len(wrong_shape)} tensors of another shape (e.g. {wrong_shape[0]})" if wrong_shape else "",
+                    f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                    f"{len(unexpected)} unknown (e.g. {unexpected[0]})" if unexpected else ""]
+        raise ValueError(
+            f"{path} is not a checkpoint of {name}: {'; '.join(p for p in problems if p)}. Pass the --model it was "
+            "trained as (see its config.json); only the classifier may differ (re-created for the new classes)."
+        )
+    model.load_state_dict(state, strict=False)
+    return new_head
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -103,7 +130,20 @@ def build_method(args: VisionArguments, model: nn.Module, steps_per_epoch: int, 
             return Constant(SparseMasks.from_magnitude(model, args.sparsity, args.distribution, targets=args.targets))
         # Fine-tuning a sparse checkpoint: its stored mask is the source of truth; its zeros only without one.
         stored = _stored_mask_path(args.init_checkpoint)
-        return Constant(SparseMasks.load(stored, model) if stored else SparseMasks.from_zeros(model, args.targets))
+        new_head = set(getattr(model, "new_head", ()))
+        if not stored:
+            masks = SparseMasks.from_zeros(model, args.targets)
+            return Constant(SparseMasks({n: m for n, m in masks.items() if n not in new_head}, model) if new_head else masks)
+        if not new_head:
+            return Constant(SparseMasks.load(stored, model))
+        # The classifier was re-created for other classes: the stored mask covers the backbone only, checked against
+        # the loaded weights (the file's fingerprint includes the old classifier, so it cannot be compared).
+        from ..hub import check_sparsity
+
+        loaded = SparseMasks.load(stored)
+        masks = SparseMasks({n: m for n, m in loaded.items() if n not in new_head}, model)
+        check_sparsity(model, masks)
+        return Constant(masks)
     if args.method == "gmp":
         start = int(round(args.gmp_start_epoch * steps_per_epoch))
         end = int(round(args.gmp_end_epoch * steps_per_epoch))

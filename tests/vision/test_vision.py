@@ -443,3 +443,30 @@ def test_masked_lora_fine_tunes_a_sparse_timm_checkpoint_and_merges_with_exact_z
 def test_lora_needs_the_constant_method(tmp_path, image_folder):
     with pytest.raises(ValueError, match="--lora_r trains an adapter"):
         run(tmp_path, image_folder, "gmp", lora_r=2)
+
+
+def test_transfer_to_other_classes_recreates_the_head_and_keeps_the_backbone_mask(tmp_path, image_folder):
+    import shutil
+
+    run(tmp_path / "a", image_folder, "gmp")  # 3 classes, 80% sparse
+    source = tmp_path / "a" / "gmp" / "last"
+    two = tmp_path / "two"
+    for split in ("train", "val"):
+        for name in sorted(os.listdir(os.path.join(image_folder, split)))[:2]:
+            shutil.copytree(os.path.join(image_folder, split, name), two / split / name)
+    args, results = run(tmp_path / "b", str(two), "constant", sparsity=0.0, epochs=1, init_checkpoint=str(source))
+    stored = SparseMasks.load(source / MASKS_NAME)
+    kept = SparseMasks.load(tmp_path / "b" / "constant" / "last" / MASKS_NAME)
+    assert "fc.weight" in set(stored) and "fc.weight" not in set(kept)  # the new head is dense, outside the mask
+    assert set(kept) == set(stored) - {"fc.weight"} and all(torch.equal(kept[n], stored[n]) for n in kept)
+    weights = load_file(str(tmp_path / "b" / "constant" / "last" / "model.safetensors"))
+    assert weights["fc.weight"].shape[0] == 2 and bool((weights["fc.weight"] != 0).all())
+    assert all((weights[n][~kept[n]] == 0).all() for n in kept)
+
+
+def test_a_checkpoint_of_another_architecture_is_an_error(tmp_path, image_folder):
+    run(tmp_path / "a", image_folder, "gmp")
+    source = tmp_path / "a" / "gmp" / "last"
+    with pytest.raises(ValueError, match="is not a checkpoint of resnet10t: .*Pass the --model it was trained as"):
+        run(tmp_path / "b", image_folder, "constant", sparsity=0.0, epochs=1, init_checkpoint=str(source),
+            model="resnet10t")
