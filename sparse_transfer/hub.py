@@ -284,7 +284,7 @@ def save_sparse_pretrained(
             report = sparsity_report(dict(model.named_parameters()), list(masks))
         else:
             report = sparsity_report(model, targets if targets is not None else auto_targets(model))
-        card_text = model_card(report, card=card, masks=masks, library=library)
+        card_text = model_card(report, card=card, masks=masks, library=library, location=output_dir)
         (tmp_dir / CARD_NAME).write_text(card_text, encoding="utf-8")
         _move_into_place(tmp_dir, output_dir, drop_masks=masks is None)
     finally:
@@ -460,7 +460,7 @@ def _save_weights(model: nn.Module, directory: Path) -> str:
     save_model(model, str(directory / SAFE_WEIGHTS_NAME), metadata={"format": "pt"})
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
         try:
-            from timm.models._hub import save_config_for_hf
+            from timm.models._hub import save_config_for_hf  # timm.models (1.0) does not export it
 
             save_config_for_hf(model, str(directory / "config.json"))
         except Exception:  # a custom model with a pretrained_cfg timm cannot export: keep the raw cfg
@@ -503,53 +503,79 @@ def _move_into_place(tmp_dir: Path, output_dir: Path, drop_masks: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------ model card
+def _is_hub_id(value) -> bool:
+    """A Hub repository id (``namespace/name``), not a local path: only those go into a card's metadata."""
+    text = str(value or "")
+    return "/" in text and not os.path.exists(text) and _looks_like_repo_id(text)
+
+
 def model_card(
     report: SparsityReport,
     card: dict | None = None,
     masks: SparseMasks | None = None,
     library: str | None = None,
+    location: str | os.PathLike | None = None,
 ) -> str:
-    """Builds a model card (README.md text with YAML front matter) with a sparsity section.
+    """Builds a model card (README.md text with YAML front matter, through ``huggingface_hub.ModelCard``).
 
     Args:
         report: Sparsity of the saved weights (see :func:`~sparse_transfer.core.sparsity_report`).
-        card: Optional fields: ``title``, ``base_model``, ``recipe`` (dict), ``results`` (dict), ``method``,
-            ``datasets`` (str or list), ``tags`` (list), ``license``.
+        card: Optional fields: ``title``, ``base_model`` (in the metadata only if it is a Hub id), ``recipe`` (dict),
+            ``results`` (dict, shown as a table), ``eval`` (the dev evaluation for the Hub's ``model-index``:
+            ``task_type``, ``dataset_name``, ``dataset_type``, ``dataset_config``, ``dataset_split``, ``num_examples``,
+            ``metrics`` {name: value}), ``method``, ``datasets`` (Hub datasets only), ``data`` (a sentence on the
+            data, e.g. local files), ``usage`` (``"sequence-classification"``, ``"timm"`` or ``None``), ``example``
+            (a text for the usage snippet), ``tags``, ``license``.
         masks: The masks, to state the mask sparsity next to the weights' sparsity.
         library: ``"transformers"``, ``"timm"`` or ``"pytorch"``.
+        location: Where the checkpoint is saved; the usage snippet loads from there (a push writes the repository id
+            in its place).
 
     Returns:
         The card's markdown.
     """
     import yaml
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     from . import __version__
 
     card = dict(card or {})
-    unknown = set(card) - {"title", "base_model", "recipe", "results", "method", "datasets", "tags", "license"}
+    known = {"title", "base_model", "recipe", "results", "eval", "method", "datasets", "data", "usage", "example",
+             "tags", "license"}
+    unknown = set(card) - known
     if unknown:
-        raise ValueError(
-            f"Unknown model card field(s) {sorted(unknown)}; use title, base_model, recipe, results, method, "
-            "datasets, tags, license."
-        )
+        raise ValueError(f"Unknown model card field(s) {sorted(unknown)}; use {', '.join(sorted(known))}.")
     tags = ["sparse", "sparse_transfer", "pruned"]
     for tag in _as_list(card.get("tags")):
         if tag not in tags:
             tags.append(str(tag))
-    front: dict = {}
-    if library in ("transformers", "timm"):
-        front["library_name"] = library
-    if card.get("license"):
-        front["license"] = card["license"]
-    if card.get("base_model"):
-        front["base_model"] = card["base_model"]
-    front["tags"] = tags
-    if card.get("datasets"):
-        front["datasets"] = [str(d) for d in _as_list(card["datasets"])]
-    front_yaml = yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip()
-
     title = card.get("title") or (f"Sparse {card['base_model']}" if card.get("base_model") else "Sparse model")
-    lines = ["---", front_yaml, "---", "", f"# {title}", ""]
+    evaluation = card.get("eval")
+    eval_results = None
+    if evaluation:
+        eval_results = [
+            EvalResult(
+                task_type=evaluation["task_type"], dataset_type=evaluation["dataset_type"],
+                dataset_name=evaluation["dataset_name"], dataset_config=evaluation.get("dataset_config"),
+                dataset_split=evaluation.get("dataset_split"), metric_type=name, metric_value=float(value),
+                dataset_args={"num_examples": evaluation["num_examples"]} if evaluation.get("num_examples") else None,
+            )
+            for name, value in evaluation["metrics"].items()
+        ]
+    datasets = [str(d) for d in _as_list(card.get("datasets"))]  # the caller passes Hub datasets only
+    data = ModelCardData(
+        library_name=library if library in ("transformers", "timm") else None,
+        base_model=str(card["base_model"]) if _is_hub_id(card.get("base_model")) else None,
+        datasets=datasets or None,
+        license=card.get("license"),
+        tags=tags,
+        model_name=title if eval_results else None,
+        eval_results=eval_results,
+        pipeline_tag={"sequence-classification": "text-classification", "timm": "image-classification"}.get(
+            card.get("usage")),
+    )
+
+    lines = [f"# {title}", ""]
     intro = (
         f"A {report.target_sparsity:.1%} sparse model"
         + (f" derived from `{card['base_model']}`" if card.get("base_model") else "")
@@ -559,15 +585,60 @@ def model_card(
         f"`{MASKS_NAME}` records the mask (1 bit per weight)."
     )
     lines += [intro, ""]
+    if card.get("data"):
+        lines += [str(card["data"]), ""]
+
+    where = str(location) if location is not None else "REPO_OR_PATH"
+    lines += ["## Usage", "", "```python"]
+    if card.get("usage") == "sequence-classification":
+        example = card.get("example") or "A sentence to classify."
+        texts = ", ".join(repr(t) for t in example) if isinstance(example, (list, tuple)) else repr(example)
+        lines += [
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+            "",
+            f'model = AutoModelForSequenceClassification.from_pretrained("{where}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
+            f"inputs = tokenizer({texts}, return_tensors=\"pt\")",
+            "print(model(**inputs).logits.softmax(-1))",
+        ]
+    elif library == "timm":
+        lines += [
+            "import timm",
+            "import torch",
+            "",
+            f'model = timm.create_model("local-dir:{where}", pretrained=True).eval()',
+            "print(model(torch.randn(1, 3, *model.pretrained_cfg.get('input_size', (3, 224, 224))[1:])).softmax(-1))",
+        ]
+    elif library == "transformers":
+        lines += ["from transformers import AutoModel", "", f'model = AutoModel.from_pretrained("{where}")']
+    else:
+        lines += [
+            "from sparse_transfer.hub import load_state_dict_from_checkpoint",
+            "",
+            f'state_dict = load_state_dict_from_checkpoint("{where}")  # then model.load_state_dict(state_dict)',
+        ]
+    lines += [
+        "```",
+        "",
+        "Fine-tune it without losing a zero: `masks = sparse_transfer.load_sparse_masks(model, "
+        f'"{where}")` checks the zeros against the saved mask, and `masks.attach(optimizer)` (or `SparseTrainer`) '
+        f"keeps them. Inspect it: `python -m sparse_transfer.inspect {where}`.",
+        "",
+    ]
+
+    if card.get("results"):
+        lines += ["## Results", "", "| metric | value |", "|---|---:|"]
+        for key, value in card["results"].items():
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            lines.append(f"| {key} | {shown} |")
+        lines.append("")
 
     lines += ["## Sparsity", ""]
     lines.append(
         f"- Global sparsity over the {len(report.layers)} pruned tensors: **{report.target_sparsity:.2%}** "
         f"({report.target_numel - report.target_nonzeros:,} of {report.target_numel:,} weights are zero)"
     )
-    lines.append(
-        f"- Whole model: {report.model_sparsity:.2%} of {report.model_numel:,} parameters are zero"
-    )
+    lines.append(f"- Whole model: {report.model_sparsity:.2%} of {report.model_numel:,} parameters are zero")
     if masks is not None:
         lines.append(f"- Mask sparsity: {masks.sparsity():.2%} (the weights' zeros include every masked position)")
     lines.append(f"- All-zero output channels in the pruned tensors: {report.zero_channel_fraction:.2%}")
@@ -580,38 +651,7 @@ def model_card(
     if card.get("recipe"):
         recipe_yaml = yaml.safe_dump(_plain(card["recipe"]), sort_keys=False, allow_unicode=True).strip()
         lines += ["## Recipe", "", "```yaml", recipe_yaml, "```", ""]
-    if card.get("results"):
-        lines += ["## Results", "", "| metric | value |", "|---|---:|"]
-        for key, value in card["results"].items():
-            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-            lines.append(f"| {key} | {shown} |")
-        lines.append("")
-
-    lines += ["## Usage", "", "```python"]
-    if library == "transformers":
-        lines += [
-            "from transformers import AutoModel  # or the Auto class of your task",
-            'model = AutoModel.from_pretrained("REPO_OR_PATH")',
-        ]
-    elif library == "timm":
-        lines += ["import timm", 'model = timm.create_model("hf-hub:REPO", pretrained=True)  # or "local-dir:PATH"']
-    else:
-        lines += [
-            "from sparse_transfer.hub import load_state_dict_from_checkpoint",
-            'model.load_state_dict(load_state_dict_from_checkpoint("REPO_OR_PATH"))',
-        ]
-    lines += [
-        "",
-        "# Keep the zeros while fine-tuning:",
-        "from sparse_transfer.hub import load_sparse_masks",
-        'masks = load_sparse_masks(model, "REPO_OR_PATH")  # checks the zeros against the saved mask',
-        "masks.attach(optimizer)",
-        "```",
-        "",
-        "Inspect the sparsity: `python -m sparse_transfer.inspect REPO_OR_PATH`.",
-        "",
-    ]
-    return "\n".join(lines)
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 def _as_list(value) -> list:
@@ -799,13 +839,29 @@ def _upload(output_dir: Path, repo_id: str, token: str | None, private: bool, me
 
     refuse_secrets(output_dir, files, [token, huggingface_hub.get_token()])
     repo_url = huggingface_hub.create_repo(repo_id, token=token, private=private, exist_ok=True)
-    huggingface_hub.upload_folder(
-        repo_id=getattr(repo_url, "repo_id", repo_id),
-        folder_path=str(output_dir),
-        commit_message=message,
-        token=token,
-        allow_patterns=[glob.escape(name) for name in files],
-    )
+    repo_id = getattr(repo_url, "repo_id", repo_id)
+    # The card's usage snippet loads from the folder it was saved in; the uploaded copy loads from the repository.
+    # Staged in a temporary folder (links, not copies, for the weights) so the local card stays as it is.
+    with tempfile.TemporaryDirectory(prefix=".push-", dir=output_dir.parent) as staging:
+        for name in files:
+            source, target = output_dir / name, Path(staging) / name
+            if name == CARD_NAME:
+                text = source.read_text(encoding="utf-8")
+                where = str(output_dir.resolve())
+                text = text.replace(f"local-dir:{where}", f"hf-hub:{repo_id}").replace(where, repo_id)
+                target.write_text(text, encoding="utf-8")
+            else:
+                try:
+                    os.link(source, target)
+                except OSError:  # another file system: copy
+                    shutil.copy2(source, target)
+        huggingface_hub.upload_folder(
+            repo_id=repo_id,
+            folder_path=staging,
+            commit_message=message,
+            token=token,
+            allow_patterns=[glob.escape(name) for name in files],
+        )
     return str(repo_url)
 
 

@@ -511,10 +511,25 @@ def train_one(
         "base_model": glue_args.model,
         "method": "sparse_transfer.glue (gradual unfreezing, LR rewind; arXiv 2308.02060)"
         if training_args.unfreeze == "gradual" else "sparse_transfer.glue",
-        "datasets": ["nyu-mll/glue"],
+        "datasets": [data.source["dataset"]] if "dataset" in data.source else [],  # only data from the Hub
+        "data": f"Fine-tuned on GLUE {task.name.upper()} ({len(data.train):,} training examples"
+        + (f", from {data.source['dataset']} on the Hub" if "dataset" in data.source else ", from local files")
+        + f"); dev results on {', '.join(f'{len(ds):,} {name}' for name, ds in data.evals.items())} examples.",
         "tags": ["glue", task.name, "text-classification"],
+        "usage": "sequence-classification",
+        "example": "The movie was a delight." if len(task.text_columns) == 1
+        else ["A man is playing a guitar.", "A person is making music."],
         "recipe": recipe,
         "results": {f"{task.name} dev {k}": float(v) for k, v in dev_results.items()} | {"best epoch": best["epoch"]},
+        "eval": {
+            "task_type": "text-classification",
+            "dataset_name": f"GLUE {task.name.upper()}",
+            "dataset_type": data.source.get("dataset", "glue"),
+            "dataset_config": task.name,
+            "dataset_split": "validation",
+            "num_examples": sum(len(ds) for ds in data.evals.values()),
+            "metrics": {k: float(v) for k, v in dev_results.items()},
+        },
     }
     lora_results = None
     merged_dir = run_dir / MERGED_DIR

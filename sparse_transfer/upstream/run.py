@@ -279,7 +279,10 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
         "method": how,
         "recipe": {k: v for k, v in args.to_dict().items() if k not in ("overwrite_output_dir", "keep_checkpoints")},
         "results": card_results,
-        "datasets": [os.path.basename(p) for p in (args.text or [])] or [args.dataset],
+        "datasets": [] if args.text else [args.dataset],  # only a Hub dataset goes into the metadata
+        "data": "Pruned on unlabeled text: "
+        + (", ".join(os.path.basename(p) for p in args.text) + " (local files)" if args.text else f"{args.dataset} (Hub)")
+        + ".",
         "tags": ["upstream-pruning", "distillation"],
     }
     save_sparse_pretrained(student, args.output_dir, masks=masks, processing_class=tokenizer, card=card)

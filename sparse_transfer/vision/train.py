@@ -208,33 +208,34 @@ def _recover_dir(final: str) -> None:
         os.replace(old, final)
 
 
-def model_card(args: VisionArguments, report, results: dict[str, Any]) -> str:
-    """A README.md for a checkpoint directory: what it is, its sparsity, its results, how to load it."""
-    lines = [
-        f"# {args.model} trained with {args.method}" + (f" at {args.sparsity:.0%} sparsity" if args.sparsity else ""),
-        "",
-        f"Trained with `sparse_transfer` {__version__} (`python -m sparse_transfer.vision`).",
-        "",
-        "## Sparsity",
-        "",
-        f"- prunable weights ({args.targets}): {report.target_sparsity:.2%} zeros over {report.target_numel:,} weights "
-        f"({args.distribution} distribution)",
-        f"- whole model: {report.model_sparsity:.2%} zeros over {report.model_numel:,} parameters",
-        f"- all-zero output channels: {report.zero_channel_fraction:.2%}",
-        "",
-        "| layer | shape | sparsity |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {l.name} | {'x'.join(map(str, l.shape))} | {l.sparsity:.2%} |" for l in report.layers]
-    lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items()]
-    lines += [
-        "", "## Use", "", "```python", "import timm",
-        "model = timm.create_model('local-dir:PATH_TO_THIS_FOLDER', pretrained=True)  # or 'hf-hub:<repo id>'",
-        "```", "", "The pruned weights are stored as exact zeros; `sparse_masks.safetensors` holds the mask (1 bit per weight).",
-        "", "## Recipe", "", "```json", json.dumps(args.to_dict(), indent=2), "```", "",
-    ]
-    return "\n".join(lines)
+def model_card(args: VisionArguments, report, results: dict[str, Any], masks: SparseMasks | None, directory: str) -> str:
+    """The README.md of a checkpoint folder (:func:`sparse_transfer.hub.model_card`: front matter for the Hub with
+    ``library_name: timm`` and a ``model-index`` of the evaluation, the sparsity per layer, the recipe, a snippet)."""
+    from ..hub import _is_hub_id, model_card as build_card
+
+    local_data = os.path.exists(args.data)
+    card = {
+        "title": f"{args.model} trained with {args.method}" + (f" at {args.sparsity:.0%} sparsity" if args.sparsity else ""),
+        "base_model": args.model.removeprefix("hf-hub:") if args.pretrained else None,
+        "method": f"`python -m sparse_transfer.vision` ({args.method}, {args.distribution} distribution over "
+                  f"{args.targets} targets)",
+        "datasets": [args.data] if _is_hub_id(args.data) else [],
+        "data": f"Trained on {'local data ' + os.path.basename(os.path.normpath(args.data)) if local_data else args.data}.",
+        "usage": "timm",
+        "tags": ["image-classification", "timm"],
+        "results": results,
+        "recipe": args.to_dict(),
+    }
+    if "eval_top1" in results:
+        card["eval"] = {
+            "task_type": "image-classification",
+            "dataset_name": os.path.basename(os.path.normpath(args.data)) if local_data else args.data,
+            "dataset_type": "imagefolder" if local_data else args.data,
+            "dataset_split": args.eval_split or "validation",
+            "num_examples": results.get("eval_examples"),
+            "metrics": {"accuracy": results["eval_top1"]},
+        }
+    return build_card(report, card=card, masks=masks, library="timm", location=os.path.abspath(directory))
 
 
 def masked_lora_model(model: nn.Module, masks: SparseMasks, args: VisionArguments) -> nn.Module:
@@ -290,7 +291,7 @@ def save_checkpoint(directory: str, model: nn.Module, method: MaskMethod | None,
     """``model.safetensors`` + ``config.json`` (timm's format, reloads with ``timm.create_model('local-dir:...')``),
     the mask file and a model card, written to a temporary folder and renamed into place. A masked LoRA model is
     saved as its adapter (peft's files) instead."""
-    from timm.models._hub import save_for_hf
+    from timm.models import save_for_hf
 
     tmp = f"{directory}.tmp"
     if os.path.exists(tmp):
@@ -307,8 +308,9 @@ def save_checkpoint(directory: str, model: nn.Module, method: MaskMethod | None,
     if method is not None and method.active:
         method.masks.save(os.path.join(tmp, MASKS_NAME))
     report = sparsity_report(model, args.targets)
+    masks = method.masks if method is not None and method.active else None
     with open(os.path.join(tmp, "README.md"), "w") as f:
-        f.write(model_card(args, report, results))
+        f.write(model_card(args, report, results, masks, directory))
     _atomic_json(os.path.join(tmp, "results.json"), results)
     _replace_dir(tmp, directory)
 
@@ -564,7 +566,8 @@ def train(args: VisionArguments) -> dict[str, Any]:
                 msg += f" top1 {record['eval_top1']:.4f} entropy {record['eval_entropy']:.4f}"
             msg += f" sparsity {record['sparsity']:.4f}" + (f" phase {record['phase']}" if "phase" in record else "")
             tqdm.write(msg)
-            snapshot = {"epoch": epoch + 1, "train_loss": train_loss, **{k: record[k] for k in ("eval_top1", "eval_entropy") if k in record}}
+            snapshot = {"epoch": epoch + 1, "train_loss": train_loss, "eval_examples": len(eval_ds),
+                        **{k: record[k] for k in ("eval_top1", "eval_entropy") if k in record}}
             save_checkpoint(os.path.join(out, "last"), unwrapped, method, args, snapshot)
             if improved:
                 save_checkpoint(os.path.join(out, "best"), unwrapped, method, args, snapshot)

@@ -248,7 +248,12 @@ def test_push_to_hub_uploads_checkpoint_with_model_card(tmp_path, image_folder, 
                      hub_private=True)
     assert calls["create_repo"] == ("user/tiny-sparse", True, True) and calls["repo_id"] == "user/tiny-sparse"
     assert {"model.safetensors", "config.json", "README.md", MASKS_NAME} <= set(calls["files"])
-    assert "70% sparsity" in calls["card"] and "eval_top1" in calls["card"] and "| layer |" in calls["card"]
+    card = calls["card"]
+    assert "70% sparsity" in card and "eval_top1" in card and "| parameter |" in card
+    front = __import__("yaml").safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "timm" and "datasets" not in front and "base_model" not in front
+    assert front["model-index"][0]["results"][0]["metrics"][0]["type"] == "accuracy"
+    assert 'timm.create_model("hf-hub:user/tiny-sparse", pretrained=True)' in card
     assert results["hub_url"] == "https://huggingface.co/user/tiny-sparse"
     assert json.loads((tmp_path / "constant" / "results.json").read_text())["hub_url"] == results["hub_url"]
 
@@ -295,6 +300,11 @@ def test_constant_fine_tunes_a_sparse_checkpoint_with_its_stored_mask(tmp_path, 
     weights = load_file(str(tmp_path / "b" / "constant" / "last" / "model.safetensors"))
     assert all((weights[n][~after[n]] == 0).all() for n in after)
     assert results["final_sparsity"] == pytest.approx(0.8, abs=0.01)
+    # The card's usage snippet runs as written.
+    import re
+
+    card = (tmp_path / "b" / "constant" / "last" / "README.md").read_text()
+    exec(compile(re.search(r"```python\n(.*?)```", card, re.S).group(1), "README.md", "exec"), {})
 
 
 def test_imagenet_recipes_match_their_generator_and_schedules():
