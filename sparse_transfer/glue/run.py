@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .._rundir import RECIPE_NAME, RESULTS_NAME, library_versions, write_json_atomic, write_recipe
+from .._rundir import plain as _plain
 from .config import GlueArguments, resolve_epochs
 from .data import GlueData, hub_unreachable, load_glue_data, tokenize_glue
 from .metrics import glue_score, make_compute_metrics, metric_keys
@@ -41,9 +42,7 @@ from .tasks import GlueTask, get_task
 
 logger = logging.getLogger(__name__)
 
-RESULTS_NAME = "results.json"
 LOG_HISTORY_NAME = "log_history.json"
-RECIPE_NAME = "recipe.yaml"
 GRID_RESULTS_NAME = "grid_results.json"
 BEST_DIR = "best"
 # The best epoch so far while a run trains: only a finished run has best/ (with its dev results in the model card)
@@ -74,57 +73,6 @@ class GlueModelError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, str):
-        return str(value)  # str subclasses (enum-like scheduler names) would trip yaml.safe_dump
-    return str(getattr(value, "value", value))
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Writes JSON to ``path.tmp`` and renames it, so a reader sees the whole file or none."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_yaml_atomic(path: str | os.PathLike, obj: Any, header: str = "") -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(header + yaml.safe_dump(_plain(obj), sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of everything a run's numbers depend on."""
-    import accelerate
-    import datasets
-    import scipy
-    import sklearn
-    import torch
-    import transformers
-
-    from .. import __version__
-
-    return {
-        "sparse_transfer": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-        "datasets": datasets.__version__, "accelerate": accelerate.__version__, "numpy": np.__version__,
-        "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "python": platform.python_version(),
-    }
-
-
 def _score_key(value: float) -> float:
     """NaN (e.g. Pearson of constant predictions) ranks below every number."""
     return -math.inf if value is None or math.isnan(value) else value
@@ -447,8 +395,7 @@ def train_one(
         train_masks = SparseMasks(masks.state_dict()).bind(train_model)  # the same masks, under peft's names
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RESULTS_NAME).unlink(missing_ok=True)  # --overwrite: the old results must not outlive a failure
-    header = f"# Resolved recipe of {run_dir} (sparse_transfer.glue); rerun with --recipe {run_dir / RECIPE_NAME}\n"
-    write_yaml_atomic(run_dir / RECIPE_NAME, recipe, header=header)
+    write_recipe(run_dir, recipe, "glue")
 
     keys = metric_keys(task, list(data.evals))
     GlueTrainer, BestCheckpointCallback = _make_trainer_classes(task, keys)

@@ -13,7 +13,6 @@ from ..core import validate_sparsity
 
 DISTRIBUTIONS = ("global", "uniform", "nm")
 METHODS = ("gmp", "acdc", "rigl", "nm")
-RECIPE_NAME = "upstream_recipe.yaml"
 
 
 def _f(default, help: str, **kw):
@@ -38,7 +37,10 @@ class UpstreamArguments:
     max_eval_blocks: int = _f(64, "Held-out blocks for the distillation loss in evaluation.")
     eval_sentences: int = _f(256, "Held-out lines for the sentence-embedding cosine similarity.")
     output_dir: str = _f("runs/upstream", "Where checkpoints, the sparse model, results.json and the resolved recipe go.")
-    overwrite_output_dir: bool = _f(False, "Start over even if output_dir holds checkpoints or a finished run.")
+    overwrite: bool = _f(False, "Start over even if output_dir holds checkpoints or a finished run of another recipe.")
+    push_to_hub: str | None = _f(None, "--push-to-hub USER/NAME: upload the sparse model with its model card when the "
+                                 "run ends (its zeros checked against its mask first).")
+    hub_private_repo: bool = _f(False, "Create the --push-to-hub repository private.")
     keep_checkpoints: bool = _f(False, "Keep the resumable checkpoint-* folders (optimizer state) after a finished run.")
     seed: int = _f(0, "Seed of data order, dropout and MLM masking.")
     trust_remote_code: bool = _f(False, "Allow model code from the Hub (off: only architectures transformers ships).")
@@ -225,7 +227,8 @@ class UpstreamArguments:
 
 # Fields that do not change the trained weights: a resumed run may change them.
 RESUME_FREE_FIELDS = frozenset(
-    {"output_dir", "overwrite_output_dir", "keep_checkpoints", "eval_steps", "save_steps", "logging_steps",
+    {"output_dir", "overwrite", "push_to_hub", "hub_private_repo", "keep_checkpoints", "eval_steps", "save_steps",
+     "logging_steps",
      "disable_tqdm", "eval_text", "dataset_eval_split", "max_eval_blocks", "eval_sentences"}
 )
 
@@ -239,7 +242,10 @@ def parse_args(argv: list[str] | None = None) -> UpstreamArguments:
     """``--recipe file.yaml`` fills the defaults, every other flag overrides it."""
     from transformers import HfArgumentParser
 
+    from .._rundir import check_flags
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_flags(argv)
     parser = HfArgumentParser(
         UpstreamArguments, description="Turn a dense pretrained encoder into a sparse pretrained one (GMP + distillation)."
     )

@@ -11,13 +11,13 @@ import time
 from typing import Any
 
 import torch
-import yaml
 
 from ..core import sparsity_report
 from ..hf.trainer import SparseTrainingArguments
 from ..hf.unfreeze import find_encoder_blocks
 from ..hub import save_sparse_pretrained
-from .config import RECIPE_NAME, RESUME_FREE_FIELDS, UpstreamArguments
+from .._rundir import RECIPE_NAME, RESULTS_NAME, read_yaml, recipe_difference, refuse_other_recipe, write_recipe
+from .config import RESUME_FREE_FIELDS, UpstreamArguments
 from .data import BlockDataset, held_out_sentences, read_text_dataset, read_text_files, tokenize_blocks
 from .losses import LossWeights
 from .train import (
@@ -35,7 +35,6 @@ from .train import (
 
 logger = logging.getLogger(__name__)
 
-RESULTS_NAME = "results.json"
 
 
 def recipe_fingerprint(args: UpstreamArguments) -> str:
@@ -95,15 +94,12 @@ def _check_output_dir(args: UpstreamArguments, fingerprint: str) -> dict | None:
     """Returns the finished results if this exact run already completed; errors if the folder holds another run."""
     recipe_path = os.path.join(args.output_dir, RECIPE_NAME)
     results_path = os.path.join(args.output_dir, RESULTS_NAME)
-    if args.overwrite_output_dir or not os.path.isfile(recipe_path):
+    if args.overwrite or not os.path.isfile(recipe_path):
         return None
-    with open(recipe_path) as f:
-        saved = yaml.safe_load(f) or {}
-    if saved.get("recipe_fingerprint") != fingerprint:
-        raise ValueError(
-            f"{args.output_dir} holds a run with a different recipe (see its {RECIPE_NAME}); pass "
-            "--overwrite-output-dir to start over there, or choose another --output-dir."
-        )
+    saved = {k: v for k, v in read_yaml(recipe_path).items() if k not in RESUME_FREE_FIELDS}
+    differing = recipe_difference(saved, {k: v for k, v in args.to_dict().items() if k not in RESUME_FREE_FIELDS})
+    if differing:
+        refuse_other_recipe(args.output_dir, "a run", differing)
     if os.path.isfile(results_path):
         with open(results_path) as f:
             results = json.load(f)
@@ -171,16 +167,12 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
     masks = method.masks
 
     os.makedirs(args.output_dir, exist_ok=True)
-    if args.overwrite_output_dir:
+    if args.overwrite:
         remove_checkpoints(args.output_dir)
         for stale in (RESULTS_NAME,):
             if os.path.isfile(os.path.join(args.output_dir, stale)):
                 os.remove(os.path.join(args.output_dir, stale))
-    resolved = {"recipe_fingerprint": fingerprint, **args.to_dict(), "versions": library_versions()}
-    tmp = os.path.join(args.output_dir, RECIPE_NAME + ".tmp")
-    with open(tmp, "w") as f:
-        yaml.safe_dump(resolved, f, sort_keys=False)
-    os.replace(tmp, os.path.join(args.output_dir, RECIPE_NAME))
+    write_recipe(args.output_dir, {k: v for k, v in args.to_dict().items() if k != "overwrite"}, "upstream")
 
     # ------------------------------------------------------------------ trainer
     from transformers import default_data_collator
@@ -227,12 +219,12 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
         processing_class=tokenizer,
     )
     trainer.recipe_fingerprint = fingerprint
-    checkpoint = None if args.overwrite_output_dir else last_complete_checkpoint(args.output_dir)
+    checkpoint = None if args.overwrite else last_complete_checkpoint(args.output_dir)
     if checkpoint is not None:
         with open(os.path.join(checkpoint, "upstream_state.json")) as f:
             saved_state = json.load(f)
         if saved_state.get("recipe_fingerprint") != fingerprint:
-            raise ValueError(f"{checkpoint} was written by a different recipe; pass --overwrite-output-dir to start over.")
+            raise ValueError(f"{checkpoint} was written by a different recipe; pass --overwrite to start over.")
         trainer.method_callback.events = list(saved_state.get("pruning_events", []))
         logger.info("Resuming from %s", checkpoint)
     start = time.time()
@@ -277,7 +269,8 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
         "title": f"{os.path.basename(os.path.normpath(args.model))} at {report.target_sparsity:.0%} sparsity (upstream pruned)",
         "base_model": args.model,
         "method": how,
-        "recipe": {k: v for k, v in args.to_dict().items() if k not in ("overwrite_output_dir", "keep_checkpoints")},
+        "recipe": {k: v for k, v in args.to_dict().items()
+                   if k not in ("overwrite", "keep_checkpoints", "push_to_hub", "hub_private_repo")},
         "results": card_results,
         "datasets": [] if args.text else [args.dataset],  # only a Hub dataset goes into the metadata
         "data": "Pruned on unlabeled text: "

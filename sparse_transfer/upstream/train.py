@@ -19,17 +19,15 @@ run prunes at the same steps to the same masks.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import platform
 import shutil
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._rundir import library_versions, write_json_atomic  # noqa: F401 - re-exported (benchmarks import them here)
 from ..core import SparseMasks, compute_masks
 from ..hf.trainer import SparseTrainer
 from ..hf.trainer import last_complete_checkpoint as hf_last_complete_checkpoint
@@ -267,22 +265,6 @@ def magnitude_prune_(model: nn.Module, sparsity: float, distribution: str = "glo
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def write_json_atomic(path: str, data: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
-def library_versions() -> dict[str, str]:
-    import transformers
-
-    from .. import __version__
-
-    return {"sparse_transfer": __version__, "torch": str(torch.__version__), "transformers": transformers.__version__,
-            "python": platform.python_version()}
-
-
 def last_complete_checkpoint(output_dir: str) -> str | None:
     """Newest complete ``checkpoint-N`` folder that also holds :data:`UPSTREAM_STATE_NAME` (written last)."""
     return hf_last_complete_checkpoint(output_dir, requires=UPSTREAM_STATE_NAME)

@@ -80,7 +80,8 @@ def test_output_is_exactly_sparse_and_loads_in_transformers(tiny_dirs, tmp_path,
 
     out = tmp_path / "out"
     assert main(base_argv(tiny_dirs, model_key, out, *extra)) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = capsys.readouterr().out.strip().splitlines()[-1]  # one line, ending with where results.json is
+    assert summary.startswith("upstream: ") and summary.endswith(f"results: {out / 'results.json'}")
     results = json.loads((out / "results.json").read_text())
     sparsity = 0.5 if "--nm" in extra else float(extra[1])
 
@@ -89,7 +90,8 @@ def test_output_is_exactly_sparse_and_loads_in_transformers(tiny_dirs, tmp_path,
     total = sum(t.numel() for t in weights.values())
     zeros = sum(int((t == 0).sum()) for t in weights.values())
     assert zeros == round(sparsity * total)
-    assert summary["sparsity"] == pytest.approx(zeros / total, abs=1e-6)
+    assert results["sparsity"] == pytest.approx(zeros / total, abs=1e-6)
+    assert f"{zeros / total:.2%} sparse after" in summary
     if "uniform" in extra:
         for name, t in weights.items():
             assert int((t == 0).sum()) == round(sparsity * t.numel()), name
@@ -122,7 +124,12 @@ def test_output_is_exactly_sparse_and_loads_in_transformers(tiny_dirs, tmp_path,
     assert results["eval_log"], "periodic evaluation on --eval-text did not run"
     assert math.isfinite(results["final"]["heldout_hidden_loss"])
     assert -1.0 <= results["final"]["embedding_cosine"] <= 1.0
-    assert (out / "upstream_recipe.yaml").is_file()
+    # The resolved recipe reruns the same run: --recipe RUN/recipe.yaml gives the same arguments.
+    from sparse_transfer.upstream.config import parse_args
+
+    again = parse_args(["--recipe", str(out / "recipe.yaml")])
+    first = parse_args(base_argv(tiny_dirs, model_key, out, *extra))
+    assert again.to_dict() == first.to_dict()
     assert not list(out.glob("checkpoint-*"))  # removed after a finished run (optimizer state)
 
     from sparse_transfer.inspect import main as inspect_main

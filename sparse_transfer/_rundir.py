@@ -1,0 +1,131 @@
+"""The run folder that every command (glue, upstream, vision) shares.
+
+A run folder holds, whatever the command:
+
+- ``recipe.yaml``: every value the run used (the resolved recipe); ``python -m sparse_transfer.<command> --recipe
+  RUN/recipe.yaml`` reruns it, and a rerun into the same folder with another recipe is refused (``--overwrite``
+  starts over);
+- ``results.json``: written last and atomically, so its presence means "finished"; with the library versions;
+- the command's checkpoints, and one summary line printed at the end that points to ``results.json``.
+
+The helpers here are the only place these files are written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+RECIPE_NAME = "recipe.yaml"
+RESULTS_NAME = "results.json"
+
+# Spellings the commands no longer take, and the one that replaced each (one spelling per flag across commands).
+RENAMED_FLAGS = {
+    "--overwrite_output_dir": "--overwrite",
+    "--overwrite-output-dir": "--overwrite",
+    "--no_resume": "--overwrite",
+    "--no-resume": "--overwrite",
+    "--hub_model_id": "--push-to-hub USER/NAME",
+    "--hub-model-id": "--push-to-hub USER/NAME",
+    "--hub_private": "--hub-private-repo",
+    "--hub-private": "--hub-private-repo",
+}
+
+
+def check_flags(argv: list[str], renamed: Mapping[str, str] = RENAMED_FLAGS) -> None:
+    """Refuses a flag spelling that was replaced, naming the new one (argparse would only say "unrecognized")."""
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if name in renamed:
+            raise ValueError(f"{name} is now {renamed[name]} (the same flag in every sparse_transfer command).")
+
+
+def plain(value: Any) -> Any:
+    """``value`` as YAML/JSON-safe builtins (dataclasses, paths, tuples, enum-like strings)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)  # str subclasses (enum-like scheduler names) would trip yaml.safe_dump
+    return str(getattr(value, "value", value))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Writes JSON to ``path.tmp`` and renames it, so a reader sees the whole file or none."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(plain(obj), indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_yaml_atomic(path: str | os.PathLike, obj: Any, header: str = "") -> None:
+    import yaml
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(header + yaml.safe_dump(plain(obj), sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+
+
+def write_recipe(run_dir: str | os.PathLike, recipe: Mapping[str, Any], command: str) -> Path:
+    """Writes ``RUN/recipe.yaml`` with a header saying how to rerun it."""
+    path = Path(run_dir) / RECIPE_NAME
+    header = f"# Resolved recipe of {run_dir}; rerun with: python -m sparse_transfer.{command} --recipe {path}\n"
+    write_yaml_atomic(path, recipe, header=header)
+    return path
+
+
+def recipe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The fields whose values differ between two recipes (as written to YAML)."""
+    old, new = plain(dict(old)), plain(dict(new))
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def refuse_other_recipe(run_dir: str | os.PathLike, what: str, differing: list[str]) -> None:
+    raise ValueError(
+        f"{run_dir} holds {what} with a different recipe (differing fields: {differing[:8]}). Use another "
+        "--output_dir, or pass --overwrite to start over there."
+    )
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of everything a run's numbers depend on."""
+    import importlib.metadata
+
+    from . import __version__
+
+    versions = {"sparse_transfer": __version__, "python": platform.python_version()}
+    for name in ("torch", "transformers", "datasets", "accelerate", "peft", "timm", "numpy", "scipy", "scikit-learn"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def summary_line(command: str, parts: list[str], results_path: str | os.PathLike) -> str:
+    """The one line every command ends with: what it achieved, and where ``results.json`` is."""
+    return f"{command}: {'; '.join(p for p in parts if p)}; results: {results_path}"
