@@ -220,6 +220,42 @@ def _push_to_hub_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def _group_help(parser) -> None:
+    """``--help`` in the order a user reads it: the recipe and the GLUE run's own flags, then what SparseTrainer adds
+    (masks, unfreezing, distillation), then the ``transformers.TrainingArguments`` it inherits."""
+    import argparse
+
+    from transformers import TrainingArguments
+
+    from ..hf import SparseTrainingArguments
+
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    sparse = {f.name for f in dataclasses.fields(SparseTrainingArguments)} - inherited
+    glue = {f.name for f in dataclasses.fields(GlueArguments)}
+    recipe = parser.add_argument_group("recipe")
+    groups = {
+        "glue": parser.add_argument_group("GLUE run (python -m sparse_transfer.glue): task, model, data, grid, LoRA"),
+        "sparse": parser.add_argument_group("sparse training (SparseTrainer): masks, gradual unfreezing, distillation"),
+        "inherited": parser.add_argument_group("transformers.TrainingArguments (inherited; the recipe sets the "
+                                               "optimization values)"),
+    }
+    for action in list(parser._actions):
+        if isinstance(action, argparse._HelpAction):
+            continue
+        dest = action.dest.removeprefix("no_")
+        key = "glue" if dest in glue else "sparse" if dest in sparse else "inherited" if dest in inherited else None
+        if key is None:
+            continue
+        for group in parser._action_groups:
+            if action in group._group_actions:
+                group._group_actions.remove(action)
+        groups[key]._group_actions.append(action)
+    parser._recipe_group = recipe
+    # Groups are printed in creation order: ours first, the emptied default groups after (argparse skips them).
+    ours = [recipe, *groups.values()]
+    parser._action_groups = ours + [g for g in parser._action_groups if g not in ours]
+
+
 def make_parser():
     from transformers import HfArgumentParser
 
@@ -227,14 +263,16 @@ def make_parser():
 
     parser = HfArgumentParser(
         (GlueArguments, SparseTrainingArguments),
-        description="Sparse transfer on a GLUE task with the gradual-unfreezing recipe of arXiv 2308.02060.",
+        description="Sparse transfer on a GLUE task with the gradual-unfreezing recipe of arXiv 2308.02060. A recipe "
+        "(--recipe, default recipes/glue/<task>.yaml) fills every field; flags override it.",
     )
+    _group_help(parser)
     # The command pushes once, the best checkpoint after its sparsity check; not the Trainer's every-save push.
     parser._option_string_actions["--push_to_hub"].help = (
         "--push-to-hub USER/NAME: upload the best checkpoint (of the best grid run with --grid) with its model card, "
         "after checking its zeros against its mask."
     )
-    parser.add_argument(
+    getattr(parser, "_recipe_group", parser).add_argument(
         "--recipe", default=None,
         help="Recipe YAML: a name in recipes/glue/ (rte, mnli, ..., dense_transfer, extended, rescaled_sweep) or a "
         "path. Default: recipes/glue/<task>.yaml. Flags override it.",
@@ -246,7 +284,11 @@ def parse_args(argv: list[str] | None = None):
     """Parses the command line into ``(GlueArguments, SparseTrainingArguments, recipe_file)``."""
     from ..hf import SparseTrainingArguments
 
-    argv = _push_to_hub_argv(list(sys.argv[1:] if argv is None else argv))
+    from .._rundir import RENAMED_FLAGS, check_flags
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check_flags(argv, {**RENAMED_FLAGS, "--num_train_epochs": "--epochs", "--num-train-epochs": "--epochs"})
+    argv = _push_to_hub_argv(argv)
     parser = make_parser()
     parser.set_defaults(**GLUE_TRAINING_DEFAULTS)
     pre, _ = parser.parse_known_args(argv)

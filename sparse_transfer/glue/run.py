@@ -626,9 +626,8 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
 
     if not glue_args.grid:
         results = train_one(glue_args, training_args, data, tokenizer, output_dir, recipe_file)
-        _print_run(task, results)
-        if push_repo:
-            push_best(results.get("publish", results["checkpoint"]), push_repo, training_args)
+        url = push_best(results.get("publish", results["checkpoint"]), push_repo, training_args) if push_repo else None
+        _print_run(task, results, url)
         return results
 
     points = grid_points(glue_args, training_args)
@@ -644,29 +643,39 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
     grid = {"task": task.name, "summary": summary, "runs": runs, "versions": library_versions()}
     write_json_atomic(output_dir / GRID_RESULTS_NAME, _plain(grid))
     print(format_grid_table(runs, summary, keys))
+    url = None
     if push_repo:
         best_run = max(runs, key=lambda r: _score_key(r["best"]["score"]))
-        push_best(best_run["publish"], push_repo, training_args)
+        url = push_best(best_run["publish"], push_repo, training_args)
+    from .._rundir import summary_line
+
+    label = "mean of the two best runs" if summary["how"] == "mean_top2" else "best run"
+    shown = ", ".join(f"{k} {100 * summary[k]:.2f}" for k in keys)
+    print(summary_line("glue", [f"{task.name} grid of {len(runs)} runs: {label} {shown}",
+                                f"pushed the best run to {url}" if url else ""], output_dir / GRID_RESULTS_NAME))
     return grid
 
 
-def _print_run(task: GlueTask, results: dict[str, Any]) -> None:
+def _print_run(task: GlueTask, results: dict[str, Any], url: str | None = None) -> None:
+    from .._rundir import summary_line
+
     best = results["best"]
     shown = ", ".join(f"{k} {100 * best[k]:.2f}" for k in results["metrics"])
-    print(
-        f"{task.name}: best epoch {best['epoch']:g}: {shown}; sparsity of the pruned weights "
-        f"{results['sparsity']['checkpoint_target_sparsity']:.2%} (exact: {results['sparsity']['exact']}"
-        + ("; after merging the masked LoRA" if results.get("lora") else "") + "); "
-        + (f"adapter {results['checkpoint']}" if results.get("lora") else f"checkpoint {results['checkpoint']}")
-        + (f", merged model {results['lora']['merged']}" if (results.get("lora") or {}).get("merged") else "")
-    )
+    lora = results.get("lora") or {}
+    parts = [
+        f"{task.name} {shown} (best epoch {best['epoch']:g} of {results['epochs']:g})",
+        f"{results['sparsity']['checkpoint_target_sparsity']:.2%} sparse, exact: {results['sparsity']['exact']}"
+        + (" (after merging the masked LoRA)" if lora else ""),
+        (f"adapter {results['checkpoint']}" if lora else f"checkpoint {results['checkpoint']}")
+        + (f", merged model {lora['merged']}" if lora.get("merged") else ""),
+        f"pushed to {url}" if url else "",
+    ]
+    print(summary_line("glue", parts, Path(results["checkpoint"]).parent / RESULTS_NAME))
 
 
 def push_best(checkpoint: str, repo_id: str, training_args) -> str:
     """Uploads a best checkpoint (its zeros checked against its mask first) with its model card."""
     from ..hub import push_or_explain
 
-    url = push_or_explain(checkpoint, repo_id, token=training_args.hub_token, private=bool(training_args.hub_private_repo))
-    print(f"pushed {checkpoint} to {url}")
-    return url
+    return push_or_explain(checkpoint, repo_id, token=training_args.hub_token, private=bool(training_args.hub_private_repo))
 

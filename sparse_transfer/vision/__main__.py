@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import sys
 
 from .._cli import run_command
+from .._rundir import RESULTS_NAME, summary_line
 from .config import parse_args
 from .train import train
 
@@ -15,9 +16,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     def body() -> int:
-        results = train(parse_args(argv))
-        keys = ("final_eval_top1", "best_eval_top1", "final_train_loss", "final_eval_entropy", "final_sparsity")
-        print(json.dumps({k: results[k] for k in keys}))
+        args = parse_args(argv)
+        results = train(args)
+        parts = [f"{args.model} {args.method}"]
+        if results.get("best_eval_top1") is not None:
+            parts.append(f"top-1 {100 * results['best_eval_top1']:.2f} (best epoch {results['best_epoch']} of "
+                         f"{results['epochs']}), last {100 * results['final_eval_top1']:.2f}")
+        if results.get("final_sparsity") is not None:
+            parts.append(f"{results['final_sparsity']:.2%} sparse")
+        if not results.get("complete"):
+            parts.append("stopped early (--stop_after_epoch): rerun the same command to continue")
+        if results.get("hub_url"):
+            parts.append(f"pushed to {results['hub_url']}")
+        print(summary_line("vision", parts, os.path.join(args.output_dir, RESULTS_NAME)))
         return 0
 
     return run_command(body)

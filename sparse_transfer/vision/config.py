@@ -87,14 +87,15 @@ class VisionArguments:
     lora_alpha: float | None = _f(None, "LoRA scaling numerator (update = alpha / r * B A); default 2 * lora_r.")
     lora_dropout: float = _f(0.0, "Dropout on the adapters' input (0 keeps the fast fused forward).")
     lora_merge: bool = _f(False, "Also write the best adapter merged into the base (OUTPUT/merged/, a timm checkpoint "
-                          "with exact zeros); --push_to_hub then pushes it.")
+                          "with exact zeros); --push-to-hub then pushes it.")
     eval_every: int = _f(1, "Evaluate every this many epochs (and always at the end).")
-    resume: bool = _f(True, "Resume from output_dir/state if a previous run of the same recipe stopped there.")
+    overwrite: bool = _f(False, "Start over in output_dir (by default a stopped run of the same recipe resumes from "
+                         "output_dir/state, and a run of another recipe there is refused).")
     stop_after_epoch: int | None = _f(None, "Stop (resumably) after this epoch, e.g. to split a long run over sessions.")
     progress: bool = _f(True, "Show progress bars.")
-    push_to_hub: bool = _f(False, "Upload the best checkpoint with a model card to the Hugging Face Hub.")
-    hub_model_id: str | None = _f(None, "Hub repository id for --push_to_hub (e.g. user/resnet50-acdc-95).")
-    hub_private: bool = _f(False, "Create the Hub repository private.")
+    push_to_hub: str | None = _f(None, "--push-to-hub USER/NAME: upload the best checkpoint with its model card when "
+                                 "the run ends (its zeros checked against its mask first).")
+    hub_private_repo: bool = _f(False, "Create the --push-to-hub repository private.")
 
     def __post_init__(self):
         self.validate()
@@ -146,8 +147,9 @@ class VisionArguments:
                 raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
         elif self.lora_alpha is not None or self.lora_dropout or self.lora_merge:
             raise ValueError("--lora_alpha, --lora_dropout and --lora_merge need --lora_r.")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id (e.g. user/resnet50-acdc-95).")
+        if self.push_to_hub is not None and "/" not in self.push_to_hub:
+            raise ValueError(f"--push-to-hub needs the repository USER/NAME (e.g. user/resnet50-acdc-95), got "
+                             f"{self.push_to_hub!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,7 +164,10 @@ def parse_args(argv: list[str] | None = None) -> VisionArguments:
     """``--recipe file.yaml`` fills the defaults, every other flag overrides it."""
     from transformers import HfArgumentParser
 
+    from .._rundir import check_flags
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    check_flags(argv)
     parser = HfArgumentParser(VisionArguments, description="Sparse (or dense) training of a timm model.")
     parser.add_argument("--recipe", default=None, help="Recipe YAML (e.g. recipes/imagenet/resnet50_acdc_95_uniform_fld_1x.yaml).")
     pre, _ = parser.parse_known_args(argv)

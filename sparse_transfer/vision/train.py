@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .. import __version__, _cli
+from .._rundir import library_versions, refuse_other_recipe, write_json_atomic, write_recipe
 from ..core import MASKS_NAME, SparseMasks, sparsity_report
 from ..methods import ACDC, GMP, Constant, MaskMethod, RigL, dense_masks
 from .config import VisionArguments
@@ -40,7 +41,11 @@ from .data import build_datasets, check_first_image, progressive_size, subset, t
 logger = logging.getLogger(__name__)
 
 # Fields that do not change what a run computes: a resumed run may change them.
-_RUNTIME_FIELDS = {"output_dir", "resume", "progress", "stop_after_epoch", "num_workers", "push_to_hub", "hub_model_id", "hub_private"}
+_RUNTIME_FIELDS = {"output_dir", "overwrite", "progress", "stop_after_epoch", "num_workers", "push_to_hub",
+                   "hub_private_repo",
+                   "resume", "hub_model_id", "hub_private"}  # the last three: names of earlier versions, in old states
+# Not written into recipe.yaml: how this invocation runs, not what it computes.
+_NOT_IN_RECIPE = {"overwrite", "push_to_hub", "hub_private_repo", "stop_after_epoch"}
 
 
 def create_model(args: VisionArguments, num_classes: int) -> nn.Module:
@@ -173,10 +178,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _atomic_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    write_json_atomic(path, obj)
 
 
 def _replace_dir(tmp: str, final: str) -> None:
@@ -321,7 +323,7 @@ def push_checkpoint(directory: str, args: VisionArguments) -> str:
     from ..hub import push_or_explain
 
     message = f"sparse_transfer: {args.model} {args.method}" + (f" {args.sparsity:.0%}" if args.sparsity else "")
-    return push_or_explain(directory, args.hub_model_id, private=args.hub_private, commit_message=message)
+    return push_or_explain(directory, args.push_to_hub, private=args.hub_private_repo, commit_message=message)
 
 
 @torch.no_grad()
@@ -381,7 +383,7 @@ def train(args: VisionArguments) -> dict[str, Any]:
     if args.push_to_hub:
         from ..hub import check_push_target
 
-        check_push_target(args.hub_model_id)  # before any training: fails in seconds, not hours
+        check_push_target(args.push_to_hub)  # before any training: fails in seconds, not hours
     accelerator = Accelerator(mixed_precision=_mixed_precision(args), cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     out = args.output_dir
@@ -444,13 +446,19 @@ def train(args: VisionArguments) -> dict[str, Any]:
         for name in ("state", "last", "best"):
             _recover_dir(os.path.join(out, name))
     accelerator.wait_for_everyone()
-    if args.resume and os.path.isfile(os.path.join(state_dir, "state.pt")):
+    if args.overwrite and main:
+        for name in ("state", "last", "best", "merged", "results.json"):
+            path = os.path.join(out, name)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else (
+                os.remove(path) if os.path.exists(path) else None)
+    accelerator.wait_for_everyone()
+    if not args.overwrite and os.path.isfile(os.path.join(state_dir, "state.pt")):
         state = torch.load(os.path.join(state_dir, "state.pt"), map_location="cpu", weights_only=True)
         saved = {k: v for k, v in state["recipe"].items() if k not in _RUNTIME_FIELDS}
         now = {k: v for k, v in recipe.items() if k not in _RUNTIME_FIELDS}
         if saved != now:
             diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-            raise ValueError(f"{out} holds a run with a different recipe (fields {diff}); use another --output_dir or --no_resume.")
+            refuse_other_recipe(out, "a run", diff)
         unwrapped.load_state_dict(state["model"])
         getattr(optimizer, "optimizer", optimizer).load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -462,7 +470,7 @@ def train(args: VisionArguments) -> dict[str, Any]:
         if main:
             logger.info("Resumed %s at epoch %d.", out, start_epoch)
     if main:
-        _atomic_json(os.path.join(out, "recipe.json"), dict(recipe, sparse_transfer_version=__version__))
+        write_recipe(out, {k: v for k, v in recipe.items() if k not in _NOT_IN_RECIPE}, "vision")
 
     # ------------------------------------------------------------------------------------ epochs
     step_times: list[float] = []
@@ -668,5 +676,7 @@ def _results(args: VisionArguments, history: list[dict], best: dict, complete: b
         "best_epoch": best["epoch"],
         "mean_step_time_s_this_session": sum(step_times) / len(step_times) if step_times else None,
         "sparse_transfer_version": __version__,
+        "versions": library_versions(),
+        "recipe": {k: v for k, v in args.to_dict().items() if k not in _NOT_IN_RECIPE},
         "history": history,
     }

@@ -85,7 +85,8 @@ def test_method_trains_exactly_sparse_and_reloads_with_timm(tmp_path, image_fold
     for h in history:
         assert 0.0 <= h["zero_channel_fraction"] <= 1.0
         assert set(h["layer_sparsity"]) == {l.name for l in sparsity_report(model, args.targets).layers}
-    assert (tmp_path / name / "recipe.json").exists()
+    assert (tmp_path / name / "recipe.yaml").exists()
+    assert parse_args(["--recipe", str(tmp_path / name / "recipe.yaml")]).to_dict() == {**args.to_dict(), "overwrite": False}
     assert json.loads((tmp_path / name / "results.json").read_text())["history"] == json.loads(json.dumps(history))
 
 
@@ -244,8 +245,8 @@ def test_push_to_hub_uploads_checkpoint_with_model_card(tmp_path, image_folder, 
 
     monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
-    _, results = run(tmp_path, image_folder, "constant", epochs=1, push_to_hub=True, hub_model_id="user/tiny-sparse",
-                     hub_private=True)
+    _, results = run(tmp_path, image_folder, "constant", epochs=1, push_to_hub="user/tiny-sparse",
+                     hub_private_repo=True)
     assert calls["create_repo"] == ("user/tiny-sparse", True, True) and calls["repo_id"] == "user/tiny-sparse"
     assert {"model.safetensors", "config.json", "README.md", MASKS_NAME} <= set(calls["files"])
     card = calls["card"]
@@ -273,13 +274,15 @@ def test_push_refuses_checkpoint_with_nonzero_pruned_weights(tmp_path, image_fol
     weights[name][~masks[name]] = 1.0
     save_file(weights, str(last / "model.safetensors"))
     with pytest.raises(ValueError, match="pruned weight.* are non-zero"):
-        push_checkpoint(str(last), VisionArguments(**{**args.to_dict(), "push_to_hub": True, "hub_model_id": "u/x"}))
+        push_checkpoint(str(last), VisionArguments(**{**args.to_dict(), "push_to_hub": "u/x"}))
 
 
-def test_push_to_hub_flag_needs_a_repo_id():
-    with pytest.raises(ValueError, match="hub_model_id"):
-        parse_args(["--push-to-hub", "--data", "x"])
-    assert parse_args(["--push-to-hub", "--hub-model-id", "u/x", "--data", "x"]).push_to_hub
+def test_push_to_hub_flag_takes_the_repo_id():
+    with pytest.raises(ValueError, match="needs the repository USER/NAME"):
+        parse_args(["--push-to-hub", "tiny", "--data", "x"])
+    assert parse_args(["--push-to-hub", "u/x", "--data", "x"]).push_to_hub == "u/x"
+    with pytest.raises(ValueError, match="--hub_model_id is now --push-to-hub USER/NAME"):
+        parse_args(["--push-to-hub", "--hub_model_id", "u/x", "--data", "x"])
 
 
 def test_cli_reports_bad_input_without_traceback(tmp_path, image_folder, capsys):

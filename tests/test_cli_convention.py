@@ -1,0 +1,54 @@
+"""One convention across glue, upstream and vision: the same flag spellings, a recipe.yaml that reruns the run, one
+summary line pointing to results.json; replaced spellings are refused with the new one named."""
+
+import pytest
+
+from sparse_transfer.glue.__main__ import main as glue_main
+from sparse_transfer.upstream.__main__ import main as upstream_main
+from sparse_transfer.vision.__main__ import main as vision_main
+
+
+@pytest.mark.parametrize("main", [glue_main, upstream_main, vision_main], ids=["glue", "upstream", "vision"])
+@pytest.mark.parametrize(
+    "flag, new",
+    [
+        ("--overwrite_output_dir", "--overwrite"),
+        ("--no_resume", "--overwrite"),
+        ("--hub_model_id=u/x", "--push-to-hub USER/NAME"),
+        ("--hub_private", "--hub-private-repo"),
+    ],
+)
+def test_replaced_spellings_name_the_new_one(main, flag, new, capsys):
+    assert main(["--output_dir", "x", flag]) == 2
+    err = capsys.readouterr().err
+    assert f"is now {new}" in err and "Traceback" not in err
+
+
+def test_glue_epochs_have_one_spelling(capsys):
+    assert glue_main(["--task", "rte", "--num_train_epochs", "3"]) == 2
+    assert "--num_train_epochs is now --epochs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["glue", "upstream", "vision"])
+def test_every_command_takes_the_same_spellings(module):
+    import importlib
+
+    config = importlib.import_module(f"sparse_transfer.{module}.config")
+    parser = config.make_parser() if module == "glue" else None
+    if parser is None:
+        from transformers import HfArgumentParser
+
+        dataclass = config.UpstreamArguments if module == "upstream" else config.VisionArguments
+        parser = HfArgumentParser(dataclass)
+    assert {"--overwrite", "--push-to-hub", "--hub-private-repo"} <= set(parser._option_string_actions)
+
+
+def test_glue_help_shows_the_recipe_first_and_groups_the_inherited_arguments():
+    from sparse_transfer.glue.config import make_parser
+
+    help_text = make_parser().format_help()
+    sections = [help_text.index(s) for s in ("\nrecipe:", "\nGLUE run", "\nsparse training (SparseTrainer)",
+                                              "\ntransformers.TrainingArguments (inherited")]
+    assert sections == sorted(sections)
+    inherited = help_text[sections[-1]:]
+    assert "--learning_rate" in inherited and "--mask_targets" not in inherited and "--lora_r" not in inherited
