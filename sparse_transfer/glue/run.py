@@ -269,7 +269,13 @@ def _make_trainer_classes(task: GlueTask, keys: list[str]):
             return metrics
 
     class BestCheckpointCallback(TrainerCallback):
-        """Saves the model (sparse, checked against the mask) whenever the dev score beats the best so far."""
+        """Saves the model (sparse, checked against the mask) whenever the dev score beats the best so far.
+
+        Ours rather than ``load_best_model_at_end`` / ``metric_for_best_model``: those need a Trainer checkpoint
+        (optimizer state included) at every evaluation and keep the best one among the rotated checkpoints; here the
+        best epoch is one sparse checkpoint, written atomically to ``best.in-progress/`` with its mask file whatever
+        ``save_strategy`` is, checked against the mask before it is written, and it survives a kill -9.
+        """
 
         def __init__(self, best_dir: Path, masks, tokenizer, adapter: bool = False):
             self.best_dir, self.masks, self.tokenizer, self.adapter = best_dir, masks, tokenizer, adapter

@@ -357,6 +357,10 @@ class MaskMethodCallback(TrainerCallback):
     ``on_step_begin`` tells the engine whether the coming step needs dense gradients; :meth:`after_backward` (called by
     :class:`SparseTrainer` after the last micro-batch's backward, before clipping) runs the method's schedule. Mask
     events are kept in :attr:`events` and logged with the next log line.
+
+    The method's state goes into each checkpoint as ``sparse_method_state.pt`` (``torch.save``, read back with
+    ``weights_only=True``) rather than through transformers' ``ExportableState``, which stores JSON in
+    ``trainer_state.json``: the state holds masks, tensors of up to one bit per weight.
     """
 
     def __init__(self, method: MaskMethod):

@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import shutil
 import time
 from typing import Any
@@ -111,14 +110,17 @@ def load_init_checkpoint(model: nn.Module, checkpoint: str, name: str) -> list[s
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weights of two or more dims only: never on norm layers and biases."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """Weight decay on weights of two or more dims only, never on norm layers and biases; frozen parameters left
+    out: timm's own grouping (``timm.optim.param_groups_weight_decay``), plus the model's ``no_weight_decay()``."""
+    from timm.optim import param_groups_weight_decay
+
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
 
 
+# Our own schedule rather than timm's or transformers': per-iteration linear warm-up then linear decay to a non-zero
+# end (the FFCV ImageNet recipe), one pure function of the step that a resumed run recomputes; timm's schedulers are
+# epoch-stepped with per-update variants, transformers' linear schedule always decays to 0.
 def lr_factor(step: int, warmup_steps: int, total_steps: int, end_factor: float) -> float:
     """Linear warm-up from 0 to 1 over ``warmup_steps`` (per iteration), then linear decay to ``end_factor``."""
     if step < warmup_steps:
@@ -173,8 +175,9 @@ def _stored_mask_path(init_checkpoint: str | None) -> str | None:
 
 
 def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
+    from accelerate.utils import set_seed
+
+    set_seed(seed)  # python, numpy, torch and every CUDA device
 
 
 def _atomic_json(path: str, obj: Any) -> None:
@@ -328,7 +331,11 @@ def push_checkpoint(directory: str, args: VisionArguments) -> str:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, args: VisionArguments, accelerator) -> dict[str, float]:
-    """Top-1, loss and mean prediction entropy over the whole eval set, each rank taking a disjoint shard."""
+    """Top-1, loss and mean prediction entropy over the whole eval set, each rank taking a disjoint shard.
+
+    Sums reduced over ranks rather than ``accelerator.prepare`` + ``gather_for_metrics``: the same exact result (no
+    example counted twice, whatever the world size) without gathering every example's logits onto every rank.
+    """
     model.eval()
     rank, world = accelerator.process_index, accelerator.num_processes
     shard = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
