@@ -1,9 +1,11 @@
-"""GLUE metrics, offline, computed exactly as the ``evaluate`` GLUE metric computes them.
+"""GLUE metrics: ``evaluate``'s GLUE metric when it is available locally, else the same formulas offline.
 
-``evaluate.load("glue", task)`` downloads its script from the Hub; these are the same formulas (evaluate's
-``metrics/glue/glue.py``: sklearn's ``matthews_corrcoef`` and ``f1_score``, scipy's ``pearsonr`` and
-``spearmanr``, accuracy as the mean of exact matches), including its casts (int64 labels, float32 STS-B
-scores), so the numbers agree to the last bit without the network.
+``evaluate.load("glue", task)`` needs its script, which it downloads from the Hub once and caches; when the cache
+has it (load it once with network), :func:`glue_metrics` uses it. Otherwise the offline formulas here compute the
+same numbers (evaluate's ``metrics/glue/glue.py``: sklearn's ``matthews_corrcoef`` and ``f1_score``, scipy's
+``pearsonr`` and ``spearmanr``, accuracy as the mean of exact matches, with its casts: int64 labels, float32 STS-B
+scores), so the numbers agree to the last bit without the network (``tests/glue/test_metrics.py`` compares both where
+the Hub is reachable). The look-up never waits on the network: it reads the local cache only.
 
 On top of the metric values, :func:`glue_score` gives one number per evaluation to choose the best epoch
 and rank grid runs: the mean of the task's metrics (as the GLUE leaderboard averages F1/accuracy and
@@ -21,8 +23,27 @@ from sklearn.metrics import f1_score, matthews_corrcoef
 from .tasks import GlueTask, get_task
 
 
-def glue_metrics(task: str | GlueTask, predictions, references) -> dict[str, float]:
-    """The GLUE metric of ``task`` for one evaluation set.
+_EVALUATE_METRICS: dict[str, object] = {}
+
+
+def evaluate_metric(task_name: str):
+    """``evaluate``'s GLUE metric for ``task_name`` from the local cache, or ``None`` (looked up once per task)."""
+    if task_name not in _EVALUATE_METRICS:
+        try:
+            import evaluate
+            from evaluate.utils.file_utils import DownloadConfig
+
+            _EVALUATE_METRICS[task_name] = evaluate.load(
+                "glue", task_name, download_config=DownloadConfig(local_files_only=True)
+            )
+        except Exception:  # not cached, evaluate missing, or its script fails to import: the offline formulas
+            _EVALUATE_METRICS[task_name] = None
+    return _EVALUATE_METRICS[task_name]
+
+
+def glue_metrics(task: str | GlueTask, predictions, references, use_evaluate: bool = True) -> dict[str, float]:
+    """The GLUE metric of ``task`` for one evaluation set: ``evaluate``'s when it is cached locally (and
+    ``use_evaluate``), else the offline formulas that compute the same numbers.
 
     Args:
         task: Task name or :class:`GlueTask` (``mnli`` is scored per dev set, each with ``accuracy``).
@@ -41,6 +62,9 @@ def glue_metrics(task: str | GlueTask, predictions, references) -> dict[str, flo
         raise ValueError(f"{preds.size} predictions for {labels.size} references.")
     if preds.size == 0:
         raise ValueError("No predictions to score.")
+    metric = evaluate_metric(task.name) if use_evaluate else None
+    if metric is not None:
+        return {k: float(v) for k, v in metric.compute(predictions=preds, references=labels).items()}
     if task.name == "cola":
         return {"matthews_correlation": float(matthews_corrcoef(labels, preds))}
     if task.name == "stsb":

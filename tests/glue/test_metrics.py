@@ -96,3 +96,47 @@ def test_bad_metric_input():
         glue_metrics("rte", [0, 1, 1], [0, 1])
     with pytest.raises(ValueError, match="Unknown GLUE task 'glue'"):
         glue_metrics("glue", [0], [0])
+
+
+def test_the_offline_formulas_are_used_when_evaluate_has_no_cached_metric(monkeypatch):
+    from sparse_transfer.glue import metrics
+
+    monkeypatch.setattr(metrics, "_EVALUATE_METRICS", {})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert metrics.evaluate_metric("rte") is None  # nothing cached on this machine: no wait, no error
+    assert glue_metrics("rte", [0, 1, 1], [0, 1, 0]) == {"accuracy": 2 / 3}
+
+
+class _Recorder:
+    def __init__(self):
+        self.calls = 0
+
+    def compute(self, predictions, references):
+        self.calls += 1
+        return {"accuracy": 0.25}
+
+
+def test_a_cached_evaluate_metric_is_used(monkeypatch):
+    from sparse_transfer.glue import metrics
+
+    recorder = _Recorder()
+    monkeypatch.setattr(metrics, "_EVALUATE_METRICS", {"rte": recorder})
+    assert glue_metrics("rte", [0, 1], [0, 1]) == {"accuracy": 0.25} and recorder.calls == 1
+    assert glue_metrics("rte", [0, 1], [0, 1], use_evaluate=False) == {"accuracy": 1.0}
+
+
+@pytest.mark.hub
+@pytest.mark.parametrize("task", ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"])
+def test_evaluate_and_the_offline_formulas_agree(task):
+    """Where the Hub is reachable: evaluate's own GLUE metric and the offline formulas give the same numbers."""
+    import evaluate
+
+    metric = evaluate.load("glue", task)
+    rng = np.random.default_rng(0)
+    if task == "stsb":
+        preds, labels = rng.uniform(0, 5, 200).astype(np.float32), rng.uniform(0, 5, 200).astype(np.float32)
+    else:
+        classes = 3 if task == "mnli" else 2
+        preds, labels = rng.integers(0, classes, 200), rng.integers(0, classes, 200)
+    expected = {k: float(v) for k, v in metric.compute(predictions=preds, references=labels).items()}
+    assert glue_metrics(task, preds, labels, use_evaluate=False) == expected
