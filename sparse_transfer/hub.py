@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ._rundir import plain as _plain
 from .core import MASKS_NAME, SparseMasks, SparsityReport, select_targets, sparsity_report
 from .core.masks import weights_fingerprint
 from .core.targets import BERT_ENCODER_PATTERNS, TargetSpec
@@ -660,21 +661,6 @@ def _as_list(value) -> list:
     if isinstance(value, (str, bytes)):
         return [value]
     return list(value)
-
-
-def _plain(value):
-    """Turns a recipe (dataclasses, tuples, paths) into YAML-safe builtins."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 # -------------------------------------------------------------------------------------------- loading

@@ -112,7 +112,6 @@ def test_forward_matches_the_masked_update_formula_and_grads_are_masked():
 
 def test_dropout_path_is_exact_and_merge_unmerge_round_trip():
     base = sparse_bert()
-    zeros = zero_positions(base)
     model = get_peft_model(base, config(lora_dropout=0.2))
     x = train_steps(model, steps=3)  # trains through the dropout path, evaluates through the fused one
     with torch.no_grad():

@@ -154,3 +154,24 @@ def _offline(monkeypatch):
     # A test that reaches for the Hub must fail at once, not wait on the network.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, hub_login):
+    """Records what a push would upload (the allowed files of the folder, read at upload time); nothing leaves."""
+    import huggingface_hub
+
+    uploads = []
+
+    def create_repo(repo_id, token=None, private=False, exist_ok=False, **kw):
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(repo_id, folder_path, allow_patterns=None, **kw):
+        from huggingface_hub.utils import filter_repo_objects
+
+        names = filter_repo_objects([p.name for p in Path(folder_path).iterdir() if p.is_file()], allow_patterns=allow_patterns)
+        uploads.append((repo_id, {name: (Path(folder_path) / name).read_bytes() for name in names}))
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    return uploads

@@ -1,17 +1,15 @@
 """The model card of a GLUE run: Hub metadata only where it is true, model-index, and a usage snippet that runs."""
 
 import re
-from pathlib import Path
 
 import yaml
 
 from sparse_transfer.glue.__main__ import main
 
-from .test_lora_cli import fake_hub  # noqa: F401 - fixture
 from .test_cli import fast_args
 
 
-def test_card_metadata_model_index_and_a_snippet_that_runs(tiny_model_dir, glue_dir, tmp_path, fake_hub):  # noqa: F811
+def test_card_metadata_model_index_and_a_snippet_that_runs(tiny_model_dir, glue_dir, tmp_path, fake_hub):
     out = tmp_path / "rte"
     assert main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out), "--push-to-hub", "me/tiny-rte"]) == 0
     text = (out / "best" / "README.md").read_text()

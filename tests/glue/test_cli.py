@@ -46,24 +46,8 @@ def dev_accuracy(checkpoint: Path, dev_tsv: Path) -> float:
     return glue_metrics("rte", predictions, labels)["accuracy"]
 
 
-def test_rte_end_to_end_with_push(tiny_model_dir, glue_dir, tmp_path, monkeypatch, hub_login):
-    import huggingface_hub
-
-    uploads = []
-
-    def create_repo(repo_id, token=None, private=False, exist_ok=False, **kw):
-        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def upload_folder(repo_id, folder_path, allow_patterns=None, **kw):
-        from huggingface_hub.utils import filter_repo_objects
-
-        # What would leave the machine: the allowed files of the folder, read now.
-        names = filter_repo_objects([p.name for p in Path(folder_path).iterdir() if p.is_file()], allow_patterns=allow_patterns)
-        uploads.append((repo_id, {name: (Path(folder_path) / name).read_bytes() for name in names}))
-
-    monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
-
+def test_rte_end_to_end_with_push(tiny_model_dir, glue_dir, tmp_path, fake_hub):
+    uploads = fake_hub
     out = tmp_path / "rte"
     assert main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out), "--push-to-hub", "me/tiny-rte"]) == 0
 

@@ -12,26 +12,6 @@ from sparse_transfer.glue.__main__ import main
 from .test_cli import dev_accuracy, fast_args, pruned_positions
 
 
-@pytest.fixture
-def fake_hub(monkeypatch, hub_login):
-    import huggingface_hub
-
-    uploads = []
-
-    def create_repo(repo_id, token=None, private=False, exist_ok=False, **kw):
-        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def upload_folder(repo_id, folder_path, allow_patterns=None, **kw):
-        from huggingface_hub.utils import filter_repo_objects
-
-        names = filter_repo_objects([p.name for p in Path(folder_path).iterdir() if p.is_file()], allow_patterns=allow_patterns)
-        uploads.append((repo_id, {name: (Path(folder_path) / name).read_bytes() for name in names}))
-
-    monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
-    return uploads
-
-
 def test_lora_run_writes_the_adapter_and_the_merged_model_with_exact_zeros(tiny_model_dir, glue_dir, tmp_path, fake_hub,
                                                                           capsys):
     out = tmp_path / "rte-lora"
