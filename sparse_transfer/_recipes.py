@@ -13,6 +13,23 @@ from typing import Any
 import yaml
 
 
+def find_recipe(name_or_path: str | os.PathLike, folder: str) -> str:
+    """A recipe file: ``name_or_path`` itself if it is a file, else ``<name>.yaml`` among the recipes shipped in
+    ``sparse_transfer/recipes/<folder>/`` (``glue``, ``upstream``, ``imagenet``), found through ``importlib.resources``
+    so that a wheel install finds them too. Raises ``FileNotFoundError`` listing the shipped names."""
+    from importlib.resources import files
+
+    if os.path.isfile(name_or_path):
+        return os.fspath(name_or_path)
+    shipped = files("sparse_transfer") / "recipes" / folder
+    name = os.fspath(name_or_path)
+    candidate = shipped / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if candidate.is_file():
+        return str(candidate)
+    known = sorted(p.name.removesuffix(".yaml") for p in shipped.iterdir() if p.name.endswith(".yaml")) if shipped.is_dir() else []
+    raise FileNotFoundError(f"No recipe file at {name}, and no shipped recipe of that name (known: {', '.join(known) or 'none'}).")
+
+
 def read_recipe(path: str | os.PathLike, known_fields: Iterable[str], command: str) -> dict[str, Any]:
     """Reads a recipe YAML and checks that every key is a field of the tool.
 

@@ -52,3 +52,36 @@ def test_glue_help_shows_the_recipe_first_and_groups_the_inherited_arguments():
     assert sections == sorted(sections)
     inherited = help_text[sections[-1]:]
     assert "--learning_rate" in inherited and "--mask_targets" not in inherited and "--lora_r" not in inherited
+
+
+@pytest.mark.parametrize("module", ["glue", "upstream", "vision", "inspect", "push", "demo"])
+def test_every_help_prints(module):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", f"sparse_transfer.{module}", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "usage:" in done.stdout, done.stderr[-500:]
+
+
+def test_recipes_by_name_in_every_command():
+    from sparse_transfer.upstream.config import parse_args as upstream_args
+    from sparse_transfer.vision.config import parse_args as vision_args
+
+    assert upstream_args(["--recipe", "minilm_90"]).sparsity == 0.9
+    assert vision_args(["--recipe", "resnet50_gmp_90_1x", "--data", "x"]).method == "gmp"
+    with pytest.raises(FileNotFoundError, match="known: .*minilm_80"):
+        upstream_args(["--recipe", "minilm_91"])
+
+
+def test_hub_private_repo_is_a_bare_flag_in_glue_too():
+    from sparse_transfer.glue.config import _push_to_hub_argv
+
+    assert _push_to_hub_argv(["--push-to-hub", "u/x", "--hub-private-repo"])[-2:] == ["--hub_private_repo", "true"]
+    assert _push_to_hub_argv(["--hub-private-repo", "false"]) == ["--hub-private-repo", "false"]
+
+
+def test_glue_help_hides_the_refused_spellings():
+    from sparse_transfer.glue.config import make_parser
+
+    help_text = make_parser().format_help()
+    assert "--num_train_epochs NUM" not in help_text and "--hub_model_id HUB" not in help_text

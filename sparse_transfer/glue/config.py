@@ -94,7 +94,8 @@ class GlueArguments:
                            "runs) or 'best'.", choices=list(GRID_SUMMARIES))
     mixed_precision: str = _f("auto", "auto (fp16 on a CUDA GPU, as oBERT's scripts; fp32 on CPU), no, fp16 or bf16. "
                               "--fp16/--bf16 also work.", choices=["auto", "no", "fp16", "bf16"])
-    overwrite: bool = _f(False, "Train again even if --output_dir holds a finished run with a different recipe.")
+    overwrite: bool = _f(False, "Start over: train again even if --output_dir holds a finished run (of this or another "
+                         "recipe) or Trainer checkpoints.")
     lora_r: int | None = _f(None, "Train a masked LoRA adapter of this rank instead of the whole model (the base stays "
                             "frozen; the update keeps every zero; sparse_transfer.lora). best/ then holds the adapter.")
     lora_alpha: float | None = _f(None, "LoRA scaling numerator (update = alpha / r * B A); default 2 * lora_r.")
@@ -214,6 +215,9 @@ def _push_to_hub_argv(argv: list[str]) -> list[str]:
                 out += ["--push_to_hub", "true", "--hub_model_id", value]
             else:
                 out.append(arg if not eq else f"--push_to_hub={value}")
+        elif name in ("--hub_private_repo", "--hub-private-repo") and not eq and (
+                i + 1 >= len(argv) or argv[i + 1].startswith("-")):
+            out += ["--hub_private_repo", "true"]  # a bare flag, as in upstream and vision
         else:
             out.append(arg)
         i += 1
@@ -242,6 +246,8 @@ def _group_help(parser) -> None:
     for action in list(parser._actions):
         if isinstance(action, argparse._HelpAction):
             continue
+        if action.dest in ("num_train_epochs", "hub_model_id"):
+            action.help = argparse.SUPPRESS  # refused spellings: --epochs, --push-to-hub USER/NAME
         dest = action.dest.removeprefix("no_")
         key = "glue" if dest in glue else "sparse" if dest in sparse else "inherited" if dest in inherited else None
         if key is None:

@@ -185,13 +185,11 @@ def fingerprint(recipe: dict[str, Any]) -> dict[str, Any]:
 def finished_run(run_dir: Path, recipe: dict[str, Any], overwrite: bool) -> dict | None:
     """The cached results of ``run_dir`` if it finished with this recipe; None if it must (re)run."""
     path = run_dir / RESULTS_NAME
-    if not path.is_file():
+    if overwrite or not path.is_file():  # --overwrite starts over, as in every command
         return None
     results = json.loads(path.read_text(encoding="utf-8"))
     if fingerprint(results.get("recipe", {})) == fingerprint(recipe):
         return results
-    if overwrite:
-        return None
     old, new = fingerprint(results.get("recipe", {})), fingerprint(recipe)
     differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     raise ValueError(

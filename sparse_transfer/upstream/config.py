@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._recipes import read_recipe
+from .._recipes import find_recipe, read_recipe
 from ..core import validate_sparsity
 
 DISTRIBUTIONS = ("global", "uniform", "nm")
@@ -57,9 +57,9 @@ class UpstreamArguments:
     distribution: str = _f("global", "global (one magnitude threshold over all targets), uniform, or nm (see --nm).",
                            choices=list(DISTRIBUTIONS))
     nm: str | None = _f(None, "N:M semi-structured pattern such as 2:4 (implies --distribution nm; imposed at prune_start_step).")
-    acdc_warmup_steps: int | None = _f(None, "AC/DC: dense warm-up steps (default 10% of max_steps).")
-    acdc_phase_steps: int | None = _f(None, "AC/DC: length of each compressed and decompressed phase (default 5% of max_steps).")
-    acdc_final_steps: int | None = _f(None, "AC/DC: final compressed stretch (default 15% of max_steps).")
+    acdc_warmup_steps: int | None = _f(None, "AC/DC: dense warm-up steps (default 10%% of max_steps).")
+    acdc_phase_steps: int | None = _f(None, "AC/DC: length of each compressed and decompressed phase (default 5%% of max_steps).")
+    acdc_final_steps: int | None = _f(None, "AC/DC: final compressed stretch (default 15%% of max_steps).")
     rigl_interval: int | None = _f(None, "RigL: steps between drop/grow updates (default prune_interval).")
     rigl_alpha: float = _f(0.3, "RigL: initial drop fraction (cosine-decayed).")
     rigl_end_fraction: float = _f(0.75, "RigL: updates stop at this fraction of max_steps.")
@@ -235,7 +235,7 @@ RESUME_FREE_FIELDS = frozenset(
 
 def load_recipe(path: str) -> dict[str, Any]:
     """Reads a recipe YAML (keys are :class:`UpstreamArguments` fields; ``description`` is ignored)."""
-    return read_recipe(path, (f.name for f in dataclasses.fields(UpstreamArguments)), "python -m sparse_transfer.upstream")
+    return read_recipe(find_recipe(path, "upstream"), (f.name for f in dataclasses.fields(UpstreamArguments)), "python -m sparse_transfer.upstream")
 
 
 def parse_args(argv: list[str] | None = None) -> UpstreamArguments:

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._recipes import read_recipe
+from .._recipes import find_recipe, read_recipe
 
 METHODS = ("dense", "constant", "gmp", "acdc", "rigl")
 
@@ -157,7 +157,7 @@ class VisionArguments:
 
 def load_recipe(path: str) -> dict[str, Any]:
     """Reads a recipe YAML (keys are :class:`VisionArguments` fields) and checks its keys."""
-    return read_recipe(path, (f.name for f in dataclasses.fields(VisionArguments)), "python -m sparse_transfer.vision")
+    return read_recipe(find_recipe(path, "imagenet"), (f.name for f in dataclasses.fields(VisionArguments)), "python -m sparse_transfer.vision")
 
 
 def parse_args(argv: list[str] | None = None) -> VisionArguments:

@@ -33,3 +33,18 @@ def test_grid_points():
     assert [(p["name"], p["epochs"]) for p in sweep] == [("lr2e-05_dropout0.1_epochs1", "1"), ("lr2e-05_dropout0.1_epochs2", "2")]
     with pytest.raises(ValueError, match="repeats a point"):
         grid_points(GlueArguments(task="rte", grid_learning_rates=[1e-4, 1e-4]), None)
+
+
+def test_overwrite_trains_a_finished_run_again(tiny_model_dir, glue_dir, tmp_path, capsys):
+    from sparse_transfer.glue.__main__ import main
+
+    from .test_cli import fast_args
+
+    out = tmp_path / "rte"
+    args = ["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out), "--epochs", "1"]
+    assert main(args) == 0
+    first = (out / "results.json").stat().st_mtime_ns
+    assert main(args) == 0  # the same recipe, finished: returned as is
+    assert (out / "results.json").stat().st_mtime_ns == first
+    assert main([*args, "--overwrite"]) == 0  # start over
+    assert (out / "results.json").stat().st_mtime_ns != first

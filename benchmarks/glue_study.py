@@ -1,0 +1,166 @@
+"""The miniature of the paper's Table 5/6: sparse transfer recipes on real GLUE data, every run through the GLUE command.
+
+Tasks x starting points x arms, each arm one ``python -m sparse_transfer.glue`` invocation (a grid or a single run):
+
+- ``paper``: the task's recipe (``recipes/glue/<task>.yaml``: gradual unfreezing, LR rewind, L+2 epochs) with its grid
+  LR {1e-4, 2e-4, 3e-4} x dropout {0.05, 0.1}, mean of the two best;
+- ``dense_transfer``: 3 epochs, everything trainable, LR grid {2e-5, 3e-5, 5e-5}, mean of the two best;
+- ``extended``: the same for 8 epochs;
+- ``rescaled_sweep``: epochs 1-7 x that LR grid, best run (a GPU arm);
+- ``*_single``: the recipe's default as one run (no grid), for CPU sessions and for "how close does the default come".
+
+Every run folder lives under ``--runs`` (outside the repository; the GLUE command caches finished runs and grid
+points, so the study continues across sessions); each finished arm's summary is written to
+``benchmarks/results/glue_study/<task>__<model>__<arm>.json`` and ``--table`` prints the table (score, gap to the
+dense reference, share of the dense-transfer gap the paper's recipe closes, one-seed standard error).
+
+Usage::
+
+    python benchmarks/glue_study.py --data-dir GLUE_DIR --models dense=MODEL_DIR 90=SPARSE_90_DIR \\
+        --tasks rte --arms paper dense_transfer --threads 1
+    python benchmarks/glue_study.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from sparse_transfer._rundir import write_json_atomic  # noqa: E402
+
+RESULTS_DIR = os.environ.get("GLUE_STUDY_RESULTS", os.path.join(REPO, "benchmarks", "results", "glue_study"))
+ARMS = {
+    "paper": ["--grid"],  # the task's own recipe
+    "paper_single": [],
+    "dense_transfer": ["--recipe", "dense_transfer", "--grid"],
+    "dense_transfer_single": ["--recipe", "dense_transfer"],
+    "extended": ["--recipe", "extended", "--grid"],
+    "extended_single": ["--recipe", "extended"],
+    "rescaled_sweep": ["--recipe", "rescaled_sweep", "--grid"],
+}
+METRIC = {"rte": "accuracy", "sst2": "accuracy", "cola": "matthews_correlation"}
+
+
+def arm_command(task: str, model_dir: str, arm: str, opts, run_dir: str) -> list[str]:
+    command = [sys.executable, "-m", "sparse_transfer.glue", "--task", task, "--model", model_dir, "--data_dir",
+               opts.data_dir, "--output_dir", run_dir, "--disable_tqdm", "true", *ARMS[arm]]
+    if task == "sst2" and opts.sst2_train_samples:
+        command += ["--max_train_samples", str(opts.sst2_train_samples)]
+    return command
+
+
+def summarize(task: str, model: str, arm: str, run_dir: str, command: list[str], seconds: float) -> dict:
+    metric = METRIC[task]
+    grid_path = os.path.join(run_dir, "grid_results.json")
+    if os.path.isfile(grid_path):
+        with open(grid_path) as f:
+            grid = json.load(f)
+        runs = grid["runs"]
+        score = grid["summary"][metric]
+        how = grid["summary"]["how"]
+        per_epoch = {}
+        for r in runs:
+            with open(os.path.join(r["run_dir"], "results.json")) as f:
+                per_epoch[r["name"]] = [e[metric] for e in json.load(f)["per_epoch"]]
+        detail = [{"name": r["name"], "learning_rate": r["learning_rate"], "dropout": r["dropout"],
+                   "epochs": r["epochs"], "score": r["best"][metric], "best_epoch": r["best"]["epoch"]} for r in runs]
+    else:
+        with open(os.path.join(run_dir, "results.json")) as f:
+            results = json.load(f)
+        score, how = results["best"][metric], "single run"
+        per_epoch = {"single": [e[metric] for e in results["per_epoch"]]}
+        detail = [{"name": "single", "learning_rate": results["recipe"].get("learning_rate"),
+                   "dropout": results["recipe"].get("dropout"), "epochs": results["epochs"], "score": score,
+                   "best_epoch": results["best"]["epoch"]}]
+    first = os.path.join(run_dir, detail[0]["name"]) if how != "single run" else run_dir
+    with open(os.path.join(first, "results.json")) as f:
+        one = json.load(f)
+    return {"task": task, "model": model, "arm": arm, "metric": metric, "score": score, "summary": how,
+            "runs": detail, "per_epoch": per_epoch, "train_examples": one["data"].get("train_examples"),
+            "dev_examples": sum((one["data"].get("eval_examples") or {}).values()) or None, "sparsity": one["sparsity"]["mask_sparsity"],
+            "command": " ".join(command[1:]), "wall_seconds_last_session": round(seconds, 1),
+            "versions": one["versions"]}
+
+
+def run_arms(opts) -> None:
+    models = dict(m.split("=", 1) for m in opts.models)
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads), "MKL_NUM_THREADS": str(opts.threads)}
+    for task in opts.tasks:
+        for model, model_dir in models.items():
+            for arm in opts.arms:
+                out = os.path.join(RESULTS_DIR, f"{task}__{model}__{arm}.json")
+                if os.path.isfile(out):
+                    print(f"[cached] {task} {model} {arm}")
+                    continue
+                run_dir = os.path.join(opts.runs, task, model, arm)
+                command = arm_command(task, model_dir, arm, opts, run_dir)
+                print("[run]", " ".join(command[1:]), flush=True)
+                start = time.time()
+                subprocess.run(command, check=True, env=env)
+                summary = summarize(task, model, arm, run_dir, command, time.time() - start)
+                write_json_atomic(out, summary)
+                print(f"[done] {task} {model} {arm}: {100 * summary['score']:.2f} ({summary['summary']})", flush=True)
+
+
+def standard_error(metric: str, score: float, n: int | None) -> float:
+    """One-seed standard error of a dev score: binomial for accuracy; for Matthews' correlation the large-sample
+    approximation sqrt((1 - r^2) / (n - 2))."""
+    if not n:
+        return math.nan
+    if metric == "accuracy":
+        return math.sqrt(max(score * (1 - score), 0.0) / n)
+    return math.sqrt(max(1 - score**2, 0.0) / max(n - 2, 1))
+
+
+def table() -> str:
+    rows = {}
+    for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "*.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        rows[(r["task"], r["model"], r["arm"])] = r
+    lines = ["| task | start | arm | score | summary | gap to dense reference | share of the dense-transfer gap closed | "
+             "SE (one seed) | train / dev examples |", "|---|---|---|---:|---|---:|---:|---:|---|"]
+    for (task, model, arm), r in sorted(rows.items()):
+        reference = rows.get((task, "dense", "dense_transfer")) or rows.get((task, "dense", "dense_transfer_single"))
+        gap = f"{100 * (r['score'] - reference['score']):+.2f}" if reference else "-"
+        share = "-"
+        baseline = rows.get((task, model, "dense_transfer")) or rows.get((task, model, "dense_transfer_single"))
+        if arm.startswith("paper") and reference and baseline and reference["score"] != baseline["score"]:
+            share = f"{(r['score'] - baseline['score']) / (reference['score'] - baseline['score']):.0%}"
+        se = standard_error(r["metric"], r["score"], r.get("dev_examples"))
+        lines.append(f"| {task} | {model} | {arm} | {100 * r['score']:.2f} | {r['summary']} | {gap} | {share} | "
+                     f"{100 * se:.2f} | {r.get('train_examples')} / {r.get('dev_examples')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", help="GLUE folder in GLUE's TSV layout.")
+    parser.add_argument("--models", nargs="+", default=[], help="NAME=MODEL_DIR, e.g. dense=... 90=...")
+    parser.add_argument("--tasks", nargs="+", default=["rte", "cola", "sst2"], choices=list(METRIC))
+    parser.add_argument("--arms", nargs="+", default=["paper", "dense_transfer"], choices=list(ARMS))
+    parser.add_argument("--runs", default=os.path.join(REPO, "runs", "glue_study"), help="Run folders (not committed).")
+    parser.add_argument("--sst2-train-samples", type=int, default=None, help="Subsample SST-2's training set (CPU).")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table", action="store_true", help="Print the table of every finished arm and stop.")
+    opts = parser.parse_args(argv)
+    if not opts.table:
+        if not opts.data_dir or not opts.models:
+            parser.error("--data-dir and --models are needed to run arms")
+        run_arms(opts)
+    print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
