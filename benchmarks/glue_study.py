@@ -52,7 +52,9 @@ METRIC = {"rte": "accuracy", "sst2": "accuracy", "cola": "matthews_correlation"}
 
 def arm_command(task: str, model_dir: str, arm: str, opts, run_dir: str) -> list[str]:
     command = [sys.executable, "-m", "sparse_transfer.glue", "--task", task, "--model", model_dir, "--data_dir",
-               opts.data_dir, "--output_dir", run_dir, "--disable_tqdm", "true", *ARMS[arm]]
+               opts.data_dir, "--output_dir", run_dir, "--disable_tqdm", "true",
+               # a checkpoint per epoch (the last one kept): a run cut by the end of a session resumes where it stopped
+               "--save_strategy", "epoch", "--save_total_limit", "1", *ARMS[arm]]
     if task == "sst2" and opts.sst2_train_samples:
         command += ["--max_train_samples", str(opts.sst2_train_samples)]
     return command
