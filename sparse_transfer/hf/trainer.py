@@ -382,11 +382,12 @@ class MaskMethodCallback(TrainerCallback):
             logger.info("step %d: %s (sparsity %.4f)", state.global_step, event["event"], self.method.masks.sparsity())
 
     def log_entries(self) -> dict:
-        """What the next log line says about the method: its state, and the mask events since the last log."""
-        entries = dict(self.method.describe())
-        if self._unlogged:
-            entries["mask_events"] = ",".join(self._unlogged)
-            self._unlogged = []
+        """What the next log line says about the method, as numbers (loggers such as TensorBoard's take scalars only):
+        its numeric state (``mask_active``, AC/DC's ``compressed``...) and ``mask_events``, how many mask updates
+        happened since the last log. The events themselves are in :attr:`events` and in the Python log."""
+        entries = {k: v for k, v in self.method.describe().items() if isinstance(v, (int, float))}
+        entries["mask_events"] = len(self._unlogged)
+        self._unlogged = []
         return entries
 
 

@@ -141,7 +141,7 @@ class ACDC(MaskMethod):
         return step > 0 and self.phase_at(step) == "decompressed" and self.phase_at(step - 1) != "decompressed"
 
     def describe(self) -> dict[str, Any]:
-        return dict(super().describe(), phase=self.phase)
+        return dict(super().describe(), phase=self.phase, compressed=int(self.compressed))
 
     @property
     def compressed(self) -> bool:
