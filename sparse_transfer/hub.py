@@ -802,7 +802,8 @@ def push_sparse_to_hub(
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise FileNotFoundError(f"{output_dir} is not a directory; save the model with save_sparse_pretrained first.")
-    if (output_dir / ADAPTER_CONFIG_NAME).is_file() and not (output_dir / MASKS_NAME).exists():
+    if (output_dir / ADAPTER_CONFIG_NAME).is_file() and not any(
+            (output_dir / name).exists() for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)):
         record = verify_sparse_adapter(output_dir)
         return _upload(output_dir, repo_id, token, private,
                        commit_message or f"Upload masked LoRA adapter ({len(record)} layers) with sparse_transfer")

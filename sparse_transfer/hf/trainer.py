@@ -757,7 +757,11 @@ class SparseTrainer(Trainer):
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
             path = os.path.join(output_dir, MASKS_NAME)
-            if self.method.active:
+            if hasattr(self.accelerator.unwrap_model(self.model), "peft_config"):
+                # A peft model saves its adapter, whose config records the masks it keeps (sparse_transfer.lora); a
+                # mask file under the wrapped names would describe weights the folder does not hold.
+                pass
+            elif self.method.active:
                 self.masks.save(path)
             elif os.path.isfile(path):  # the mask is released (training dense): no mask describes these weights
                 os.remove(path)

@@ -165,3 +165,24 @@ def test_an_adapters_bias_unfreezes_with_its_block(tmp_path):
     stage0 = trainer.unfreezer.trainable_names(0)
     assert not any(".lora_" in n for n in stage0)
     assert any(".lora_B" in n and n.endswith("bias") and "layer.1." in n for n in trainer.unfreezer.trainable_names(1))
+
+
+def test_save_model_of_a_lora_run_is_an_adapter_folder_that_pushes(tmp_path, monkeypatch, hub_login):
+    import huggingface_hub
+
+    from sparse_transfer.hub import push_sparse_to_hub, verify_sparse_adapter
+
+    uploaded = {}
+    monkeypatch.setattr(huggingface_hub, "create_repo",
+                        lambda repo_id, **kw: huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}"))
+    monkeypatch.setattr(huggingface_hub, "upload_folder",
+                        lambda folder_path, allow_patterns, **kw: uploaded.update(patterns=allow_patterns))
+    model = lora_model(make_sparse_bert(sparsity=0.9))
+    trainer = SparseTrainer(model, make_args(tmp_path, max_steps=2), train_dataset=make_dataset())
+    trainer.train()
+    trainer.save_model(str(tmp_path / "final"))
+    names = {p.name for p in (tmp_path / "final").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= names and "sparse_masks.safetensors" not in names
+    assert len(verify_sparse_adapter(tmp_path / "final")) == 12
+    push_sparse_to_hub(tmp_path / "final", "me/adapter")
+    assert any("adapter_model" in p for p in uploaded["patterns"])
