@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU half of the vision benchmarks, for a machine with one CUDA GPU and many CPU cores:
 #   1. training-step time of every mask method vs dense (ResNet-50, 224 px, batch 32, bf16 + channels_last);
+#   1b. masked LoRA vs plain LoRA vs full sparse fine-tuning: step time and peak memory (MiniLM, 32 x 128 tokens);
 #   2. the CIFAR-10 study at 64 px (benchmarks/vision_cifar_study.py --size 64), its runs in parallel shards;
 #   3. if time is left, the same study on the whole CIFAR-10 train/test sets (cache name vision_cifar_64px_full).
 # Every finished study run is cached as JSON (benchmarks/results/vision_cifar_64px*/); a phase cut short by its
@@ -39,6 +40,13 @@ study() {  # study NAME TIME_LIMIT FLAGS...: SHARDS processes, each every SHARDS
     grep -h "top-1\|Error\|error" runs/gpu_checks_${name}_*.log | head -40
     ls "benchmarks/results/$name" 2>/dev/null | wc -l | xargs echo "runs cached in benchmarks/results/$name:"
 }
+echo "== 1b. sparse LoRA step time and memory vs plain LoRA and full fine-tuning ($(left) s left)"
+# Needs a sparse MiniLM; any sparse BERT-family folder works (SPARSE_MINILM), else the dense one from ../shared.
+LORA_MODEL=${SPARSE_MINILM:-runs/upstream/bench/minilm_80_cpu-long}
+[ -d "$LORA_MODEL" ] || LORA_MODEL=../shared/models/all-MiniLM-L6-v2
+timeout $(( $(left) / 6 )) $PY benchmarks/sparse_lora.py --model "$LORA_MODEL" --data-dir ../shared/data/glue \
+    --timing-only --device "$DEVICE" --timing-rounds 50 || echo "sparse lora timing: exit $?"
+
 mkdir -p runs
 study vision_cifar_64px $(( $(left) * 2 / 3 ))
 [ "$(left)" -gt 60 ] && study vision_cifar_64px_full $(( $(left) - 15 )) --train_samples 50000 --eval_samples 10000

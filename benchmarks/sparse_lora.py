@@ -64,6 +64,10 @@ def parse(argv=None):
     p.add_argument("--timing-seq", type=int, default=128, help="Tokens per example in the timed fixed batch.")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     p.add_argument("--results-dir", default=RESULTS_DIR)
+    p.add_argument("--device", default="cpu", help="Where the step time and memory are measured (cpu or cuda).")
+    p.add_argument("--timing-only", action="store_true",
+                   help="Measure step time and memory of every arm on --device (no training; e.g. on a GPU) into "
+                   "benchmarks/results/sparse_lora_timing_<device>.json.")
     p.add_argument("--memory-arm", choices=ARMS, help=argparse.SUPPRESS)  # internal: one arm's peak memory
     return p.parse_args(argv)
 
@@ -169,7 +173,7 @@ def fixed_batch(opts, vocab_size: int):
 
 def make_step(arm: str, opts, num_labels: int):
     model, masks = build(arm, opts, num_labels)
-    model.train()
+    model.to(opts.device).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     if arm != "plain_lora":
         masks.attach(optimizer)  # what SparseTrainer does: gradient hooks + weight masking after each step
@@ -178,12 +182,14 @@ def make_step(arm: str, opts, num_labels: int):
         model(**batch).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if opts.device.startswith("cuda"):
+            torch.cuda.synchronize()
 
     return model, step
 
 
 def time_steps(opts, arms, num_labels: int, vocab_size: int) -> dict:
-    batch = fixed_batch(opts, vocab_size)
+    batch = {k: v.to(opts.device) for k, v in fixed_batch(opts, vocab_size).items()}
     steps = {arm: make_step(arm, opts, num_labels)[1] for arm in arms}
     for _ in range(3):
         for step in steps.values():
@@ -201,7 +207,7 @@ def peak_memory(arm: str, opts) -> dict:
     """In a fresh process: resident memory after loading, and the peak over 5 training steps (MiB)."""
     argv = [sys.executable, __file__, "--memory-arm", arm, "--model", opts.model, "--data-dir", opts.data_dir,
             "--batch-size", str(opts.batch_size), "--timing-seq", str(opts.timing_seq), "--threads", str(opts.threads),
-            "--lora-r", str(opts.lora_r), "--lora-alpha", str(opts.lora_alpha)]
+            "--lora-r", str(opts.lora_r), "--lora-alpha", str(opts.lora_alpha), "--device", opts.device]
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -219,8 +225,18 @@ def _memory_child(opts) -> None:
     from transformers import AutoConfig
 
     vocab = AutoConfig.from_pretrained(opts.model).vocab_size
-    batch = fixed_batch(opts, vocab)
+    batch = {k: v.to(opts.device) for k, v in fixed_batch(opts, vocab).items()}
     model, step = make_step(opts.memory_arm, opts, 2)
+    if opts.device.startswith("cuda"):  # on a GPU: the allocator's own peak over 5 steps, above the loaded model
+        torch.cuda.synchronize()
+        loaded = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(5):
+            step(batch)
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        print(json.dumps({"allocated_after_load_mib": round(loaded, 1), "peak_allocated_mib": round(peak, 1),
+                          "training_overhead_mib": round(peak - loaded, 1)}))
+        return
     loaded = _rss_mib()
     peak = [loaded]
     done = threading.Event()
@@ -282,6 +298,17 @@ def main(argv=None) -> int:
     os.makedirs(opts.results_dir, exist_ok=True)
     task = get_task(opts.task)
     tokenizer = AutoTokenizer.from_pretrained(opts.model)
+    if opts.timing_only:
+        step = time_steps(opts, list(opts.arms), task.num_labels, tokenizer.vocab_size)
+        timing = {"command": command, "device": opts.device, "batch": opts.batch_size, "seq": opts.timing_seq,
+                  "rounds": opts.timing_rounds, "threads": opts.threads, "versions": library_versions(),
+                  "arms": {arm: {"step_seconds": step[arm], "vs_plain_lora": step[arm] / step["plain_lora"]
+                                 if "plain_lora" in step else None, "memory": peak_memory(arm, opts)}
+                           for arm in opts.arms}}
+        device = opts.device.split(":")[0]
+        write_json_atomic(os.path.join(os.path.dirname(opts.results_dir), f"sparse_lora_timing_{device}.json"), timing)
+        print(json.dumps(timing["arms"], indent=1))
+        return 0
     data = tokenize_glue(load_glue_data(task, opts.data_dir, max_train_samples=opts.max_train_samples, seed=opts.seed),
                          tokenizer, opts.max_seq_length)
     results = {}
