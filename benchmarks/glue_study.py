@@ -145,6 +145,43 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def plot() -> list[str]:
+    """Dev score per epoch of each finished arm (its best run), one figure per task; for the paper's recipe every
+    epoch is one unfreezing stage (stage k trains the head and the last k blocks; the last, everything)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_task: dict[str, list[dict]] = {}
+    for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "*.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        by_task.setdefault(r["task"], []).append(r)
+    written = []
+    for task, rows in by_task.items():
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        longest = 0
+        for r in rows:
+            best = max(r["runs"], key=lambda run: run["score"])["name"]
+            curve = r["per_epoch"][best]
+            longest = max(longest, len(curve))
+            ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], "o-" if r["arm"].startswith("paper") else "s--",
+                    label=f"{r['model']} {r['arm']} ({best})")
+        for epoch in range(1, longest):
+            ax.axvline(epoch + 0.5, color="grey", lw=0.4, ls=":")  # paper's recipe: a new stage starts here
+        ax.set_xlabel("epoch (paper's recipe: one unfreezing stage per epoch, dotted lines)")
+        ax.set_ylabel(f"dev {rows[0]['metric']} (%)")
+        ax.set_title(f"{task.upper()}: dev score per epoch, best run of each arm")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        out = os.path.join(os.path.dirname(RESULTS_DIR), f"glue_study_{task}.png")
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        written.append(out)
+    return written
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", help="GLUE folder in GLUE's TSV layout.")
@@ -154,13 +191,15 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default=os.path.join(REPO, "runs", "glue_study"), help="Run folders (not committed).")
     parser.add_argument("--sst2-train-samples", type=int, default=None, help="Subsample SST-2's training set (CPU).")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--table", action="store_true", help="Print the table of every finished arm and stop.")
+    parser.add_argument("--table", action="store_true", help="Print the table of every finished arm (and plot) and stop.")
     opts = parser.parse_args(argv)
     if not opts.table:
         if not opts.data_dir or not opts.models:
             parser.error("--data-dir and --models are needed to run arms")
         run_arms(opts)
     print(table())
+    for path in plot():
+        print("plot:", path)
     return 0
 
 
