@@ -431,8 +431,8 @@ def adapter_card(folder: str | os.PathLike, card: dict | None = None) -> str:
         "merged = model.merge_and_unload()  # a plain model, every pruned weight still exactly 0",
         "```",
         "",
-        "Plain `peft.PeftModel.from_pretrained` does not know the mask: it warns that `sparse_masks` is ignored and "
-        "loads the adapter unmasked. Use `load_sparse_lora`.",
+        "Plain `peft.PeftModel.from_pretrained` does not know the mask: it warns that `masked_lora` and "
+        "`sparse_masks` are ignored and loads the adapter unmasked. Use `load_sparse_lora`.",
     ]
     if card.get("results"):
         lines += ["", "## Results", "", "| metric | value |", "|---|---|"]
