@@ -116,29 +116,10 @@ def test_inspect_reports_a_plain_lora_adapter_as_such(tmp_path, capsys):
 def test_kill_9_mid_lora_run_then_the_same_command_ends_like_an_uninterrupted_run(tiny_model_dir, glue_dir, tmp_path, k):
     """A SIGKILL at the k-th file write of a masked-LoRA GLUE run (an adapter save of the best epoch so far or of a
     Trainer checkpoint), then the same command: the same best epoch and the same adapter."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from .test_cli import _KILL_AT_WRITE
+    from .test_cli import kill_at_write_then_rerun
 
     def argv(out):
         return ["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out), "--lora-r", "2", "--save_strategy", "epoch",
                 "--save_total_limit", "1", "--max_train_samples", "32", "--max_eval_samples", "8"]
 
-    assert main(argv(tmp_path / "straight")) == 0
-    out = tmp_path / "killed"
-    repo = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(repo)}
-    killed = subprocess.run([sys.executable, "-c", _KILL_AT_WRITE, str(k), str(torch.get_num_threads()), *argv(out)],
-                            env=env, capture_output=True, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, f"the run finished before write #{k}: {killed.stderr[-2000:]}"
-    assert not (out / "results.json").exists()
-    assert main(argv(out)) == 0
-    straight = json.loads((tmp_path / "straight" / "results.json").read_text())
-    resumed = json.loads((out / "results.json").read_text())
-    assert resumed["best"] == straight["best"] and resumed["per_epoch"] == straight["per_epoch"]
-    a = load_file(str(tmp_path / "straight" / "best" / "adapter_model.safetensors"))
-    b = load_file(str(out / "best" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    kill_at_write_then_rerun(argv, tmp_path, k, "adapter_model.safetensors")
