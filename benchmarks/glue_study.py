@@ -7,7 +7,11 @@ Tasks x starting points x arms, each arm one ``python -m sparse_transfer.glue`` 
 - ``dense_transfer``: 3 epochs, everything trainable, LR grid {2e-5, 3e-5, 5e-5}, mean of the two best;
 - ``extended``: the same for 8 epochs;
 - ``rescaled_sweep``: epochs 1-7 x that LR grid, best run (a GPU arm);
-- ``*_single``: the recipe's default as one run (no grid), for CPU sessions and for "how close does the default come".
+- ``*_single``: the recipe's default as one run (no grid), for CPU sessions and for "how close does the default come";
+- diagnosis: ``dense_transfer_lr1e-4`` / ``extended_lr1e-4`` (those schedules at the paper's default learning rate)
+  and ``dense_transfer_paper_lrs`` (the dense-transfer schedule over the paper's LR grid);
+- the fix, an option: ``*_mean`` arms (``--pooling mean``: the classifier reads the mean of the token states, the
+  way sentence-transformers trained all-MiniLM-L6-v2, instead of the CLS pooler).
 
 Every run folder lives under ``--runs`` (outside the repository; the GLUE command caches finished runs and grid
 points, so the study continues across sessions); each finished arm's summary is written to
@@ -46,6 +50,17 @@ ARMS = {
     "extended": ["--recipe", "extended", "--grid"],
     "extended_single": ["--recipe", "extended"],
     "rescaled_sweep": ["--recipe", "rescaled_sweep", "--grid"],
+    # Diagnosis arms (never replacing the recipes above): the dense-transfer schedule at the paper's learning rates,
+    # which separates what the paper's schedule (gradual unfreezing, LR rewind, L+2 epochs) does from what its
+    # 5x higher learning rate does.
+    "dense_transfer_lr1e-4": ["--recipe", "dense_transfer", "--learning_rate", "1e-4"],
+    "extended_lr1e-4": ["--recipe", "extended", "--learning_rate", "1e-4"],
+    "dense_transfer_paper_lrs": ["--recipe", "dense_transfer", "--grid", "--grid_learning_rates", "1e-4", "2e-4", "3e-4"],
+    # The fix a user of a sentence-transformers encoder would want (an option, recorded as its own arm): the
+    # classifier reads the mean of the token states (--pooling mean) instead of the CLS pooler.
+    "paper_single_mean": ["--pooling", "mean"],
+    "paper_mean": ["--pooling", "mean", "--grid"],
+    "dense_transfer_single_mean": ["--recipe", "dense_transfer", "--pooling", "mean"],
 }
 METRIC = {"rte": "accuracy", "sst2": "accuracy", "cola": "matthews_correlation"}
 

@@ -30,6 +30,7 @@ from .methods import ACDC, GMP, NM, Constant, MaskMethod, RigL, acdc_phase, dens
 _LAZY = {
     "GradualUnfreezer": "sparse_transfer.hf",
     "MaskMethodCallback": "sparse_transfer.hf",
+    "MeanPoolingBertForSequenceClassification": "sparse_transfer.hf.pooling",
     "SparseLoraConfig": "sparse_transfer.lora",
     "SparseTrainer": "sparse_transfer.hf",
     "SparseTrainingArguments": "sparse_transfer.hf",
@@ -58,6 +59,7 @@ __all__ = [
     "MASKS_NAME",
     "MaskMethod",
     "MaskMethodCallback",
+    "MeanPoolingBertForSequenceClassification",
     "NM",
     "RigL",
     "SparseLoraConfig",

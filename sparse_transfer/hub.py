@@ -525,7 +525,8 @@ def model_card(
             ``results`` (dict, shown as a table), ``eval`` (the dev evaluation for the Hub's ``model-index``:
             ``task_type``, ``dataset_name``, ``dataset_type``, ``dataset_config``, ``dataset_split``, ``num_examples``,
             ``metrics`` {name: value}), ``method``, ``datasets`` (Hub datasets only), ``data`` (a sentence on the
-            data, e.g. local files), ``usage`` (``"sequence-classification"``, ``"timm"`` or ``None``), ``example``
+            data, e.g. local files), ``usage`` (``"sequence-classification"``,
+            ``"sequence-classification-mean-pooling"``, ``"timm"`` or ``None``), ``example``
             (a text for the usage snippet), ``tags``, ``license``.
         masks: The masks, to state the mask sparsity next to the weights' sparsity.
         library: ``"transformers"``, ``"timm"`` or ``"pytorch"``.
@@ -591,9 +592,11 @@ def model_card(
 
     where = str(location) if location is not None else "REPO_OR_PATH"
     lines += ["## Usage", "", "```python"]
-    if card.get("usage") == "sequence-classification":
+    if card.get("usage") in ("sequence-classification", "sequence-classification-mean-pooling"):
         example = card.get("example") or "A sentence to classify."
         texts = ", ".join(repr(t) for t in example) if isinstance(example, (list, tuple)) else repr(example)
+        if card["usage"] == "sequence-classification-mean-pooling":  # a model type transformers alone refuses
+            lines += ["import sparse_transfer.hf.pooling  # registers the mean-pooling classifier with the Auto classes"]
         lines += [
             "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
             "",

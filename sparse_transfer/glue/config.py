@@ -83,6 +83,10 @@ class GlueArguments:
     max_eval_samples: int | None = _f(None, "Evaluate on a random subset of this many examples per dev set.")
     epochs: str = _f("L+2", "Training epochs: a number, or an expression in L, the number of encoder blocks "
                      "found in the model (the gradual recipe: 'L+2', one epoch per unfreezing stage).")
+    pooling: str | None = _f(None, "What the classifier reads: 'cls' (the pooler on the first token, BERT's own "
+                             "head) or 'mean' (the pooler on the mean of the token states, the way sentence-transformers "
+                             "encoders such as all-MiniLM-L6-v2 were trained; BERT-family models). Default: the model's "
+                             "own.", choices=["cls", "mean"])
     dropout: float | None = _f(0.1, "Hidden and attention dropout of the model; unset (None) keeps the model's config.")
     grid: bool = _f(False, "Run the grid grid_learning_rates x grid_dropouts (x grid_epochs) instead of one run; "
                     "finished runs are cached and skipped.")
@@ -118,6 +122,14 @@ class GlueArguments:
             raise ValueError(f"grid_learning_rates must be positive, got {self.grid_learning_rates}.")
         if self.max_seq_length <= 0:
             raise ValueError(f"max_seq_length must be positive, got {self.max_seq_length}.")
+        if self.pooling not in (None, "cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}.")
+        if self.pooling == "mean" and self.lora_r is not None:
+            raise ValueError(
+                "--pooling mean with --lora-r is not supported: the adapter would be saved for the plain base model, "
+                "which reads the CLS token, and give other predictions there. Fine-tune the whole model with --pooling "
+                "mean, or train LoRA with the model's own head."
+            )
         if self.lora_r is not None and self.lora_r <= 0:
             raise ValueError(f"lora_r must be a positive rank, got {self.lora_r}.")
         if self.lora_r is None and (self.lora_alpha is not None or self.lora_dropout or self.lora_target_modules

@@ -131,6 +131,9 @@ def load_model(glue_args: GlueArguments, task: GlueTask, dropout: float | None):
     """The pretrained encoder with a fresh head for ``task`` and the requested dropout."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    # also registers the mean-pooling model type with the Auto classes, so a model fine-tuned with it loads back
+    from ..hf.pooling import MEAN_POOLING_MODEL_TYPE, mean_pooling_config
+
     check_model_source(glue_args.model)
     kwargs: dict[str, Any] = {"num_labels": task.num_labels, "finetuning_task": task.name}
     if task.is_regression:
@@ -144,6 +147,16 @@ def load_model(glue_args: GlueArguments, task: GlueTask, dropout: float | None):
         config = AutoConfig.from_pretrained(glue_args.model, **common, **kwargs)
     except (OSError, ValueError) as err:
         raise _hub_failure("config", glue_args.model, err) from None
+    if glue_args.pooling == "mean":
+        try:
+            config = mean_pooling_config(config)
+        except ValueError as err:
+            raise GlueModelError(str(err)) from None
+    elif glue_args.pooling == "cls" and config.model_type == MEAN_POOLING_MODEL_TYPE:
+        raise GlueModelError(
+            f"{glue_args.model} was fine-tuned with mean pooling (model type {MEAN_POOLING_MODEL_TYPE!r}); its pooler "
+            "and classifier read the mean of the token states. Continue with --pooling mean (or leave --pooling unset)."
+        )
     if dropout is not None:
         # BERT, RoBERTa, ELECTRA: hidden_dropout_prob / attention_probs_dropout_prob; DistilBERT: dropout /
         # attention_dropout. The classifier's own dropout follows hidden dropout unless the config sets it.
@@ -179,7 +192,9 @@ def resolved_recipe(glue_args: GlueArguments, training_args) -> dict[str, Any]:
 
 
 def fingerprint(recipe: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in recipe.items() if k not in _NOT_IN_FINGERPRINT}
+    # An unset field (None) is the same as a missing one: a run recorded before a field existed (e.g. --pooling) is
+    # still the same run when the new field keeps its default.
+    return {k: v for k, v in recipe.items() if k not in _NOT_IN_FINGERPRINT and v is not None}
 
 
 def finished_run(run_dir: Path, recipe: dict[str, Any], overwrite: bool) -> dict | None:
@@ -352,6 +367,7 @@ def train_one(
 
     from ..core import SparseMasks, sparsity_report
     from ..hf import find_encoder_blocks
+    from ..hf.pooling import MeanPoolingBertConfig
     from ..core import MASKS_NAME
     from ..hub import (
         check_sparsity,
@@ -467,7 +483,8 @@ def train_one(
         + (f", from {data.source['dataset']} on the Hub" if "dataset" in data.source else ", from local files")
         + f"); dev results on {', '.join(f'{len(ds):,} {name}' for name, ds in data.evals.items())} examples.",
         "tags": ["glue", task.name, "text-classification"],
-        "usage": "sequence-classification",
+        "usage": "sequence-classification-mean-pooling" if isinstance(model.config, MeanPoolingBertConfig)
+        else "sequence-classification",
         "example": "The movie was a delight." if len(task.text_columns) == 1
         else ["A man is playing a guitar.", "A person is making music."],
         "recipe": recipe,
