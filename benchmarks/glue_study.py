@@ -56,6 +56,9 @@ ARMS = {
     "dense_transfer_lr1e-4": ["--recipe", "dense_transfer", "--learning_rate", "1e-4"],
     "extended_lr1e-4": ["--recipe", "extended", "--learning_rate", "1e-4"],
     "dense_transfer_paper_lrs": ["--recipe", "dense_transfer", "--grid", "--grid_learning_rates", "1e-4", "2e-4", "3e-4"],
+    # Clipping at 1.0 (transformers' default) sees only the gradient that is applied (the pruned entries are zeroed
+    # before it): the paper's recipe without clipping, to see what that changes.
+    "paper_single_noclip": ["--max_grad_norm", "0"],
     # The fix a user of a sentence-transformers encoder would want (an option, recorded as its own arm): the
     # classifier reads the mean of the token states (--pooling mean) instead of the CLS pooler.
     "paper_single_mean": ["--pooling", "mean"],
@@ -112,21 +115,23 @@ def run_arms(opts) -> None:
     models = dict(m.split("=", 1) for m in opts.models)
     os.makedirs(RESULTS_DIR, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads), "MKL_NUM_THREADS": str(opts.threads)}
-    for task in opts.tasks:
-        for model, model_dir in models.items():
-            for arm in opts.arms:
-                out = os.path.join(RESULTS_DIR, f"{task}__{model}__{arm}.json")
-                if os.path.isfile(out):
-                    print(f"[cached] {task} {model} {arm}")
-                    continue
-                run_dir = os.path.join(opts.runs, task, model, arm)
-                command = arm_command(task, model_dir, arm, opts, run_dir)
-                print("[run]", " ".join(command[1:]), flush=True)
-                start = time.time()
-                subprocess.run(command, check=True, env=env)
-                summary = summarize(task, model, arm, run_dir, command, time.time() - start)
-                write_json_atomic(out, summary)
-                print(f"[done] {task} {model} {arm}: {100 * summary['score']:.2f} ({summary['summary']})", flush=True)
+    shard, shards = (int(v) for v in opts.shard.split("/"))
+    jobs = [(t, m, a) for t in opts.tasks for m in models for a in opts.arms]
+    for index, (task, model, arm) in enumerate(jobs):
+        if index % shards != shard:
+            continue  # another shard's (parallel processes on a GPU machine split the arms round-robin)
+        out = os.path.join(RESULTS_DIR, f"{task}__{model}__{arm}.json")
+        if os.path.isfile(out):
+            print(f"[cached] {task} {model} {arm}")
+            continue
+        run_dir = os.path.join(opts.runs, task, model, arm)
+        command = arm_command(task, models[model], arm, opts, run_dir)
+        print("[run]", " ".join(command[1:]), flush=True)
+        start = time.time()
+        subprocess.run(command, check=True, env=env)
+        summary = summarize(task, model, arm, run_dir, command, time.time() - start)
+        write_json_atomic(out, summary)
+        print(f"[done] {task} {model} {arm}: {100 * summary['score']:.2f} ({summary['summary']})", flush=True)
 
 
 def standard_error(metric: str, score: float, n: int | None) -> float:
@@ -206,6 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default=os.path.join(REPO, "runs", "glue_study"), help="Run folders (not committed).")
     parser.add_argument("--sst2-train-samples", type=int, default=None, help="Subsample SST-2's training set (CPU).")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--shard", default="0/1", help="K/N: run every N-th arm starting at the K-th (parallel shards).")
     parser.add_argument("--table", action="store_true", help="Print the table of every finished arm (and plot) and stop.")
     opts = parser.parse_args(argv)
     if not opts.table:

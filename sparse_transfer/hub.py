@@ -573,8 +573,8 @@ def model_card(
         tags=tags,
         model_name=title if eval_results else None,
         eval_results=eval_results,
-        pipeline_tag={"sequence-classification": "text-classification", "timm": "image-classification"}.get(
-            card.get("usage")),
+        pipeline_tag={"sequence-classification": "text-classification", "timm": "image-classification",
+                      "sequence-classification-mean-pooling": "text-classification"}.get(card.get("usage")),
     )
 
     lines = [f"# {title}", ""]
@@ -583,8 +583,10 @@ def model_card(
         + (f" derived from `{card['base_model']}`" if card.get("base_model") else "")
         + (f" with {card['method']}" if card.get("method") else "")
         + f", saved with sparse_transfer {__version__}. The pruned weights are stored as exact zeros in an "
-        "ordinary checkpoint, so it loads with the usual library calls; "
-        f"`{MASKS_NAME}` records the mask (1 bit per weight)."
+        + ("ordinary checkpoint, so it loads with the usual library calls; " if card.get("usage") !=
+           "sequence-classification-mean-pooling" else "ordinary checkpoint; its classifier reads the mean of the "
+           "token states, so it loads with the Auto classes after `import sparse_transfer.hf.pooling` (below); ")
+        + f"`{MASKS_NAME}` records the mask (1 bit per weight)."
     )
     lines += [intro, ""]
     if card.get("data"):

@@ -127,12 +127,51 @@ def load_tokenizer(glue_args: GlueArguments):
         raise _hub_failure("tokenizer", name, err) from None
 
 
+def pooling_config(glue_args: GlueArguments, config):
+    """``config`` for the classifier pooling that ``--pooling`` asks for (unset: the model's own).
+
+    Raises:
+        GlueModelError: mean pooling on a model that is not BERT-family, ``--pooling cls`` on a model fine-tuned with
+            mean pooling, or ``--lora-r`` on such a model (the adapter would be loaded onto a CLS-pooling base).
+    """
+    from ..hf.pooling import MEAN_POOLING_MODEL_TYPE, mean_pooling_config
+
+    if glue_args.pooling == "mean":
+        try:
+            config = mean_pooling_config(config)
+        except ValueError as err:
+            raise GlueModelError(str(err)) from None
+    is_mean = config.model_type == MEAN_POOLING_MODEL_TYPE
+    if glue_args.pooling == "cls" and is_mean:
+        raise GlueModelError(
+            f"{glue_args.model} was fine-tuned with mean pooling (model type {MEAN_POOLING_MODEL_TYPE!r}); its pooler "
+            "and classifier read the mean of the token states. Continue with --pooling mean (or leave --pooling unset)."
+        )
+    if is_mean and glue_args.lora_r is not None:
+        raise GlueModelError(
+            "Masked LoRA on a mean-pooling model is not supported: the adapter would be saved for a plain base model, "
+            "which reads the CLS token. Fine-tune the whole model, or train LoRA on a model with its own head."
+        )
+    return config
+
+
+def check_pooling(glue_args: GlueArguments) -> None:
+    """Fails before the data is tokenized if ``--pooling`` cannot apply to ``--model`` (reads only its config)."""
+    from transformers import AutoConfig
+
+    if glue_args.pooling is None and glue_args.lora_r is None:
+        return
+    try:
+        config = AutoConfig.from_pretrained(glue_args.model, revision=glue_args.model_revision,
+                                            trust_remote_code=glue_args.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise _hub_failure("config", glue_args.model, err) from None
+    pooling_config(glue_args, config)
+
+
 def load_model(glue_args: GlueArguments, task: GlueTask, dropout: float | None):
     """The pretrained encoder with a fresh head for ``task`` and the requested dropout."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    # also registers the mean-pooling model type with the Auto classes, so a model fine-tuned with it loads back
-    from ..hf.pooling import MEAN_POOLING_MODEL_TYPE, mean_pooling_config
 
     check_model_source(glue_args.model)
     kwargs: dict[str, Any] = {"num_labels": task.num_labels, "finetuning_task": task.name}
@@ -147,16 +186,7 @@ def load_model(glue_args: GlueArguments, task: GlueTask, dropout: float | None):
         config = AutoConfig.from_pretrained(glue_args.model, **common, **kwargs)
     except (OSError, ValueError) as err:
         raise _hub_failure("config", glue_args.model, err) from None
-    if glue_args.pooling == "mean":
-        try:
-            config = mean_pooling_config(config)
-        except ValueError as err:
-            raise GlueModelError(str(err)) from None
-    elif glue_args.pooling == "cls" and config.model_type == MEAN_POOLING_MODEL_TYPE:
-        raise GlueModelError(
-            f"{glue_args.model} was fine-tuned with mean pooling (model type {MEAN_POOLING_MODEL_TYPE!r}); its pooler "
-            "and classifier read the mean of the token states. Continue with --pooling mean (or leave --pooling unset)."
-        )
+    config = pooling_config(glue_args, config)
     if dropout is not None:
         # BERT, RoBERTa, ELECTRA: hidden_dropout_prob / attention_probs_dropout_prob; DistilBERT: dropout /
         # attention_dropout. The classifier's own dropout follows hidden dropout unless the config sets it.
@@ -640,8 +670,11 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
         glue_args.dataset, glue_args.dataset_revision, glue_args.max_train_samples, glue_args.max_eval_samples,
         seed=training_args.seed,
     )
+    from ..hf import pooling  # noqa: F401 - registers the mean-pooling model type with the Auto classes
+
     tokenizer = load_tokenizer(glue_args)
     check_model_source(glue_args.model)
+    check_pooling(glue_args)
     data = tokenize_glue(data, tokenizer, glue_args.max_seq_length, glue_args.pad_to_max_length)
     output_dir = Path(training_args.output_dir)
 

@@ -7,9 +7,11 @@ with one change: the pooler reads the mean of the last layer's states over the r
 keeps its name and shape (``bert.pooler.dense``, ``classifier``), so a BERT checkpoint loads into it unchanged, the
 sparse masks, gradual unfreezing (the pooler and classifier are the head) and masked LoRA see the same modules.
 
-A model trained this way is saved with its own ``model_type`` (``sparse-transfer-mean-pooling-bert``): transformers
-alone refuses to load it (``model type ... not recognized``) instead of silently reading it through the CLS pooler,
-which would give other predictions. Importing this module registers the type with the Auto classes::
+A model trained this way is saved with its own ``model_type`` (``sparse-transfer-mean-pooling-bert``): transformers'
+Auto classes and ``pipeline`` refuse to load it (``model type ... not recognized``) instead of silently reading it
+through the CLS pooler, which would give other predictions. (Naming the class, ``BertForSequenceClassification
+.from_pretrained``, still loads it as a CLS model with only transformers' model-type warning: the price of keeping
+every tensor name.) Importing this module registers the type with the Auto classes::
 
     import sparse_transfer.hf.pooling  # registers the model type
     from transformers import AutoModelForSequenceClassification
@@ -26,6 +28,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.utils import can_return_tuple
 
 POOLING_MODES = ("cls", "mean")
 MEAN_POOLING_MODEL_TYPE = "sparse-transfer-mean-pooling-bert"
@@ -42,7 +45,11 @@ class MeanPoolingBertForSequenceClassification(BertForSequenceClassification):
     mean of the last layer's states over the tokens that ``attention_mask`` marks, not the CLS state."""
 
     config_class = MeanPoolingBertConfig
+    # The loss is a mean over this micro-batch, as BERT's own head computes it: the Trainer must divide by the
+    # gradient-accumulation steps (it would not if the model took ``num_items_in_batch``).
+    accepts_loss_kwargs = False
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -53,7 +60,7 @@ class MeanPoolingBertForSequenceClassification(BertForSequenceClassification):
         labels: torch.Tensor | None = None,
         **kwargs,
     ) -> SequenceClassifierOutput:
-        kwargs.pop("return_dict", None)
+        kwargs.pop("num_items_in_batch", None)
         outputs = self.bert(
             input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, position_ids=position_ids,
             inputs_embeds=inputs_embeds, return_dict=True, **kwargs,
@@ -61,9 +68,9 @@ class MeanPoolingBertForSequenceClassification(BertForSequenceClassification):
         hidden = outputs.last_hidden_state
         if attention_mask is None:
             pooled = hidden.mean(dim=1)
-        else:
+        else:  # weights sum to 1 per row before the sum, so half precision cannot overflow on long inputs
             weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            pooled = (hidden * (weights / weights.sum(dim=1, keepdim=True).clamp(min=1.0))).sum(dim=1)
         pooler = self.bert.pooler
         logits = self.classifier(self.dropout(pooler.activation(pooler.dense(pooled))))
         loss = None

@@ -61,6 +61,30 @@ def test_losses_follow_the_problem_type():
     assert torch.isclose(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(), target))
 
 
+def test_tuples_and_gradient_accumulation_behave_like_bert(tmp_path):
+    from sparse_transfer.hf import SparseTrainer, SparseTrainingArguments
+
+    torch.manual_seed(0)
+    # no dropout: the two layouts then compute the same losses
+    model = MeanPoolingBertForSequenceClassification(tiny_config(num_labels=2, hidden_dropout_prob=0.0,
+                                                                 attention_probs_dropout_prob=0.0))
+    ids, labels = torch.randint(5, 40, (8, 5)), torch.randint(0, 2, (8,))
+    loss, logits = model(input_ids=ids, labels=labels, return_dict=False)
+    assert loss.ndim == 0 and logits.shape == (8, 2)
+
+    # The loss is a per-micro-batch mean: with accumulation the Trainer must divide, so the logged loss is the same.
+    data = [{"input_ids": ids[i], "labels": labels[i]} for i in range(8)]
+    losses = []
+    for accumulation in (1, 4):
+        args = SparseTrainingArguments(output_dir=str(tmp_path / str(accumulation)), per_device_train_batch_size=8 // accumulation,
+                                       gradient_accumulation_steps=accumulation, learning_rate=0.0, max_steps=1,
+                                       report_to=[], save_strategy="no", use_cpu=True, mask_targets="bert")
+        trainer = SparseTrainer(model=model, args=args, train_dataset=data)
+        assert trainer.model_accepts_loss_kwargs is False
+        losses.append(trainer.train().training_loss)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
 def test_only_bert_family_configs_convert():
     with pytest.raises(ValueError, match="BERT-family models .* 'distilbert'.*--pooling cls"):
         mean_pooling_config(DistilBertConfig())
@@ -110,10 +134,15 @@ def test_glue_mean_pooling_end_to_end(tiny_model_dir, glue_dir, tmp_path, capsys
     assert main(["--recipe", str(out / "recipe.yaml"), "--output_dir", str(out), "--disable_tqdm", "true"]) == 0
     assert json.loads((out / "results.json").read_text())["best"] == results["best"]
 
-    # Asking for the CLS head on a mean-pooling model is an error that names the fix.
-    capsys.readouterr()
-    assert main(["--task", "sst2", "--pooling", "cls", *fast_args(best, glue_dir, tmp_path / "again")]) == 2
-    assert "was fine-tuned with mean pooling" in capsys.readouterr().err
+    assert "pipeline_tag: text-classification" in card and "import sparse_transfer.hf.pooling" in card
+
+    # Asking for the CLS head on a mean-pooling model is an error that names the fix; so is LoRA on it (the adapter
+    # would load onto a CLS-pooling base).
+    for flags, message in ((["--pooling", "cls"], "was fine-tuned with mean pooling"),
+                           (["--lora-r", "4"], "Masked LoRA on a mean-pooling model is not supported")):
+        capsys.readouterr()
+        assert main(["--task", "sst2", *flags, *fast_args(best, glue_dir, tmp_path / "again")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "again").exists()
 
 
 @pytest.mark.parametrize("flags,message", [
