@@ -75,7 +75,7 @@ def arm_command(task: str, model_dir: str, arm: str, opts, run_dir: str) -> list
                "--save_strategy", "epoch", "--save_total_limit", "1", *ARMS[arm]]
     if task == "sst2" and opts.sst2_train_samples:
         command += ["--max_train_samples", str(opts.sst2_train_samples)]
-    return command
+    return command + opts.glue_args.split()
 
 
 def summarize(task: str, model: str, arm: str, run_dir: str, command: list[str], seconds: float) -> dict:
@@ -195,7 +195,7 @@ def plot() -> list[str]:
         ax.set_title(f"{task.upper()}: dev score per epoch, best run of each arm")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        out = os.path.join(os.path.dirname(RESULTS_DIR), f"glue_study_{task}.png")
+        out = os.path.join(os.path.dirname(RESULTS_DIR), f"{os.path.basename(RESULTS_DIR)}_{task}.png")
         fig.savefig(out, dpi=100)
         plt.close(fig)
         written.append(out)
@@ -211,6 +211,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default=os.path.join(REPO, "runs", "glue_study"), help="Run folders (not committed).")
     parser.add_argument("--sst2-train-samples", type=int, default=None, help="Subsample SST-2's training set (CPU).")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--glue-args", default="", help="Extra flags for every GLUE command (e.g. a smoke test's "
+                        "'--max_train_samples 64'); keep the results apart with GLUE_STUDY_RESULTS.")
     parser.add_argument("--shard", default="0/1", help="K/N: run every N-th arm starting at the K-th (parallel shards).")
     parser.add_argument("--table", action="store_true", help="Print the table of every finished arm (and plot) and stop.")
     opts = parser.parse_args(argv)
