@@ -131,7 +131,12 @@ def main(argv=None) -> int:
                 write_json_atomic(out, result)
                 print(f"[done] {task} {name}: " + ", ".join(f"{n} {100 * result[n][result['metric']]:.2f}" for n in FEATURES)
                       + f" (majority {100 * result['majority']:.2f}, {result['seconds']} s)", flush=True)
-    print(table())
+    text = table()
+    print(text)
+    with open(f"{RESULTS_DIR}.md", "w") as f:
+        f.write("# Linear probes on frozen features\n\nWritten by `python benchmarks/glue_probe.py --table` from "
+                f"`benchmarks/results/glue_probe/*.json` (dev metric in %: accuracy; CoLA: Matthews correlation).\n\n"
+                f"{text}\n")
     return 0
 
 
