@@ -165,6 +165,15 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def _line_style(arm: str) -> str:
+    """The paper's recipe solid, its variants dotted; the dense-transfer family dashed, at lr 1e-4 dash-dotted."""
+    if arm.startswith("paper"):
+        return "o-" if arm in ("paper", "paper_single") else "o:"
+    if "lr1e-4" in arm or "paper_lrs" in arm:
+        return "^-."
+    return "d--" if arm.startswith("extended") else "s--"
+
+
 def plot() -> list[str]:
     """Dev score per epoch of each finished arm (its best run), one figure per task; for the paper's recipe every
     epoch is one unfreezing stage (stage k trains the head and the last k blocks; the last, everything)."""
@@ -182,11 +191,13 @@ def plot() -> list[str]:
     for task, rows in by_task.items():
         fig, ax = plt.subplots(figsize=(8, 4.5))
         longest = 0
+        colors = {m: f"C{i}" for i, m in enumerate(sorted({r["model"] for r in rows}))}  # one color per start
         for r in rows:
             best = max(r["runs"], key=lambda run: run["score"])["name"]
             curve = r["per_epoch"][best]
             longest = max(longest, len(curve))
-            ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], "o-" if r["arm"].startswith("paper") else "s--",
+            style = _line_style(r["arm"])
+            ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], style, color=colors[r["model"]],
                     label=f"{r['model']} {r['arm']} ({best})")
         for epoch in range(1, longest):
             ax.axvline(epoch + 0.5, color="grey", lw=0.4, ls=":")  # paper's recipe: a new stage starts here
