@@ -30,7 +30,6 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, BertCon
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import can_return_tuple
 
-POOLING_MODES = ("cls", "mean")
 MEAN_POOLING_MODEL_TYPE = "sparse-transfer-mean-pooling-bert"
 
 
