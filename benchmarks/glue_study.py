@@ -162,7 +162,37 @@ def table() -> str:
         se = standard_error(r["metric"], r["score"], r.get("dev_examples"))
         lines.append(f"| {task} | {model} | {arm} | {100 * r['score']:.2f} | {r['summary']} | {gap} | {share} | "
                      f"{100 * se:.2f} | {r.get('train_examples')} / {r.get('dev_examples')} |")
-    return "\n".join(lines)
+    return "\n".join(lines + default_vs_grid(rows) + grid_runs(rows))
+
+
+def default_vs_grid(rows: dict) -> list[str]:
+    """How close the recipe's 1-run default comes to its grid (the issue's question: is the grid worth running?)."""
+    lines = []
+    for (task, model, arm), grid in sorted(rows.items()):
+        single = rows.get((task, model, f"{arm}_single"))
+        if not single or grid["summary"] == "single run":
+            continue
+        best = max(run["score"] for run in grid["runs"])
+        lines.append(f"| {task} | {model} | {arm} | {100 * single['score']:.2f} | {100 * grid['score']:.2f} | "
+                     f"{100 * (single['score'] - grid['score']):+.2f} | {100 * best:.2f} | {len(grid['runs'])} |")
+    if not lines:
+        return []
+    return ["", "How close the 1-run default comes to its grid (default minus the grid's summary):", "",
+            "| task | start | recipe | default (1 run) | grid (mean of two best) | default - grid | grid's best run | "
+            "runs |", "|---|---|---|---:|---:|---:|---:|---:|", *lines]
+
+
+def grid_runs(rows: dict) -> list[str]:
+    """Every run of every grid: the score of each learning rate x dropout (x epochs) point."""
+    lines = []
+    for (task, model, arm), grid in sorted(rows.items()):
+        if grid["summary"] == "single run":
+            continue
+        runs = ", ".join(f"{run['name']} {100 * run['score']:.2f}" for run in grid["runs"])
+        lines.append(f"| {task} | {model} | {arm} | {runs} |")
+    if not lines:
+        return []
+    return ["", "Every grid run (best epoch's score):", "", "| task | start | arm | runs |", "|---|---|---|---|", *lines]
 
 
 def _line_style(arm: str) -> str:
