@@ -2,7 +2,8 @@
 # The GLUE study (issue "the method, shown") on a GPU machine that reaches nothing, as one device command:
 #   0. packages the image lacks (.gpu/whl) and ../shared rebuilt from .gpu (benchmarks/gpu_pack.py);
 #   1. the sparse starting points: upstream pruning of all-MiniLM-L6-v2 to 80% and 90% at 3x the recipe's length
-#      (benchmarks/upstream_minilm.py --budget full-3x), both at once;
+#      (benchmarks/upstream_minilm.py --budget full-3x), and the 90% recipe's levers at that length (layer-wise
+#      sparsity, AC/DC, GLUE's training sentences as extra text: --study levers), all at once;
 #   2. the study's arms (benchmarks/glue_study.py) in SHARDS parallel processes on the one GPU, round-robin over
 #      tasks x starting points x arms (RTE and CoLA first, SST-2 last); results in benchmarks/results/glue_study_gpu/;
 #   3. everything small that a later session needs, in $OUT/study.tgz: the arms' summaries, every finished run's
@@ -14,9 +15,12 @@
 #               (add "runs/glue_study_gpu" to carry to continue an earlier call's runs)
 # Environment: PYTHON (python3), SHARDS (12), GPU_ARMS ("paper dense_transfer extended paper_mean"),
 #              GPU_TASKS ("rte cola sst2"), SST2_TRAIN (unset: the whole training set), UPSTREAM_BUDGET (full-3x),
-#              UPSTREAM_SPARSITIES ("90 80"; empty: none), GLUE_EXTRA (flags for every GLUE run), GLUE_STUDY_RESULTS.
+#              UPSTREAM_SPARSITIES ("90 80"; empty: none), UPSTREAM_LEVERS ("uniform acdc gluetext"; empty: none),
+#              GLUE_EXTRA (flags for every GLUE run), GLUE_STUDY_RESULTS.
 # A CPU smoke test of the whole script (minutes):
-#   UPSTREAM_SPARSITIES= SHARDS=2 GPU_TASKS=rte GPU_ARMS="dense_transfer_single paper_single" OUT=/tmp/gpu_smoke #   GLUE_EXTRA="--max_train_samples 48 --max_eval_samples 32 --epochs 2" GLUE_STUDY_RESULTS=/tmp/gpu_smoke/results #   PYTHON=.venv/bin/python bash benchmarks/gpu_glue_study.sh 600
+#   UPSTREAM_SPARSITIES= UPSTREAM_LEVERS= SHARDS=2 GPU_TASKS=rte GPU_ARMS="dense_transfer_single paper_single" \
+#   OUT=/tmp/gpu_smoke GLUE_EXTRA="--max_train_samples 48 --max_eval_samples 32 --epochs 2" \
+#   GLUE_STUDY_RESULTS=/tmp/gpu_smoke/results PYTHON=.venv/bin/python bash benchmarks/gpu_glue_study.sh 600
 set -u
 DEADLINE=$((SECONDS + ${1:-520}))
 PY=${PYTHON:-python3}
@@ -39,6 +43,12 @@ echo "== 1. upstream 80% and 90% (${UPSTREAM_BUDGET:-full-3x}), $(left) s left"
 for s in ${UPSTREAM_SPARSITIES-90 80}; do
     timeout $(( $(left) * 2 / 5 )) $PY benchmarks/upstream_minilm.py --study sparsity --sparsities $s \
         --budget "${UPSTREAM_BUDGET:-full-3x}" --need-model > runs/gpu_upstream_$s.log 2>&1 &
+done
+# The upstream levers at the same length (one change of the 90% recipe each), beside the runs above; their
+# models are not starting points, so the arms below do not wait for anything but the 80% and 90% runs.
+for lever in ${UPSTREAM_LEVERS-uniform acdc gluetext}; do
+    timeout $(( $(left) * 2 / 5 )) $PY benchmarks/upstream_minilm.py --study levers --levers $lever \
+        --budget "${UPSTREAM_BUDGET:-full-3x}" > runs/gpu_upstream_$lever.log 2>&1 &
 done
 wait
 grep -h "\[done\]\|Error" runs/gpu_upstream_*.log | cut -c1-300

@@ -14,6 +14,13 @@ Usage::
     nice -n 10 python benchmarks/upstream_minilm.py --study losses              # short runs at 90%
     nice -n 10 python benchmarks/upstream_minilm.py --study sparsity            # 90, 80, 97 (CPU budget)
     python benchmarks/upstream_minilm.py --study sparsity --budget full         # the recipes' full length
+    python benchmarks/upstream_minilm.py --study levers --budget cpu-xl         # one lever at a time, at 90%
+
+``--study levers`` changes one thing of the 90% recipe per run, at the chosen budget, next to the unchanged recipe
+at that budget: ``uniform`` (the same sparsity in every layer instead of one global magnitude threshold), ``acdc``
+(AC/DC's alternating compressed/dense phases instead of GMP) and ``gluetext`` (WikiText-2 valid plus the training
+sentences of GLUE RTE, CoLA and SST-2: more varied text, but the tasks' own training sentences, so reported
+apart from the runs that use WikiText-2 only).
 
 Each finished run is cached as JSON in ``benchmarks/results/upstream/``; rerunning skips it. An interrupted run
 resumes from its last checkpoint under ``runs/upstream/bench/`` (weights stay there, never committed).
@@ -56,10 +63,20 @@ CPU_XL_BUDGET = {**CPU_BUDGET, "max_steps": 1536, "prune_end_step": 1024, "prune
 # CPU thread, so it spans sessions; minutes on a GPU.
 FULL_3X_BUDGET = {"max_steps": 6000, "prune_end_step": 4200, "prune_interval": 50, "save_steps": 100,
                   "eval_steps": 500}
+BUDGETS = {"cpu": CPU_BUDGET, "cpu-long": CPU_LONG_BUDGET, "cpu-xl": CPU_XL_BUDGET, "full": {}, "full-3x": FULL_3X_BUDGET}
 TIMING_BUDGET = {"max_steps": 100, "prune_end_step": 70, "prune_interval": 10, "save_steps": 100, "eval_steps": 0}
 # The loss-choice runs: shorter still (GMP to step 20 every 4 steps, 10 fixed-mask steps).
 LOSS_BUDGET = {"max_steps": 30, "prune_end_step": 20, "prune_interval": 4, "batch_size": 8, "block_size": 64,
                "save_steps": 10, "eval_steps": 0}
+# One change of the 90% recipe per lever (``--study levers``); the text lever's file is built by ``glue_text_file``.
+LEVERS = {
+    "uniform": {"distribution": "uniform"},
+    # AC/DC with the engine's own phase lengths (what --method acdc gives a user): dense warm-up 10%, 5% phases,
+    # a final compressed 15%; the GMP schedule's prune_end_step does not apply.
+    "acdc": {"method": "acdc", "prune_end_step": None},
+    "gluetext": {},
+}
+GLUE_TEXT_TASKS = ("rte", "cola", "sst2")
 LOSS_CONFIGS = {
     "hidden": {"hidden_weight": 1.0, "attention_weight": 0.0},
     "hidden+attention": {"hidden_weight": 1.0, "attention_weight": 1.0},
@@ -73,7 +90,8 @@ def model_dir(name: str) -> str:
     return os.path.join(RUNS_DIR, name)
 
 
-def run_one(name: str, recipe: str, overrides: dict, command: str, need_model: bool = False) -> dict:
+def run_one(name: str, recipe: str, overrides: dict, command: str, need_model: bool = False,
+            extra_text: list[str] = ()) -> dict:
     """Trains (or resumes) run ``name``, unless its results are cached; with ``need_model``, also when the results are
     cached but the model they describe is not on this machine (weights are never committed): the run is then trained
     again from scratch, which reproduces it (same seed), and its JSON is rewritten with the new measurements."""
@@ -90,7 +108,7 @@ def run_one(name: str, recipe: str, overrides: dict, command: str, need_model: b
     values["disable_tqdm"] = False
     for key in ("model", "eval_text"):
         values[key] = os.path.normpath(os.path.join(REPO, values[key]))
-    values["text"] = [os.path.normpath(os.path.join(REPO, p)) for p in values["text"]]
+    values["text"] = [os.path.normpath(os.path.join(REPO, p)) for p in values["text"]] + list(extra_text)
     args = UpstreamArguments(**values)
     start = time.time()
     results = run_upstream(args)
@@ -99,6 +117,7 @@ def run_one(name: str, recipe: str, overrides: dict, command: str, need_model: b
         "command": command,
         "recipe": recipe,
         "overrides": overrides,
+        "extra_text": [os.path.relpath(p, REPO) for p in extra_text],
         "sparsity": results["sparsity"],
         "steps": results["steps"],
         "batch_size": args.batch_size,
@@ -120,6 +139,31 @@ def run_one(name: str, recipe: str, overrides: dict, command: str, need_model: b
     write_json_atomic(cache, summary)
     print(f"[done] {name}: {json.dumps(summary['final'])} | floor {json.dumps(summary['magnitude_only'])}")
     return summary
+
+
+def glue_text_file(glue_dir: str) -> str:
+    """Every training sentence of GLUE RTE, CoLA and SST-2 (both sentences of a pair), one per line, written once
+    under ``runs/upstream/text/`` (outside the repository, like the data it is made of); the run reads it after the
+    recipe's WikiText-2 text. Dev sets never enter."""
+    from sparse_transfer.glue.data import TEXT_A, TEXT_B, load_glue_tsv
+    from sparse_transfer.glue.tasks import get_task
+
+    path = os.path.join(REPO, "runs", "upstream", "text", "glue_train_sentences.txt")
+    if os.path.isfile(path):
+        return path
+    lines = []
+    for name in GLUE_TEXT_TASKS:
+        task = get_task(name)
+        train, _, _ = load_glue_tsv(glue_dir, task)
+        for column in (TEXT_A, TEXT_B)[: len(task.text_columns)]:
+            lines.extend(" ".join(text.split()) for text in train[column])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(f"{line}\n" for line in lines if line)
+    os.replace(tmp, path)
+    print(f"[text] {len(lines)} GLUE training sentences ({', '.join(GLUE_TEXT_TASKS)}) -> {path}")
+    return path
 
 
 def floor_one(sparsity: str, distribution: str, command: str) -> dict:
@@ -174,7 +218,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--study", choices=["losses", "sparsity", "floor", "table", "timing"], required=True,
+    parser.add_argument("--study", choices=["losses", "sparsity", "levers", "floor", "table", "timing"], required=True,
                         help="losses: loss-choice runs at 90%%; sparsity: the 80/90/97%% runs; floor: magnitude-only "
                         "models (no training) with global and uniform distribution; timing: 100 steps of the 90%% "
                         "recipe, projected to its 2000 (run it on an otherwise idle machine).")
@@ -183,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
                         "the recipes as written; full-3x: 6000 steps, same proportions.")
     parser.add_argument("--loss-configs", nargs="+", default=list(LOSS_CONFIGS), choices=list(LOSS_CONFIGS))
     parser.add_argument("--sparsities", nargs="+", default=["90", "80", "97"], choices=["80", "90", "97"])
+    parser.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS),
+                        help="--study levers: which single changes of the 90%% recipe to run.")
+    parser.add_argument("--glue-dir", default=os.path.join(os.path.dirname(REPO), "shared", "data", "glue"),
+                        help="GLUE's folder (TSV layout), for the gluetext lever.")
     parser.add_argument("--need-model", action="store_true",
                         help="Train again a run whose results are cached but whose model is not on this machine.")
     opts = parser.parse_args(argv)
@@ -217,10 +265,22 @@ def main(argv: list[str] | None = None) -> int:
               f"-> {2000 * per_step / 60:.0f} min for the recipe's 2000 steps (training only; the final evaluation "
               f"adds about a minute).")
         return 0
+    elif opts.study == "levers":
+        budget = BUDGETS[opts.budget]
+        baseline = os.path.join(RESULTS_DIR, f"minilm_90_{opts.budget}.json")
+        if os.path.isfile(baseline):
+            with open(baseline) as f:
+                rows.append(json.load(f))
+        else:  # not trained here: parallel lever processes (a GPU session) must not race on one run folder
+            print(f"The unchanged recipe at this budget is not run yet: python benchmarks/upstream_minilm.py --study "
+                  f"sparsity --sparsities 90 --budget {opts.budget}")
+        for lever in opts.levers:
+            extra = [glue_text_file(opts.glue_dir)] if lever == "gluetext" else []
+            rows.append(run_one(f"minilm_90_{opts.budget}_{lever}", "recipes/upstream/minilm_90.yaml",
+                                {**budget, **LEVERS[lever]}, command, need_model=opts.need_model, extra_text=extra))
     else:
         for s in opts.sparsities:
-            overrides = {"cpu": CPU_BUDGET, "cpu-long": CPU_LONG_BUDGET, "cpu-xl": CPU_XL_BUDGET, "full": {},
-                         "full-3x": FULL_3X_BUDGET}[opts.budget]
+            overrides = BUDGETS[opts.budget]
             rows.append(run_one(f"minilm_{s}_{opts.budget}", f"recipes/upstream/minilm_{s}.yaml", overrides, command,
                                 need_model=opts.need_model))
     print(table(rows))
