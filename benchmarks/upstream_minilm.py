@@ -141,14 +141,14 @@ def run_one(name: str, recipe: str, overrides: dict, command: str, need_model: b
     return summary
 
 
-def glue_text_file(glue_dir: str) -> str:
+def glue_text_file(glue_dir: str, out_dir: str = os.path.join(REPO, "runs", "upstream", "text")) -> str:
     """Every training sentence of GLUE RTE, CoLA and SST-2 (both sentences of a pair), one per line, written once
     under ``runs/upstream/text/`` (outside the repository, like the data it is made of); the run reads it after the
     recipe's WikiText-2 text. Dev sets never enter."""
     from sparse_transfer.glue.data import TEXT_A, TEXT_B, load_glue_tsv
     from sparse_transfer.glue.tasks import get_task
 
-    path = os.path.join(REPO, "runs", "upstream", "text", "glue_train_sentences.txt")
+    path = os.path.join(out_dir, "glue_train_sentences.txt")
     if os.path.isfile(path):
         return path
     lines = []

@@ -1,0 +1,90 @@
+"""The study scripts' own logic (benchmarks/): summaries and inputs, on tiny synthetic files, no training."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def arm_result(task, model, arm, runs, summary="single run"):
+    """What glue_study writes per finished arm (the fields its table reads)."""
+    scores = sorted((score for _, score in runs), reverse=True)
+    score = scores[0] if summary == "single run" else sum(scores[:2]) / 2
+    return {"task": task, "model": model, "arm": arm, "metric": "accuracy", "score": score, "summary": summary,
+            "runs": [{"name": name, "score": s} for name, s in runs], "train_examples": 100, "dev_examples": 872,
+            "per_epoch": {name: [s] for name, s in runs}}
+
+
+def test_glue_study_table_compares_default_and_grid(tmp_path, monkeypatch):
+    study = load_script("glue_study")
+    monkeypatch.setattr(study, "RESULTS_DIR", str(tmp_path))
+    results = [
+        arm_result("sst2", "dense", "dense_transfer", [("lr2e-05_dropout0.1", 0.80), ("lr3e-05_dropout0.1", 0.84),
+                                                       ("lr5e-05_dropout0.1", 0.82)], "mean_top2"),
+        arm_result("sst2", "90", "dense_transfer", [("lr2e-05_dropout0.1", 0.70), ("lr3e-05_dropout0.1", 0.72)],
+                   "mean_top2"),
+        arm_result("sst2", "90", "paper", [("lr0.0001_dropout0.1", 0.77), ("lr0.0002_dropout0.1", 0.79),
+                                           ("lr0.0003_dropout0.1", 0.75)], "mean_top2"),
+        arm_result("sst2", "90", "paper_single", [("single", 0.77)]),
+    ]
+    for r in results:
+        (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
+    text = study.table()
+    rows = {}
+    for line in text.splitlines():  # the first table's rows (later tables start with the same three cells)
+        rows.setdefault(tuple(cell.strip() for cell in line.strip("|").split("|")[:3]), line)
+    # Gap to the dense reference (the dense model's dense-transfer grid, 83.00) and the share of the 90% model's
+    # dense-transfer gap (83.00 - 71.00) that the paper's grid (78.00) closes: 7 / 12.
+    paper = rows[("sst2", "90", "paper")]
+    assert "| 78.00 | mean_top2 | -5.00 | 58% |" in paper
+    assert "| 77.00 | single run | -6.00 | 50% |" in rows[("sst2", "90", "paper_single")]
+    # The default's single run against its grid: 77.00 - 78.00, the grid's best run 79.00, 3 runs.
+    assert "| sst2 | 90 | paper | 77.00 | 78.00 | -1.00 | 79.00 | 3 |" in text
+    # A grid without a single run of its default gets no such row; every grid lists its runs.
+    assert "| sst2 | 90 | dense_transfer | 70.00" not in text
+    assert "lr0.0002_dropout0.1 79.00" in text and "lr5e-05_dropout0.1 82.00" in text
+
+
+def test_upstream_levers_are_valid_recipes_at_every_budget():
+    from sparse_transfer.upstream.config import UpstreamArguments, load_recipe
+
+    upstream = load_script("upstream_minilm")
+    recipe = BENCHMARKS.parent / "recipes" / "upstream" / "minilm_90.yaml"
+    for budget in upstream.BUDGETS.values():
+        for lever, change in upstream.LEVERS.items():
+            values = {**load_recipe(str(recipe)), **budget, **change, "output_dir": "unused"}
+            args = UpstreamArguments(**values)  # raises on a combination the engine refuses
+            if lever == "uniform":
+                assert args.distribution == "uniform"
+            if lever == "acdc":
+                assert args.method == "acdc"
+
+
+def test_upstream_glue_text_holds_training_sentences_only(tmp_path):
+    upstream = load_script("upstream_minilm")
+    glue = tmp_path / "glue"
+    (glue / "RTE").mkdir(parents=True)
+    (glue / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\tA  cat sat.\tA cat.\tentailment\n")
+    (glue / "RTE" / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\tDEV one.\tDEV two.\tentailment\n")
+    (glue / "CoLA").mkdir()
+    (glue / "CoLA" / "train.tsv").write_text("src\t1\t\tThe dog barked.\n")
+    (glue / "CoLA" / "dev.tsv").write_text("src\t1\t\tDEV three.\n")
+    (glue / "SST-2").mkdir()
+    (glue / "SST-2" / "train.tsv").write_text("sentence\tlabel\na fine film \t1\n")
+    (glue / "SST-2" / "dev.tsv").write_text("sentence\tlabel\nDEV four\t0\n")
+    path = upstream.glue_text_file(str(glue), out_dir=str(tmp_path / "text"))
+    lines = Path(path).read_text().splitlines()
+    assert lines == ["A cat sat.", "A cat.", "The dog barked.", "a fine film"]
+    assert not any("DEV" in line for line in lines)
+    with pytest.raises(Exception, match="is not a directory"):
+        upstream.glue_text_file(str(tmp_path / "nowhere"), out_dir=str(tmp_path / "other"))
