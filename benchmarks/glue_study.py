@@ -150,13 +150,17 @@ def table() -> str:
         with open(path) as f:
             r = json.load(f)
         rows[(r["task"], r["model"], r["arm"])] = r
-    lines = ["| task | start | arm | score | summary | gap to dense reference | share of the dense-transfer gap closed | "
+    lines = ["| task | start | arm | score | summary | gap to dense | share of the dense-transfer gap closed | "
              "SE (one seed) | train / dev examples |", "|---|---|---|---:|---|---:|---:|---:|---|"]
     for (task, model, arm), r in sorted(rows.items()):
-        reference = rows.get((task, "dense", "dense_transfer")) or rows.get((task, "dense", "dense_transfer_single"))
+        # Like for like: a single run against the dense-transfer recipe's single run, a grid against its grid
+        # (each falling back to the other when missing).
+        order = ("dense_transfer_single", "dense_transfer") if r["summary"] == "single run" else (
+            "dense_transfer", "dense_transfer_single")
+        reference = rows.get((task, "dense", order[0])) or rows.get((task, "dense", order[1]))
         gap = f"{100 * (r['score'] - reference['score']):+.2f}" if reference else "-"
         share = "-"
-        baseline = rows.get((task, model, "dense_transfer")) or rows.get((task, model, "dense_transfer_single"))
+        baseline = rows.get((task, model, order[0])) or rows.get((task, model, order[1]))
         if arm.startswith("paper") and reference and baseline and reference["score"] != baseline["score"]:
             share = f"{(r['score'] - baseline['score']) / (reference['score'] - baseline['score']):.0%}"
         se = standard_error(r["metric"], r["score"], r.get("dev_examples"))

@@ -36,6 +36,8 @@ def test_glue_study_table_compares_default_and_grid(tmp_path, monkeypatch):
         arm_result("sst2", "90", "paper", [("lr0.0001_dropout0.1", 0.77), ("lr0.0002_dropout0.1", 0.79),
                                            ("lr0.0003_dropout0.1", 0.75)], "mean_top2"),
         arm_result("sst2", "90", "paper_single", [("single", 0.77)]),
+        arm_result("sst2", "dense", "dense_transfer_single", [("single", 0.80)]),
+        arm_result("sst2", "90", "dense_transfer_single", [("single", 0.70)]),
     ]
     for r in results:
         (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
@@ -43,15 +45,15 @@ def test_glue_study_table_compares_default_and_grid(tmp_path, monkeypatch):
     rows = {}
     for line in text.splitlines():  # the first table's rows (later tables start with the same three cells)
         rows.setdefault(tuple(cell.strip() for cell in line.strip("|").split("|")[:3]), line)
-    # Gap to the dense reference (the dense model's dense-transfer grid, 83.00) and the share of the 90% model's
+    # A grid against grids: gap to the dense model's dense-transfer grid (83.00), and the share of the 90% model's
     # dense-transfer gap (83.00 - 71.00) that the paper's grid (78.00) closes: 7 / 12.
-    paper = rows[("sst2", "90", "paper")]
-    assert "| 78.00 | mean_top2 | -5.00 | 58% |" in paper
-    assert "| 77.00 | single run | -6.00 | 50% |" in rows[("sst2", "90", "paper_single")]
+    assert "| 78.00 | mean_top2 | -5.00 | 58% |" in rows[("sst2", "90", "paper")]
+    # A single run against single runs: dense 80.00, 90% 70.00, so 77.00 closes 7 / 10.
+    assert "| 77.00 | single run | -3.00 | 70% |" in rows[("sst2", "90", "paper_single")]
     # The default's single run against its grid: 77.00 - 78.00, the grid's best run 79.00, 3 runs.
     assert "| sst2 | 90 | paper | 77.00 | 78.00 | -1.00 | 79.00 | 3 |" in text
-    # A grid without a single run of its default gets no such row; every grid lists its runs.
-    assert "| sst2 | 90 | dense_transfer | 70.00" not in text
+    assert "| sst2 | 90 | dense_transfer | 70.00 | 71.00 | -1.00 | 72.00 | 2 |" in text
+    # Every grid lists its runs.
     assert "lr0.0002_dropout0.1 79.00" in text and "lr5e-05_dropout0.1 82.00" in text
 
 
