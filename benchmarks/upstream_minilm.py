@@ -49,7 +49,7 @@ RUNS_DIR = os.path.join(REPO, "runs", "upstream", "bench")
 # What fits ~25 CPU-minutes per run on the 2 shared cores. Measured under nice -n 10 while the other engineers'
 # jobs ran (load 6-9 on 2 cores): 10-40 s per step at 8 x 128 tokens, ~17 s at 8 x 64. So the CPU runs use
 # 64-token blocks, 8 per step: 96 steps = 768 blocks (~49k tokens, a fifth of valid.txt); GMP to step 64 every
-# 8 steps, then 32 fixed-mask steps. The recipes' full length (3000 steps x 16 x 128 tokens) runs with
+# 8 steps, then 32 fixed-mask steps. The recipes' full length (2000 steps x 16 x 128 tokens) runs with
 # --budget full.
 CPU_BUDGET = {"max_steps": 96, "prune_end_step": 64, "prune_interval": 8, "batch_size": 8, "block_size": 64,
               "save_steps": 16, "eval_steps": 0}
@@ -59,7 +59,7 @@ CPU_XL_BUDGET = {**CPU_BUDGET, "max_steps": 1536, "prune_end_step": 1024, "prune
 # Step time of the full recipe (16 x 128 tokens per step) on this machine's 2 cores, without the hour: 100 steps
 # with pruning events every 10 steps (the recipe: every 50), projected to the recipe's 2000.
 # Three times the recipe's length at the same proportions (GMP over the first 70%, then a fixed mask): the
-# training loss of the full runs was still falling at step 2000 (issue: the method, shown). Resumable: ~5 h on one
+# training loss of the full runs was still falling at step 2000 (issue: the method, shown). Resumable: ~4 h on one
 # CPU thread, so it spans sessions; minutes on a GPU.
 FULL_3X_BUDGET = {"max_steps": 6000, "prune_end_step": 4200, "prune_interval": 50, "save_steps": 100,
                   "eval_steps": 500}
