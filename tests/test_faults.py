@@ -7,6 +7,7 @@ a clear error. Kills are real SIGKILLs of a forked child process, at the k-th fi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -119,5 +120,37 @@ def test_resume_refuses_a_weights_file_swapped_for_another_of_the_same_size(tmp_
     out = tmp_path / "out"
     trainer(out).train()
     shutil.copy(out / "checkpoint-2" / "model.safetensors", out / "checkpoint-4" / "model.safetensors")
+    with pytest.raises(ValueError, match="model.safetensors changed since the checkpoint was saved"):
+        trainer(tmp_path / "resumed").train(resume_from_checkpoint=str(out / "checkpoint-4"))
+    # a marker without content fingerprints (written by an earlier version): the masks' weights fingerprint still sees it
+    marker = out / "checkpoint-4" / CHECKPOINT_COMPLETE_NAME
+    marker.write_text(json.dumps({"files": json.loads(marker.read_text())["files"]}))
     with pytest.raises(ValueError, match="its weights are not those its sparse_masks.safetensors was saved beside"):
         trainer(tmp_path / "resumed").train(resume_from_checkpoint=str(out / "checkpoint-4"))
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "trainer_state.json"])
+def test_resume_refuses_a_checkpoint_file_swapped_for_another_of_the_same_size(tmp_path, name):
+    """A same-size file from another checkpoint (another step's optimizer state) passes the sizes of the completion
+    marker; its content fingerprint does not."""
+    import shutil
+
+    model = make_tiny_bert()
+    out = tmp_path / "out"
+    args = make_args(out, unfreeze="none", max_steps=4, save_strategy="steps", save_steps=2)
+    SparseTrainer(model=model, args=args, train_dataset=make_dataset(16),
+                  method=GMP(dense_masks(model, "bert"), 0.8, 0, 4, 2)).train()
+    source, target = out / "checkpoint-2" / name, out / "checkpoint-4" / name
+    if name == "trainer_state.json":  # text: edit it in place, keeping its size
+        text = target.read_text()
+        target.write_text(text.replace('"global_step": 4', '"global_step": 5'))
+    else:
+        shutil.copy(source, target)
+    assert os.path.getsize(source if name != "trainer_state.json" else target) == os.path.getsize(target)
+    assert last_complete_checkpoint(out).endswith("checkpoint-4")  # sizes alone pass it
+    model = make_tiny_bert()
+    trainer = SparseTrainer(model=model, args=make_args(out, unfreeze="none", max_steps=6, save_strategy="steps",
+                                                         save_steps=2),
+                            train_dataset=make_dataset(16), method=GMP(dense_masks(model, "bert"), 0.8, 0, 4, 2))
+    with pytest.raises(ValueError, match=rf"{name} changed since the checkpoint was saved"):
+        trainer.train(resume_from_checkpoint=True)

@@ -37,6 +37,7 @@ fine-tuning) and the masks are enforced in the same way.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import json
 import logging
@@ -65,16 +66,42 @@ CHECKPOINT_COMPLETE_NAME = "checkpoint_complete.json"
 REWIND = "rewind"
 
 
+_FINGERPRINT_CHUNK = 1 << 16  # bytes read per sample
+_FINGERPRINT_SAMPLES = 16
+
+
+def _file_fingerprint(path: str) -> str:
+    """A cheap content fingerprint of one file: sha256 of its size and 16 evenly spaced 64 KiB samples (the whole file
+    below 1 MiB), so it costs at most 1 MiB of reading whatever the file's size.
+
+    Not a defence against a crafted file: it catches a file replaced by another of the same size (the optimizer state
+    of another checkpoint or run), which the sizes cannot see and which would resume training on another run's state.
+    """
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= _FINGERPRINT_CHUNK * _FINGERPRINT_SAMPLES:
+            h.update(f.read())
+        else:
+            last = size - _FINGERPRINT_CHUNK
+            for i in range(_FINGERPRINT_SAMPLES):
+                f.seek(last * i // (_FINGERPRINT_SAMPLES - 1))
+                h.update(f.read(_FINGERPRINT_CHUNK))
+    return h.hexdigest()[:16]
+
+
 def mark_checkpoint_complete(folder: str) -> None:
-    """Writes the completion marker of a checkpoint folder, last: every file it holds, with its size."""
-    files = {
-        name: os.path.getsize(os.path.join(folder, name))
-        for name in sorted(os.listdir(folder))
+    """Writes the completion marker of a checkpoint folder, last: every file it holds, with its size and a content
+    fingerprint (:func:`check_checkpoint_untouched`)."""
+    names = [
+        name for name in sorted(os.listdir(folder))
         if name != CHECKPOINT_COMPLETE_NAME and os.path.isfile(os.path.join(folder, name))
-    }
+    ]
+    files = {name: os.path.getsize(os.path.join(folder, name)) for name in names}
+    fingerprints = {name: _file_fingerprint(os.path.join(folder, name)) for name in names}
     path = os.path.join(folder, CHECKPOINT_COMPLETE_NAME)
     with open(path + ".tmp", "w") as f:
-        json.dump({"files": files}, f, indent=2)
+        json.dump({"files": files, "fingerprints": fingerprints}, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
@@ -92,6 +119,27 @@ def checkpoint_is_complete(folder: str | os.PathLike) -> bool:
         return bool(files) and all(os.path.getsize(os.path.join(folder, name)) == size for name, size in files.items())
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def check_checkpoint_untouched(folder: str | os.PathLike) -> None:
+    """Refuses a complete checkpoint (:func:`checkpoint_is_complete`) one of whose files was replaced after its save by
+    another of the same size: the marker's content fingerprints must match. Markers written before fingerprints were
+    recorded are checked on sizes only.
+
+    Raises:
+        ValueError: naming the changed files and what to do instead.
+    """
+    folder = os.fspath(folder)
+    with open(os.path.join(folder, CHECKPOINT_COMPLETE_NAME)) as f:
+        fingerprints = json.load(f).get("fingerprints") or {}
+    changed = [name for name, expected in fingerprints.items()
+               if _file_fingerprint(os.path.join(folder, name)) != expected]
+    if changed:
+        raise ValueError(
+            f"{folder}: {', '.join(changed)} changed since the checkpoint was saved (same size, other content): a file "
+            "was replaced or edited, and resuming would mix another run's or step's state into this one. Put the "
+            "original file back, or delete the folder to resume from the checkpoint before it."
+        )
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike, requires: str | None = None) -> str | None:
@@ -663,6 +711,8 @@ class SparseTrainer(Trainer):
                 + (earlier if earlier else "an earlier checkpoint, or start over")
                 + "."
             )
+        if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
+            check_checkpoint_untouched(resume_from_checkpoint)
         self._nonfinite_step = None
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
