@@ -3,6 +3,8 @@ logged grad_norm of the applied gradient, a replaced parameter caught at the nex
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -11,6 +13,7 @@ from transformers import TrainerCallback
 from sparse_transfer import ACDC, GMP, NM, Constant, RigL, SparseTrainer, SparseTrainingArguments, dense_masks
 from sparse_transfer.core import MASKS_NAME, SparseMasks
 from sparse_transfer.hf import SPARSE_METHOD_STATE_NAME
+from sparse_transfer.hf.trainer import CHECKPOINT_COMPLETE_NAME
 
 from ..conftest import make_tiny_bert
 from .conftest import make_args, make_dataset, make_sparse_bert
@@ -261,5 +264,11 @@ def test_resume_refuses_a_swapped_mask_or_method_file(tmp_path, swapped):
     run(tmp_path / "b", "gmp", model=make_tiny_bert(seed=7), **common)  # same architecture, other weights and mask
     checkpoint = tmp_path / "a" / "checkpoint-10"
     shutil.copy(tmp_path / "b" / "checkpoint-10" / swapped, checkpoint / swapped)
+    with pytest.raises(ValueError, match=f"{swapped} changed since the checkpoint was saved"):
+        run(tmp_path / "resumed", "gmp", resume=str(checkpoint), **common)
+    # without the completion marker's content fingerprints (an earlier version's marker), the masks are still checked
+    # against the weights
+    marker = checkpoint / CHECKPOINT_COMPLETE_NAME
+    marker.write_text(json.dumps({"files": json.loads(marker.read_text())["files"]}))
     with pytest.raises(ValueError, match="disagrees with the checkpoint's weights|hold different masks"):
         run(tmp_path / "resumed", "gmp", resume=str(checkpoint), **common)
