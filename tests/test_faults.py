@@ -154,3 +154,57 @@ def test_resume_refuses_a_checkpoint_file_swapped_for_another_of_the_same_size(t
                             train_dataset=make_dataset(16), method=GMP(dense_masks(model, "bert"), 0.8, 0, 4, 2))
     with pytest.raises(ValueError, match=rf"{name} changed since the checkpoint was saved"):
         trainer.train(resume_from_checkpoint=True)
+
+
+def _four_steps(out, max_steps=4):
+    model = make_tiny_bert()
+    args = make_args(out, unfreeze="none", max_steps=max_steps, save_strategy="steps", save_steps=2)
+    return SparseTrainer(model=model, args=args, train_dataset=make_dataset(16),
+                         method=GMP(dense_masks(model, "bert"), 0.8, 0, 4, 2))
+
+
+def test_saving_again_into_a_checkpoint_folder_first_removes_its_marker(tmp_path, monkeypatch):
+    """A run resumed from checkpoint-2 saves checkpoint-4 again: a kill during that save must leave checkpoint-4
+    incomplete (resume falls back to checkpoint-2), not old and new files under the old marker; a stale marker .tmp is
+    neither listed nor kept."""
+    from transformers import Trainer
+
+    from sparse_transfer.hf.trainer import check_checkpoint_untouched, checkpoint_is_complete
+
+    out = tmp_path / "out"
+    _four_steps(out).train()
+    (out / "checkpoint-4" / (CHECKPOINT_COMPLETE_NAME + ".tmp")).write_text("{stale")
+    original = Trainer._save_optimizer_and_scheduler
+
+    def killed(self, output_dir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _four_steps(out).train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert not checkpoint_is_complete(out / "checkpoint-4")
+    assert last_complete_checkpoint(out).endswith("checkpoint-2")
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", original)
+    _four_steps(out).train(resume_from_checkpoint=True)
+    marker = json.loads((out / "checkpoint-4" / CHECKPOINT_COMPLETE_NAME).read_text())
+    assert not any(name.endswith(".tmp") for name in marker["files"])
+    assert not (out / "checkpoint-4" / (CHECKPOINT_COMPLETE_NAME + ".tmp")).exists()
+    check_checkpoint_untouched(out / "checkpoint-4")
+
+
+def test_resume_refuses_a_file_added_to_a_checkpoint_or_a_malformed_marker(tmp_path):
+    out = tmp_path / "out"
+    _four_steps(out).train()
+    checkpoint = out / "checkpoint-4"
+    torch.save({"scale": 1.0}, checkpoint / "scaler.pt")  # transformers would load it as the GradScaler's state
+    with pytest.raises(ValueError, match="scaler.pt was added after the checkpoint was saved"):
+        _four_steps(out, 6).train(resume_from_checkpoint=True)
+    os.remove(checkpoint / "scaler.pt")
+    marker_path = checkpoint / CHECKPOINT_COMPLETE_NAME
+    marker = json.loads(marker_path.read_text())
+    for fingerprints in (list(marker["fingerprints"]), {**marker["fingerprints"], "../checkpoint-2/optimizer.pt": "0"}):
+        marker_path.write_text(json.dumps({**marker, "fingerprints": fingerprints}))
+        with pytest.raises(ValueError, match="is malformed"):
+            _four_steps(out, 6).train(resume_from_checkpoint=str(checkpoint))
+    marker_path.write_text(json.dumps(marker))
+    _four_steps(out, 6).train(resume_from_checkpoint=True)  # untouched again: resumes

@@ -90,13 +90,29 @@ def _file_fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+def _checkpoint_files(folder: str) -> list[str]:
+    """The files of a checkpoint folder that its marker covers: all but the marker and leftover ``*.tmp`` files of
+    atomic writes."""
+    return [
+        name for name in sorted(os.listdir(folder))
+        if name != CHECKPOINT_COMPLETE_NAME and not name.endswith(".tmp") and os.path.isfile(os.path.join(folder, name))
+    ]
+
+
+def _remove_checkpoint_marker(folder: str) -> None:
+    """Removes the completion marker (and a stale ``.tmp`` of it) of a folder about to be saved into: until the new
+    marker is written, the folder is an interrupted save, never a complete checkpoint mixing two saves' files."""
+    for name in (CHECKPOINT_COMPLETE_NAME, CHECKPOINT_COMPLETE_NAME + ".tmp"):
+        try:
+            os.remove(os.path.join(folder, name))
+        except FileNotFoundError:
+            pass
+
+
 def mark_checkpoint_complete(folder: str) -> None:
     """Writes the completion marker of a checkpoint folder, last: every file it holds, with its size and a content
     fingerprint (:func:`check_checkpoint_untouched`)."""
-    names = [
-        name for name in sorted(os.listdir(folder))
-        if name != CHECKPOINT_COMPLETE_NAME and os.path.isfile(os.path.join(folder, name))
-    ]
+    names = _checkpoint_files(folder)
     files = {name: os.path.getsize(os.path.join(folder, name)) for name in names}
     fingerprints = {name: _file_fingerprint(os.path.join(folder, name)) for name in names}
     path = os.path.join(folder, CHECKPOINT_COMPLETE_NAME)
@@ -123,22 +139,50 @@ def checkpoint_is_complete(folder: str | os.PathLike) -> bool:
 
 def check_checkpoint_untouched(folder: str | os.PathLike) -> None:
     """Refuses a complete checkpoint (:func:`checkpoint_is_complete`) one of whose files was replaced after its save by
-    another of the same size: the marker's content fingerprints must match. Markers written before fingerprints were
-    recorded are checked on sizes only.
+    another of the same size, or that holds a file its save did not write: the marker's content fingerprints must
+    match. Markers written before fingerprints were recorded are checked on sizes only.
 
     Raises:
-        ValueError: naming the changed files and what to do instead.
+        ValueError: naming the changed or added files (or the malformed marker) and what to do instead.
     """
     folder = os.fspath(folder)
-    with open(os.path.join(folder, CHECKPOINT_COMPLETE_NAME)) as f:
-        fingerprints = json.load(f).get("fingerprints") or {}
-    changed = [name for name, expected in fingerprints.items()
-               if _file_fingerprint(os.path.join(folder, name)) != expected]
+    path = os.path.join(folder, CHECKPOINT_COMPLETE_NAME)
+    try:
+        with open(path) as f:
+            marker = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} cannot be read ({e}); resume from an earlier checkpoint.") from None
+    fingerprints = marker.get("fingerprints") if isinstance(marker, dict) else None
+    if fingerprints is None:
+        return
+    files = marker.get("files")
+    if not (
+        isinstance(fingerprints, dict) and isinstance(files, dict) and fingerprints.keys() == files.keys()
+        and all(isinstance(v, str) for v in fingerprints.values())
+        and all(isinstance(name, str) and name == os.path.basename(name) and name not in ("", ".", "..")
+                for name in fingerprints)
+    ):
+        raise ValueError(
+            f"{path} is malformed (its fingerprints are not one string per file of the folder): it was edited. "
+            "Resume from an earlier checkpoint."
+        )
+    try:
+        changed = [name for name, expected in fingerprints.items()
+                   if _file_fingerprint(os.path.join(folder, name)) != expected]
+    except OSError as e:
+        raise ValueError(f"{folder}: a file its marker lists cannot be read ({e}); resume from an earlier checkpoint.") from None
     if changed:
         raise ValueError(
             f"{folder}: {', '.join(changed)} changed since the checkpoint was saved (same size, other content): a file "
             "was replaced or edited, and resuming would mix another run's or step's state into this one. Put the "
             "original file back, or delete the folder to resume from the checkpoint before it."
+        )
+    added = [name for name in _checkpoint_files(folder) if name not in fingerprints]
+    if added:
+        raise ValueError(
+            f"{folder}: {', '.join(added)} {'was' if len(added) == 1 else 'were'} added after the checkpoint was saved "
+            "(its marker does not list them), and resuming would load them. Remove them, or resume from another "
+            "checkpoint."
         )
 
 
@@ -706,7 +750,8 @@ class SparseTrainer(Trainer):
             earlier = last_complete_checkpoint(os.path.dirname(os.path.normpath(resume_from_checkpoint)))
             raise ValueError(
                 f"{resume_from_checkpoint} is incomplete: its save was interrupted (no {CHECKPOINT_COMPLETE_NAME}, or a "
-                f"file shorter than when it was written; checkpoints of versions before that marker lack it too). "
+                f"file missing or of another size than when it was written; checkpoints of versions before that marker "
+                f"lack it too). "
                 f"Resume from "
                 + (earlier if earlier else "an earlier checkpoint, or start over")
                 + "."
@@ -816,6 +861,10 @@ class SparseTrainer(Trainer):
             elif os.path.isfile(path):  # the mask is released (training dense): no mask describes these weights
                 os.remove(path)
 
+    def _write_checkpoint_extras(self, output_dir: str) -> None:
+        """Writes a subclass's own files into a checkpoint folder, before the parent's (main process only); the
+        completion marker, written last, covers them."""
+
     def _save_checkpoint(self, model, trial) -> None:
         # Written before the parent's checkpoint files, so that a checkpoint with a trainer_state.json (what
         # resume looks for, written last by the parent) always has ours too.
@@ -826,6 +875,10 @@ class SparseTrainer(Trainer):
                 self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             )
             os.makedirs(output_dir, exist_ok=True)
+            # Saving into an existing folder (a run resumed from an earlier step saves this step again): its old marker
+            # goes first, or a kill during this save would leave old and new files under a marker of the old ones.
+            _remove_checkpoint_marker(output_dir)
+            self._write_checkpoint_extras(output_dir)
             state = {
                 "global_step": self.state.global_step,
                 "steps_per_stage": self.steps_per_stage,

@@ -160,19 +160,14 @@ class UpstreamTrainer(SparseTrainer):
             self._term_sums, self._term_count = {}, 0
         super().log(logs, *args, **kwargs)
 
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        if not self.args.should_save:
-            return
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+    def _write_checkpoint_extras(self, output_dir: str) -> None:
+        # Before the checkpoint's other files; the completion marker (written last) lists and fingerprints it.
         state = {
             "global_step": self.state.global_step,
             "recipe_fingerprint": self.recipe_fingerprint,
             "pruning_events": self.method_callback.events,
         }
-        write_json_atomic(os.path.join(folder, UPSTREAM_STATE_NAME), state)  # last: marks the checkpoint complete
+        write_json_atomic(os.path.join(output_dir, UPSTREAM_STATE_NAME), state)
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -266,7 +261,8 @@ def magnitude_prune_(model: nn.Module, sparsity: float, distribution: str = "glo
 
 # --------------------------------------------------------------------------------------------- helpers
 def last_complete_checkpoint(output_dir: str) -> str | None:
-    """Newest complete ``checkpoint-N`` folder that also holds :data:`UPSTREAM_STATE_NAME` (written last)."""
+    """Newest complete ``checkpoint-N`` folder that also holds :data:`UPSTREAM_STATE_NAME` (a checkpoint of another
+    trainer lacks it)."""
     return hf_last_complete_checkpoint(output_dir, requires=UPSTREAM_STATE_NAME)
 
 

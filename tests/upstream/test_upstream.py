@@ -203,6 +203,9 @@ def test_resume_reaches_the_same_weights(tiny_dirs, tmp_path, monkeypatch):
     with pytest.raises(Interrupted):
         run_upstream(parse_args(base_argv(tiny_dirs, "mlm", broken, *extra)))
     assert (broken / "checkpoint-6").is_dir() and not (broken / "results.json").exists()
+    # the upstream state is written before the completion marker, which covers it
+    marker = json.loads((broken / "checkpoint-6" / "checkpoint_complete.json").read_text())
+    assert "upstream_state.json" in marker["fingerprints"]
     monkeypatch.setattr(MaskMethodCallback, "on_step_begin", original)
     resumed = run_upstream(parse_args(base_argv(tiny_dirs, "mlm", broken, *extra)))
     assert resumed["resumed_from"].endswith("checkpoint-6")
