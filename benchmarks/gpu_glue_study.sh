@@ -3,7 +3,7 @@
 #   0. packages the image lacks (.gpu/whl) and ../shared rebuilt from .gpu (benchmarks/gpu_pack.py);
 #   1. the sparse starting points: upstream pruning of all-MiniLM-L6-v2 to 80% and 90% at 3x the recipe's length
 #      (benchmarks/upstream_minilm.py --budget full-3x), and the 90% recipe's levers at that length (layer-wise
-#      sparsity, AC/DC, GLUE's training sentences as extra text: --study levers), all at once;
+#      sparsity, AC/DC, RigL, GLUE's training sentences as extra text: --study levers), all at once;
 #   2. the study's arms (benchmarks/glue_study.py) in SHARDS parallel processes on the one GPU, round-robin over
 #      tasks x starting points x arms (RTE and CoLA first, SST-2 last); results in benchmarks/results/glue_study_gpu/;
 #   3. everything small that a later session needs, in $OUT/study.tgz: the arms' summaries, every finished run's
@@ -46,7 +46,7 @@ for s in ${UPSTREAM_SPARSITIES-90 80}; do
 done
 # The upstream levers at the same length (one change of the 90% recipe each), beside the runs above; their
 # models are not starting points, so the arms below do not wait for anything but the 80% and 90% runs.
-for lever in ${UPSTREAM_LEVERS-uniform acdc gluetext}; do
+for lever in ${UPSTREAM_LEVERS-uniform acdc rigl gluetext}; do
     timeout $(( $(left) * 2 / 5 )) $PY benchmarks/upstream_minilm.py --study levers --levers $lever \
         --budget "${UPSTREAM_BUDGET:-full-3x}" > runs/gpu_upstream_$lever.log 2>&1 &
 done

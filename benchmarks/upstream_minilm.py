@@ -18,7 +18,8 @@ Usage::
 
 ``--study levers`` changes one thing of the 90% recipe per run, at the chosen budget, next to the unchanged recipe
 at that budget: ``uniform`` (the same sparsity in every layer instead of one global magnitude threshold), ``acdc``
-(AC/DC's alternating compressed/dense phases instead of GMP) and ``gluetext`` (WikiText-2 valid plus the training
+(AC/DC's alternating compressed/dense phases instead of GMP), ``rigl`` (RigL's drop/grow at a fixed 90% from step
+0 instead of GMP) and ``gluetext`` (WikiText-2 valid plus the training
 sentences of GLUE RTE, CoLA and SST-2: more varied text, but the tasks' own training sentences, so reported
 apart from the runs that use WikiText-2 only).
 
@@ -74,6 +75,9 @@ LEVERS = {
     # AC/DC with the engine's own phase lengths (what --method acdc gives a user): dense warm-up 10%, 5% phases,
     # a final compressed 15%; the GMP schedule's prune_end_step does not apply.
     "acdc": {"method": "acdc", "prune_end_step": None},
+    # RigL with the engine's defaults (what --method rigl gives a user): the 90% magnitude mask from step 0, drop/grow
+    # every prune_interval steps (alpha 0.3, cosine-decayed) until 75% of the steps, then fixed.
+    "rigl": {"method": "rigl", "prune_end_step": None},
     "gluetext": {},
 }
 GLUE_TEXT_TASKS = ("rte", "cola", "sst2")

@@ -68,8 +68,8 @@ def test_upstream_levers_are_valid_recipes_at_every_budget():
             args = UpstreamArguments(**values)  # raises on a combination the engine refuses
             if lever == "uniform":
                 assert args.distribution == "uniform"
-            if lever == "acdc":
-                assert args.method == "acdc"
+            if lever in ("acdc", "rigl"):
+                assert args.method == lever
 
 
 def test_upstream_glue_text_holds_training_sentences_only(tmp_path):
