@@ -82,6 +82,16 @@ def test_an_interrupted_checkpoint_is_never_resumed_from(tmp_path):
     assert last_complete_checkpoint(out) != last
 
 
+@pytest.mark.parametrize("where", ["", "no-such-checkpoint"])
+def test_resuming_from_a_path_that_is_not_a_folder_names_it(tmp_path, where):
+    model = make_tiny_bert()
+    trainer = SparseTrainer(model=model, args=make_args(tmp_path / "out", unfreeze="none", max_steps=STEPS),
+                            train_dataset=make_dataset(16), method=GMP(dense_masks(model, "bert"), 0.8, 0, 6, 2))
+    path = str(tmp_path / where) if where else where
+    with pytest.raises(ValueError, match="is not a folder. Pass a checkpoint folder"):
+        trainer.train(resume_from_checkpoint=path)
+
+
 def test_a_non_finite_loss_stops_training_before_anything_is_saved(tmp_path):
     from transformers import TrainerCallback
 

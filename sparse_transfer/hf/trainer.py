@@ -746,16 +746,20 @@ class SparseTrainer(Trainer):
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
                 raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}.")
-        elif isinstance(resume_from_checkpoint, (str, os.PathLike)) and not checkpoint_is_complete(resume_from_checkpoint):
-            earlier = last_complete_checkpoint(os.path.dirname(os.path.normpath(resume_from_checkpoint)))
-            raise ValueError(
-                f"{resume_from_checkpoint} is incomplete: its save was interrupted (no {CHECKPOINT_COMPLETE_NAME}, or a "
-                f"file missing or of another size than when it was written; checkpoints of versions before that marker "
-                f"lack it too). "
-                f"Resume from "
-                + (earlier if earlier else "an earlier checkpoint, or start over")
-                + "."
-            )
+        elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            if not os.path.isdir(resume_from_checkpoint):
+                raise ValueError(
+                    f"resume_from_checkpoint={str(resume_from_checkpoint)!r} is not a folder. Pass a checkpoint folder "
+                    f"(e.g. {os.path.join(self.args.output_dir, 'checkpoint-500')}), True for the last complete one in "
+                    "output_dir, or None to start over."
+                )
+            if not checkpoint_is_complete(resume_from_checkpoint):
+                earlier = last_complete_checkpoint(os.path.dirname(os.path.normpath(resume_from_checkpoint)))
+                raise ValueError(
+                    f"{resume_from_checkpoint} is incomplete: its save was interrupted (no {CHECKPOINT_COMPLETE_NAME}, "
+                    "or a file missing or of another size than when it was written; checkpoints of versions before "
+                    f"that marker lack it too). Resume from {earlier or 'an earlier checkpoint, or start over'}."
+                )
         if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
             check_checkpoint_untouched(resume_from_checkpoint)
         self._nonfinite_step = None
