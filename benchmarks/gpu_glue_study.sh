@@ -15,7 +15,7 @@
 #               (add "runs/glue_study_gpu" to carry to continue an earlier call's runs)
 # Environment: PYTHON (python3), SHARDS (12), GPU_ARMS ("paper dense_transfer extended paper_mean"),
 #              GPU_TASKS ("rte cola sst2"), SST2_TRAIN (unset: the whole training set), UPSTREAM_BUDGET (full-3x),
-#              UPSTREAM_SPARSITIES ("90 80"; empty: none), UPSTREAM_LEVERS ("uniform acdc gluetext"; empty: none),
+#              UPSTREAM_SPARSITIES ("90 80"; empty: none), UPSTREAM_LEVERS ("uniform acdc rigl gluetext"; empty: none),
 #              GLUE_EXTRA (flags for every GLUE run), GLUE_STUDY_RESULTS.
 # A CPU smoke test of the whole script (minutes):
 #   UPSTREAM_SPARSITIES= UPSTREAM_LEVERS= SHARDS=2 GPU_TASKS=rte GPU_ARMS="dense_transfer_single paper_single" \
