@@ -209,8 +209,9 @@ def _line_style(arm: str) -> str:
 
 
 def plot() -> list[str]:
-    """Dev score per epoch of each finished arm (its best run), one figure per task; for the paper's recipe every
-    epoch is one unfreezing stage (stage k trains the head and the last k blocks; the last, everything)."""
+    """Dev score per epoch of each finished arm (its best run), one figure per task and one panel per starting
+    point; for the paper's recipe every epoch is one unfreezing stage (stage k trains the head and the last k
+    blocks; the last, everything)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,25 +224,30 @@ def plot() -> list[str]:
         by_task.setdefault(r["task"], []).append(r)
     written = []
     for task, rows in by_task.items():
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        longest = 0
-        colors = {m: f"C{i}" for i, m in enumerate(sorted({r["model"] for r in rows}))}  # one color per start
-        for r in rows:
-            best = max(r["runs"], key=lambda run: run["score"])["name"]
-            curve = r["per_epoch"][best]
-            longest = max(longest, len(curve))
-            style = _line_style(r["arm"])
-            ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], style, color=colors[r["model"]],
-                    label=f"{r['model']} {r['arm']} ({best})")
-        for epoch in range(1, longest):
-            ax.axvline(epoch + 0.5, color="grey", lw=0.4, ls=":")  # paper's recipe: a new stage starts here
-        ax.set_xlabel("epoch (paper's recipe: one unfreezing stage per epoch, dotted lines)")
-        ax.set_ylabel(f"dev {rows[0]['metric']} (%)")
-        ax.set_title(f"{task.upper()}: dev score per epoch, best run of each arm")
-        ax.legend(fontsize=7)
+        starts = sorted({r["model"] for r in rows}, key=lambda m: (m != "dense", m))  # the dense reference first
+        arms = sorted({r["arm"] for r in rows})
+        colors = {arm: plt.get_cmap("tab20")(i % 20) for i, arm in enumerate(arms)}  # one color per arm, every panel
+        fig, axes = plt.subplots(1, len(starts), figsize=(5.5 * len(starts), 5), sharey=True, squeeze=False)
+        for ax, start in zip(axes[0], starts):
+            longest = 0
+            for r in sorted((r for r in rows if r["model"] == start), key=lambda r: r["arm"]):
+                best = max(r["runs"], key=lambda run: run["score"])["name"]
+                curve = r["per_epoch"][best]
+                longest = max(longest, len(curve))
+                label = r["arm"] if best == "single" else f"{r['arm']} (best: {best})"
+                ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], _line_style(r["arm"]),
+                        color=colors[r["arm"]], label=label, ms=4)
+            for epoch in range(1, longest):
+                ax.axvline(epoch + 0.5, color="grey", lw=0.4, ls=":")  # paper's recipe: a new stage starts here
+            ax.set_title(f"start: {start}")
+            ax.set_xlabel("epoch (paper's recipe: one stage per epoch)")
+            ax.legend(fontsize=6, loc="lower right")
+            ax.grid(alpha=0.2)
+        axes[0][0].set_ylabel(f"dev {rows[0]['metric']} (%)")
+        fig.suptitle(f"{task.upper()}: dev score per epoch, best run of each arm (dotted lines: stage boundaries)")
         fig.tight_layout()
         out = os.path.join(os.path.dirname(RESULTS_DIR), f"{os.path.basename(RESULTS_DIR)}_{task}.png")
-        fig.savefig(out, dpi=100)
+        fig.savefig(out, dpi=90)
         plt.close(fig)
         written.append(out)
     return written
