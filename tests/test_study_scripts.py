@@ -57,6 +57,22 @@ def test_glue_study_table_compares_default_and_grid(tmp_path, monkeypatch):
     assert "lr0.0002_dropout0.1 79.00" in text and "lr5e-05_dropout0.1 82.00" in text
 
 
+def test_glue_study_plot_writes_one_figure_per_task(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    study = load_script("glue_study")
+    results_dir = tmp_path / "glue_study"
+    results_dir.mkdir()
+    monkeypatch.setattr(study, "RESULTS_DIR", str(results_dir))
+    for r in [arm_result("sst2", "dense", "dense_transfer_single", [("single", 0.80)]),
+              arm_result("sst2", "90", "paper", [("lr0.0001_dropout0.1", 0.77), ("lr0.0003_dropout0.1", 0.79)],
+                         "mean_top2"),
+              arm_result("cola", "90", "paper_single", [("single", 0.10)])]:
+        (results_dir / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
+    written = sorted(study.plot())
+    assert written == [str(tmp_path / "glue_study_cola.png"), str(tmp_path / "glue_study_sst2.png")]
+    assert all(Path(path).stat().st_size > 0 for path in written)
+
+
 def test_upstream_levers_are_valid_recipes_at_every_budget():
     from sparse_transfer.upstream.config import UpstreamArguments, load_recipe
 
