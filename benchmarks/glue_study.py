@@ -277,7 +277,7 @@ def main(argv=None) -> int:
         f.write(f"# GLUE study: every finished arm\n\nWritten by `python benchmarks/glue_study.py --table` from "
                 f"`{os.path.relpath(RESULTS_DIR, REPO)}/*.json`.\n\n{text}\n")
     for path in plot():
-        print("plot:", path)
+        print("plot:", path, file=sys.stderr)  # stdout is the table alone, to paste into a results page
     return 0
 
 
