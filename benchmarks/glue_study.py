@@ -22,6 +22,8 @@ Usage::
 
     python benchmarks/glue_study.py --data-dir GLUE_DIR --models dense=MODEL_DIR 90=SPARSE_90_DIR \\
         --tasks rte --arms paper dense_transfer --threads 1
+    # two CPU cores (or GPUs) sharing every grid: the same command twice, --grid-shard 0/2 and 1/2
+    python benchmarks/glue_study.py ... --threads 1 --grid-shard 0/2 & python benchmarks/glue_study.py ... --grid-shard 1/2
     python benchmarks/glue_study.py --table
 """
 
@@ -75,6 +77,8 @@ def arm_command(task: str, model_dir: str, arm: str, opts, run_dir: str) -> list
                "--save_strategy", "epoch", "--save_total_limit", "1", *ARMS[arm]]
     if task == "sst2" and opts.sst2_train_samples:
         command += ["--max_train_samples", str(opts.sst2_train_samples)]
+    if "--grid" in ARMS[arm] and opts.grid_shard != "0/1":
+        command += ["--grid_shard", opts.grid_shard]
     return command + opts.glue_args.split()
 
 
@@ -116,10 +120,13 @@ def run_arms(opts) -> None:
     os.makedirs(RESULTS_DIR, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads), "MKL_NUM_THREADS": str(opts.threads)}
     shard, shards = (int(v) for v in opts.shard.split("/"))
+    grid_shard, grid_shards = (int(v) for v in opts.grid_shard.split("/"))
     jobs = [(t, m, a) for t in opts.tasks for m in models for a in opts.arms]
-    for index, (task, model, arm) in enumerate(jobs):
-        if index % shards != shard:
-            continue  # another shard's (parallel processes on a GPU machine split the arms round-robin)
+    jobs = [job for index, job in enumerate(jobs) if index % shards == shard]  # parallel processes split the arms
+    singles = [job for job in jobs if "--grid" not in ARMS[job[2]]]
+    for task, model, arm in jobs:
+        if "--grid" not in ARMS[arm] and singles.index((task, model, arm)) % grid_shards != grid_shard:
+            continue  # a single run: one of the processes that share the grids runs it, round-robin
         out = os.path.join(RESULTS_DIR, f"{task}__{model}__{arm}.json")
         if os.path.isfile(out):
             print(f"[cached] {task} {model} {arm}")
@@ -129,6 +136,10 @@ def run_arms(opts) -> None:
         print("[run]", " ".join(command[1:]), flush=True)
         start = time.time()
         subprocess.run(command, check=True, env=env)
+        if "--grid" in ARMS[arm] and not os.path.isfile(os.path.join(run_dir, "grid_results.json")):
+            print(f"[waiting] {task} {model} {arm}: other --grid-shard processes still train some of its runs; the "
+                  "one that finishes last writes the arm's summary", flush=True)
+            continue
         summary = summarize(task, model, arm, run_dir, command, time.time() - start)
         write_json_atomic(out, summary)
         print(f"[done] {task} {model} {arm}: {100 * summary['score']:.2f} ({summary['summary']})", flush=True)
@@ -253,7 +264,7 @@ def plot() -> list[str]:
     return written
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", help="GLUE folder in GLUE's TSV layout.")
     parser.add_argument("--models", nargs="+", default=[], help="NAME=MODEL_DIR, e.g. dense=... 90=...")
@@ -265,11 +276,18 @@ def main(argv=None) -> int:
     parser.add_argument("--glue-args", default="", help="Extra flags for every GLUE command (e.g. a smoke test's "
                         "'--max_train_samples 64'); keep the results apart with GLUE_STUDY_RESULTS.")
     parser.add_argument("--shard", default="0/1", help="K/N: run every N-th arm starting at the K-th (parallel shards).")
+    parser.add_argument("--grid-shard", default="0/1", help="K/N: N processes share every grid (the GLUE command's "
+                        "--grid_shard; one per CPU core or GPU), and split the single-run arms round-robin.")
     parser.add_argument("--table", action="store_true", help="Print the table of every finished arm (and plot) and stop.")
     opts = parser.parse_args(argv)
+    if not opts.table and (not opts.data_dir or not opts.models):
+        parser.error("--data-dir and --models are needed to run arms")
+    return opts
+
+
+def main(argv=None) -> int:
+    opts = parse_args(argv)
     if not opts.table:
-        if not opts.data_dir or not opts.models:
-            parser.error("--data-dir and --models are needed to run arms")
         run_arms(opts)
     text = table()
     print(text)

@@ -73,6 +73,38 @@ def test_glue_study_plot_writes_one_figure_per_task(tmp_path, monkeypatch):
     assert all(Path(path).stat().st_size > 0 for path in written)
 
 
+def test_glue_study_grid_shards_share_grids_and_split_single_runs(tmp_path, monkeypatch, capsys):
+    study = load_script("glue_study")
+    monkeypatch.setattr(study, "RESULTS_DIR", str(tmp_path / "results"))
+    commands = []
+
+    def fake_glue(command, **kwargs):  # a single run finishes; a grid's other shard never does
+        commands.append(command)
+        run_dir = Path(command[command.index("--output_dir") + 1])
+        if "--grid" not in command:
+            run_dir.mkdir(parents=True)
+            best = {"epoch": 1, "accuracy": 0.5}
+            (run_dir / "results.json").write_text(json.dumps({
+                "best": best, "per_epoch": [best], "recipe": {"learning_rate": 1e-4, "dropout": 0.1}, "epochs": 1,
+                "data": {"train_examples": 10, "eval_examples": {"validation": 8}},
+                "sparsity": {"mask_sparsity": 0.9}, "versions": {}}))
+
+    monkeypatch.setattr(study.subprocess, "run", fake_glue)
+    argv = ["--data-dir", "glue", "--models", "90=m90", "--tasks", "rte", "--runs", str(tmp_path / "runs"),
+            "--arms", "paper", "paper_single", "dense_transfer", "dense_transfer_single"]
+    for shard in ("0/2", "1/2"):
+        study.run_arms(study.parse_args([*argv, "--grid-shard", shard]))
+    ran = [(c[c.index("--output_dir") + 1].rsplit("/", 1)[1], c[c.index("--grid_shard") + 1] if "--grid_shard" in c
+            else None) for c in commands]
+    # Both processes run both grids (each its share of the points); the single runs are split between them.
+    assert ran == [("paper", "0/2"), ("paper_single", None), ("dense_transfer", "0/2"),
+                   ("paper", "1/2"), ("dense_transfer", "1/2"), ("dense_transfer_single", None)]
+    # A grid without grid_results.json (its other shard's runs unfinished) gets no summary yet.
+    assert capsys.readouterr().out.count("[waiting]") == 4
+    written = sorted(p.name for p in (tmp_path / "results").iterdir())
+    assert written == ["rte__90__dense_transfer_single.json", "rte__90__paper_single.json"]
+
+
 def test_upstream_levers_are_valid_recipes_at_every_budget():
     from sparse_transfer.upstream.config import UpstreamArguments, load_recipe
 

@@ -94,6 +94,9 @@ class GlueArguments:
     grid_dropouts: list[float] = _f([0.05, 0.1], "Dropouts (hidden and attention) of the grid.")
     grid_epochs: list[str] = _f([], "Epoch counts of the grid (e.g. 1 2 3 4 5 6 7 for the rescaled sweep); "
                                 "empty: --epochs only.")
+    grid_shard: str = _f("0/1", "K/N: train only every N-th grid point starting at the K-th (0-based), so that N "
+                         "processes (one per GPU or CPU core) share one grid in one --output_dir; a shard that finds "
+                         "every point finished writes grid_results.json.")
     grid_summary: str = _f("mean_top2", "How the grid is summarized: 'mean_top2' (the paper: mean of the two best "
                            "runs) or 'best'.", choices=list(GRID_SUMMARIES))
     mixed_precision: str = _f("auto", "auto (fp16 on a CUDA GPU, as oBERT's scripts; fp32 on CPU), no, fp16 or bf16. "
@@ -114,6 +117,14 @@ class GlueArguments:
             self.task = get_task(self.task).name
         if self.grid_summary not in GRID_SUMMARIES:
             raise ValueError(f"grid_summary must be one of {GRID_SUMMARIES}, got {self.grid_summary!r}.")
+        shard, shards = self.grid_shard_index
+        if shards > 1 and not self.grid:
+            raise ValueError(f"--grid_shard {self.grid_shard} splits a grid's points: it needs --grid.")
+        if shards > 1 and self.overwrite:
+            raise ValueError(
+                "--overwrite with --grid_shard: a shard cannot tell another shard's new runs from the old ones. Start "
+                "the sharded grid in an empty --output_dir (or delete the old one), or run --overwrite without shards."
+            )
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
         if any(not 0.0 <= d < 1.0 for d in self.grid_dropouts):
@@ -142,6 +153,17 @@ class GlueArguments:
         for expression in [self.epochs, *self.grid_epochs]:
             _parse_epochs(expression)  # the syntax only: L is known once the model is loaded
 
+
+    @property
+    def grid_shard_index(self) -> tuple[int, int]:
+        """``(K, N)`` of ``grid_shard``."""
+        try:
+            shard, shards = (int(v) for v in str(self.grid_shard).split("/"))
+        except ValueError:
+            raise ValueError(f"grid_shard must be K/N, e.g. 0/2 and 1/2 for two processes; got {self.grid_shard!r}.") from None
+        if not 0 <= shard < shards:
+            raise ValueError(f"grid_shard K/N needs 0 <= K < N, got {self.grid_shard!r}.")
+        return shard, shards
 
 # ------------------------------------------------------------------------------------------- epochs
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}

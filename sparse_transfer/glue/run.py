@@ -16,6 +16,9 @@ A run, under its folder ``RUN``::
 ``results.json`` holds the same recipe, so an interrupted grid continues where it stopped. Within a run,
 Trainer checkpoints (optimizer state included) are off by default; with ``--save_strategy epoch`` an
 interrupted run resumes from its last checkpoint to the same result as an uninterrupted one.
+``--grid_shard K/N`` splits the grid's points over N processes sharing ``--output_dir`` (one per GPU or core):
+each trains its own points, then reads the others' ``results.json``; the one that finds every run finished writes
+``grid_results.json``.
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ MERGED_DIR = "merged"
 
 # Fields that do not change what a run computes: a finished run with other values for them is still the same run.
 _NOT_IN_FINGERPRINT = {
-    "overwrite", "grid", "grid_learning_rates", "grid_dropouts", "grid_epochs", "grid_summary", "disable_tqdm",
-    "logging_steps", "logging_strategy", "logging_first_step", "report_to", "dataloader_num_workers",
+    "overwrite", "grid", "grid_learning_rates", "grid_dropouts", "grid_epochs", "grid_shard", "grid_summary",
+    "disable_tqdm", "logging_steps", "logging_strategy", "logging_first_step", "report_to", "dataloader_num_workers",
     "per_device_eval_batch_size", "eval_accumulation_steps", "dataloader_pin_memory", "save_strategy", "save_steps",
     "save_total_limit", "save_only_model",
 }
@@ -378,7 +381,8 @@ def train_one(
     tokenizer,
     run_dir: Path,
     recipe_file: str | None = None,
-) -> dict[str, Any]:
+    cached_only: bool = False,
+) -> dict[str, Any] | None:
     """Trains one run into ``run_dir`` (or returns its cached results) and writes its outputs.
 
     Args:
@@ -388,6 +392,8 @@ def train_one(
         tokenizer: Saved with the checkpoint.
         run_dir: The run's folder.
         recipe_file: The recipe YAML the run started from, for the record.
+        cached_only: Train nothing: the results if the run finished with this recipe, else None (another grid
+            shard's run).
 
     Returns:
         The content of ``results.json``.
@@ -425,6 +431,8 @@ def train_one(
 
     recipe = resolved_recipe(glue_args, training_args)
     cached = finished_run(run_dir, recipe, glue_args.overwrite)
+    if cached_only:
+        return cached
     if cached is not None:
         logger.info("%s finished before with this recipe: skipping it (score %.4f).", run_dir, cached["best"]["score"])
         return cached
@@ -660,6 +668,12 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
     push_repo = training_args.hub_model_id if training_args.push_to_hub else None
     if training_args.push_to_hub and not push_repo:
         raise ValueError("--push-to-hub needs the repository: --push-to-hub USER/NAME.")
+    if push_repo and glue_args.grid_shard_index[1] > 1:
+        raise ValueError(
+            "--push-to-hub with --grid_shard: the best run is known only once every shard has finished. Run the "
+            "shards without it, then the same command once more without --grid_shard and with --push-to-hub (it "
+            "trains nothing: every run is cached)."
+        )
     if push_repo:
         from ..hub import check_push_target
 
@@ -685,13 +699,29 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
         return results
 
     points = grid_points(glue_args, training_args)
-    runs = []
-    for point in tqdm(points, desc=f"{task.name} grid", unit="run"):
-        run_glue_args = dataclasses.replace(glue_args, dropout=point["dropout"], epochs=point["epochs"], grid=False)
+    shard, shards = glue_args.grid_shard_index
+
+    def point_run(point: dict[str, Any], cached_only: bool = False) -> dict[str, Any] | None:
+        run_glue_args = dataclasses.replace(glue_args, dropout=point["dropout"], epochs=point["epochs"], grid=False,
+                                            grid_shard="0/1")
         run_training_args = dataclasses.replace(training_args, learning_rate=point["learning_rate"])
-        results = train_one(run_glue_args, run_training_args, data, tokenizer, output_dir / point["name"], recipe_file)
+        return train_one(run_glue_args, run_training_args, data, tokenizer, output_dir / point["name"], recipe_file,
+                         cached_only=cached_only)
+
+    mine = [p for index, p in enumerate(points) if index % shards == shard]
+    finished = {p["name"]: point_run(p) for p in tqdm(mine, desc=f"{task.name} grid", unit="run")}
+    runs, waiting = [], []
+    for point in points:
+        # Another shard's run is only read, after this shard's own runs (so the shard that finishes last sees them
+        # all): its results if it finished with this recipe (written atomically, never half a file), else None.
+        results = finished[point["name"]] if point["name"] in finished else point_run(point, cached_only=True)
+        if results is None:
+            waiting.append(point["name"])
+            continue
         runs.append({**point, "best": results["best"], "run_dir": str(output_dir / point["name"]),
                      "publish": results.get("publish", results["checkpoint"])})
+    if waiting:
+        return _grid_waiting(task, output_dir, points, runs, waiting, glue_args.grid_shard)
     keys = metric_keys(task, list(data.evals))
     summary = summarize_grid(runs, glue_args.grid_summary, keys)
     grid = {"task": task.name, "summary": summary, "runs": runs, "versions": library_versions()}
@@ -708,6 +738,25 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
     print(summary_line("glue", [f"{task.name} grid of {len(runs)} runs: {label} {shown}",
                                 f"pushed the best run to {url}" if url else ""], output_dir / GRID_RESULTS_NAME))
     return grid
+
+
+def _grid_waiting(task: GlueTask, output_dir: Path, points: list[dict[str, Any]], runs: list[dict[str, Any]],
+                  waiting: list[str], grid_shard: str) -> dict[str, Any]:
+    """The end of a shard whose grid is not complete: what finished, what other shards still train."""
+    from .._rundir import summary_line
+
+    grid_path = output_dir / GRID_RESULTS_NAME
+    if grid_path.is_file():
+        # A grid summary of other points (an earlier grid in this folder) must not pass for this one's. One of this
+        # grid's own points is never removed: a shard that finished the grid meanwhile wrote it.
+        old = json.loads(grid_path.read_text(encoding="utf-8"))
+        if sorted(r["name"] for r in old.get("runs", [])) != sorted(p["name"] for p in points):
+            grid_path.unlink(missing_ok=True)
+    print(summary_line("glue", [
+        f"{task.name} grid shard {grid_shard}: {len(runs)} of {len(points)} runs finished; not yet: {', '.join(waiting)}",
+        "the shard that finishes the last run writes the grid's summary (or rerun any shard then: it trains nothing)",
+    ], output_dir))
+    return {"task": task.name, "complete": False, "runs": runs, "waiting": waiting}
 
 
 def _print_run(task: GlueTask, results: dict[str, Any], url: str | None = None) -> None:

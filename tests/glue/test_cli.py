@@ -141,6 +141,60 @@ def test_grid_caches_finished_runs(tiny_model_dir, glue_dir, tmp_path, capsys, m
     assert len(calls) == 5
 
 
+def test_grid_shards_share_one_grid(tiny_model_dir, glue_dir, tmp_path, capsys, monkeypatch):
+    from sparse_transfer.hf import SparseTrainer
+
+    calls = []
+    original = SparseTrainer.train
+
+    def counting_train(self, *args, **kwargs):
+        calls.append(Path(self.args.output_dir).name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SparseTrainer, "train", counting_train)
+    out = tmp_path / "grid"
+    argv = ["--task", "sst2", "--recipe", "dense_transfer", *fast_args(tiny_model_dir, glue_dir, out), "--grid",
+            "--grid_learning_rates", "1e-3", "3e-3", "--grid_dropouts", "0.05", "0.1", "--epochs", "1",
+            "--max_train_samples", "16"]
+    names = ["lr0.001_dropout0.05", "lr0.001_dropout0.1", "lr0.003_dropout0.05", "lr0.003_dropout0.1"]
+    # A grid summary left by an earlier grid of other points must not pass for this one's.
+    out.mkdir()
+    (out / "grid_results.json").write_text(json.dumps({"runs": [{"name": "lr0.1_dropout0.1"}], "summary": {}}))
+
+    # Shard 1 of 2 trains the 2nd and 4th points; the others are not finished, so there is no grid summary yet.
+    assert main([*argv, "--grid_shard", "1/2"]) == 0
+    assert calls == [names[1], names[3]]
+    assert not (out / "grid_results.json").exists()
+    printed = capsys.readouterr().out
+    assert f"grid shard 1/2: 2 of 4 runs finished; not yet: {names[0]}, {names[2]}" in printed
+
+    # Shard 0 trains the rest, reads shard 1's runs without training them again, and writes the grid's summary.
+    assert main([*argv, "--grid_shard", "0/2"]) == 0
+    assert calls == [names[1], names[3], names[0], names[2]]
+    grid = json.loads((out / "grid_results.json").read_text())
+    assert [r["name"] for r in grid["runs"]] == names
+    scores = sorted((r["best"]["accuracy"] for r in grid["runs"]), reverse=True)
+    assert grid["summary"]["accuracy"] == pytest.approx(sum(scores[:2]) / 2)
+
+    # The sharded grid is the unsharded one: a plain rerun trains nothing and gives the same summary.
+    assert main(argv) == 0
+    assert len(calls) == 4 and json.loads((out / "grid_results.json").read_text())["summary"] == grid["summary"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--grid", "--grid_shard", "2/2"], "0 <= K < N"),
+    (["--grid", "--grid_shard", "half"], "grid_shard must be K/N"),
+    (["--grid_shard", "0/2"], "it needs --grid"),
+    (["--grid", "--grid_shard", "0/2", "--overwrite"], "--overwrite with --grid_shard"),
+    (["--grid", "--grid_shard", "0/2", "--push-to-hub", "me/x"], "--push-to-hub with --grid_shard"),
+])
+def test_grid_shard_refuses_what_it_cannot_do(tiny_model_dir, glue_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "grid"
+    assert main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # nothing trained, nothing written
+
+
 def _as_files(glue_dir: Path, tmp_path: Path, task: str, fmt: str) -> list[str]:
     """The tiny GLUE files of ``task`` rewritten as csv/json with nyu-mll/glue's columns (MNLI: matched only)."""
     import csv
