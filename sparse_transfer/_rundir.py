@@ -13,6 +13,7 @@ The helpers here are the only place these files are written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -66,12 +67,51 @@ def plain(value: Any) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Writes JSON to ``path.tmp`` and renames it, so a reader sees the whole file or none."""
+    """Writes JSON to a temporary file and renames it, so a reader sees the whole file or none (the temporary name
+    is the process's own: two processes writing the same file, such as grid shards, never share it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(plain(obj), indent=2, allow_nan=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+#: Held (an OS file lock) while a process trains into a run folder.
+RUN_LOCK_NAME = ".lock"
+
+
+class RunDirInUse(ValueError):
+    """Another process is training into the same run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike):
+    """Holds ``RUN/.lock`` while this process trains into ``run_dir``: a second process (a duplicate grid shard, the
+    same command started twice) gets a clear error instead of two trainings overwriting each other's files. The lock
+    is the operating system's (``filelock``, as huggingface_hub locks its cache), so a killed process never leaves it
+    held; a folder this call created and nothing else wrote is removed again."""
+    import shutil
+
+    from filelock import FileLock, Timeout
+
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(run_dir / RUN_LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunDirInUse(
+            f"Another process is training into {run_dir} (it holds {run_dir / RUN_LOCK_NAME}): two runs in one folder "
+            "would overwrite each other. Wait for it to finish, or use another --output_dir (with --grid_shard: give "
+            "every process its own K of the same K/N)."
+        ) from None
+    try:
+        yield run_dir
+    finally:
+        lock.release()
+        if created and [p.name for p in run_dir.iterdir()] == [RUN_LOCK_NAME]:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def write_yaml_atomic(path: str | os.PathLike, obj: Any, header: str = "") -> None:
@@ -79,7 +119,7 @@ def write_yaml_atomic(path: str | os.PathLike, obj: Any, header: str = "") -> No
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(header + yaml.safe_dump(plain(obj), sort_keys=False), encoding="utf-8")
     os.replace(tmp, path)
 

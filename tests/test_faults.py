@@ -218,3 +218,21 @@ def test_resume_refuses_a_file_added_to_a_checkpoint_or_a_malformed_marker(tmp_p
             _four_steps(out, 6).train(resume_from_checkpoint=str(checkpoint))
     marker_path.write_text(json.dumps(marker))
     _four_steps(out, 6).train(resume_from_checkpoint=True)  # untouched again: resumes
+
+
+def test_run_lock_leaves_no_empty_folder_and_frees_the_folder_on_failure(tmp_path):
+    from sparse_transfer._rundir import RunDirInUse, run_lock
+
+    new = tmp_path / "new"
+    with pytest.raises(OSError):
+        with run_lock(new):
+            raise OSError("the model could not be loaded")
+    assert not new.exists()  # created for the lock, nothing else written: removed again
+    with run_lock(new):
+        (new / "results.json").write_text("{}")
+        with pytest.raises(RunDirInUse, match="Another process is training into"):
+            with run_lock(new):
+                pass
+    with run_lock(new):  # released: the next run may start
+        pass
+    assert (new / "results.json").is_file()

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .._rundir import RECIPE_NAME, RESULTS_NAME, library_versions, write_json_atomic, write_recipe
+from .._rundir import RECIPE_NAME, RESULTS_NAME, library_versions, run_lock, write_json_atomic, write_recipe
 from .._rundir import plain as _plain
 from .config import GlueArguments, resolve_epochs
 from .data import GlueData, hub_unreachable, load_glue_data, tokenize_glue
@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 LOG_HISTORY_NAME = "log_history.json"
 GRID_RESULTS_NAME = "grid_results.json"
+# Which grid a folder holds (its points, summary, recipe and shard count), written before any of its runs trains.
+GRID_PLAN_NAME = "grid_plan.json"
 BEST_DIR = "best"
 # The best epoch so far while a run trains: only a finished run has best/ (with its dev results in the model card)
 # and results.json, so nothing an interrupted run leaves behind looks finished.
@@ -383,7 +385,8 @@ def train_one(
     recipe_file: str | None = None,
     cached_only: bool = False,
 ) -> dict[str, Any] | None:
-    """Trains one run into ``run_dir`` (or returns its cached results) and writes its outputs.
+    """Trains one run into ``run_dir`` (or returns its cached results) and writes its outputs, holding the folder's
+    lock (``run_lock``) while it does.
 
     Args:
         glue_args: This run's arguments (``dropout`` and ``epochs`` are this run's values).
@@ -393,11 +396,27 @@ def train_one(
         run_dir: The run's folder.
         recipe_file: The recipe YAML the run started from, for the record.
         cached_only: Train nothing: the results if the run finished with this recipe, else None (another grid
-            shard's run).
+            shard's run; read without the lock: ``results.json`` is written atomically, never half a file).
 
     Returns:
         The content of ``results.json``.
     """
+    if cached_only:
+        return _train_one(glue_args, training_args, data, tokenizer, run_dir, recipe_file, cached_only=True)
+    with run_lock(run_dir):
+        return _train_one(glue_args, training_args, data, tokenizer, run_dir, recipe_file)
+
+
+def _train_one(
+    glue_args: GlueArguments,
+    training_args,
+    data: GlueData,
+    tokenizer,
+    run_dir: Path,
+    recipe_file: str | None = None,
+    cached_only: bool = False,
+) -> dict[str, Any] | None:
+    """``train_one`` without the lock."""
     import torch
     from transformers import set_seed
 
@@ -630,6 +649,70 @@ def grid_points(glue_args: GlueArguments, training_args) -> list[dict[str, Any]]
     return points
 
 
+def _grid_plan(points: list[dict[str, Any]], glue_args: GlueArguments, training_args) -> dict[str, Any]:
+    # What every run of the grid shares: the recipe less the values that change from point to point.
+    recipe = {k: v for k, v in fingerprint(resolved_recipe(glue_args, training_args)).items()
+              if k not in ("learning_rate", "dropout", "epochs")}
+    plan = {"points": [p["name"] for p in points], "summary": glue_args.grid_summary, "recipe": recipe,
+            "shards": glue_args.grid_shard_index[1]}
+    return json.loads(json.dumps(_plain(plan)))  # as it reads back from the file
+
+
+def _grid_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The fields in which two grid plans differ (the shard count aside)."""
+    differing = [k for k in ("points", "summary") if a.get(k) != b.get(k)]
+    ra, rb = a.get("recipe", {}), b.get("recipe", {})
+    return differing + sorted(f"recipe.{k}" for k in set(ra) | set(rb) if ra.get(k) != rb.get(k))
+
+
+def claim_grid(output_dir: Path, plan: dict[str, Any]) -> None:
+    """For a grid shard (``--grid_shard``): records in ``grid_plan.json`` which grid ``output_dir`` holds, before any
+    run trains, so that processes sharing the folder cannot mix two grids: a shard started with other points,
+    summary, recipe or shard count than the folder's grid stops here with the differences.
+
+    A ``grid_results.json`` already there is removed: it may be an older grid's, and the shards never leave the grid
+    without one, since every shard, this one included, checks after its own runs whether the grid is complete and
+    then writes it."""
+    path = output_dir / GRID_PLAN_NAME
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if old is None:
+        (output_dir / GRID_RESULTS_NAME).unlink(missing_ok=True)
+        write_json_atomic(path, plan)
+        return
+    if _grid_differences(old, plan):
+        raise ValueError(
+            f"{output_dir} holds another grid (differing: {_grid_differences(old, plan)[:8]}; {path}): every shard must "
+            "run the same grid. Start this one with the same flags as the others, or in another --output_dir; if "
+            f"that grid is abandoned and none of its shards runs, delete {path}."
+        )
+    if old["shards"] > 1 and old["shards"] != plan["shards"]:
+        raise ValueError(
+            f"{output_dir}'s grid is split into {old['shards']} shards ({path}); this process was started with "
+            f"{plan['shards']}. Give every process the same N (K/{old['shards']}); to split it differently once none of "
+            f"its shards runs, delete {path}."
+        )
+    (output_dir / GRID_RESULTS_NAME).unlink(missing_ok=True)
+    if old["shards"] != plan["shards"]:
+        write_json_atomic(path, plan)  # the grid, run so far by one process, is now split
+
+
+def record_grid_plan(output_dir: Path, plan: dict[str, Any]) -> None:
+    """Before the grid's summary is written. A shard checks that the folder still holds its grid (two shards started
+    in the same instant with different grids both passed ``claim_grid``; the one whose plan was replaced stops here).
+    Without shards the command owns the folder: its grid's plan replaces another one."""
+    path = output_dir / GRID_PLAN_NAME
+    now = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if plan["shards"] == 1:
+        if now is None or _grid_differences(now, plan):
+            write_json_atomic(path, plan)
+        return
+    if now is None or _grid_differences(now, plan):
+        raise ValueError(
+            f"{output_dir}'s grid changed while this process ran (now: {path}): another process started a different "
+            "grid in the same folder. Its runs and this one's are not one grid; use one --output_dir per grid."
+        )
+
+
 def summarize_grid(runs: list[dict[str, Any]], how: str, keys: list[str]) -> dict[str, Any]:
     """The paper's grid summary: the mean of the two best runs (``mean_top2``), or the best run (``best``)."""
     ranked = sorted(runs, key=lambda r: _score_key(r["best"]["score"]), reverse=True)
@@ -708,6 +791,9 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
         return train_one(run_glue_args, run_training_args, data, tokenizer, output_dir / point["name"], recipe_file,
                          cached_only=cached_only)
 
+    plan = _grid_plan(points, glue_args, training_args)
+    if shards > 1:
+        claim_grid(output_dir, plan)
     mine = [p for index, p in enumerate(points) if index % shards == shard]
     finished = {p["name"]: point_run(p) for p in tqdm(mine, desc=f"{task.name} grid", unit="run")}
     runs, waiting = [], []
@@ -722,6 +808,7 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
                      "publish": results.get("publish", results["checkpoint"])})
     if waiting:
         return _grid_waiting(task, output_dir, points, runs, waiting, glue_args.grid_shard)
+    record_grid_plan(output_dir, plan)
     keys = metric_keys(task, list(data.evals))
     summary = summarize_grid(runs, glue_args.grid_summary, keys)
     grid = {"task": task.name, "summary": summary, "runs": runs, "versions": library_versions()}
@@ -745,13 +832,6 @@ def _grid_waiting(task: GlueTask, output_dir: Path, points: list[dict[str, Any]]
     """The end of a shard whose grid is not complete: what finished, what other shards still train."""
     from .._rundir import summary_line
 
-    grid_path = output_dir / GRID_RESULTS_NAME
-    if grid_path.is_file():
-        # A grid summary of other points (an earlier grid in this folder) must not pass for this one's. One of this
-        # grid's own points is never removed: a shard that finished the grid meanwhile wrote it.
-        old = json.loads(grid_path.read_text(encoding="utf-8"))
-        if sorted(r["name"] for r in old.get("runs", [])) != sorted(p["name"] for p in points):
-            grid_path.unlink(missing_ok=True)
     print(summary_line("glue", [
         f"{task.name} grid shard {grid_shard}: {len(runs)} of {len(points)} runs finished; not yet: {', '.join(waiting)}",
         "the shard that finishes the last run writes the grid's summary (or rerun any shard then: it trains nothing)",

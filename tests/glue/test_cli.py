@@ -181,6 +181,53 @@ def test_grid_shards_share_one_grid(tiny_model_dir, glue_dir, tmp_path, capsys, 
     assert len(calls) == 4 and json.loads((out / "grid_results.json").read_text())["summary"] == grid["summary"]
 
 
+def test_grid_shards_of_another_grid_or_split_stop_before_training(tiny_model_dir, glue_dir, tmp_path, capsys,
+                                                                      monkeypatch):
+    from sparse_transfer.hf import SparseTrainer
+
+    calls = []
+    original = SparseTrainer.train
+    monkeypatch.setattr(SparseTrainer, "train", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    out = tmp_path / "grid"
+    argv = ["--task", "sst2", "--recipe", "dense_transfer", *fast_args(tiny_model_dir, glue_dir, out), "--grid",
+            "--grid_learning_rates", "1e-3", "3e-3", "--grid_dropouts", "0.1", "--epochs", "1",
+            "--max_train_samples", "16"]
+    assert main([*argv, "--grid_shard", "0/2"]) == 0 and len(calls) == 1
+    assert json.loads((out / "grid_plan.json").read_text())["points"] == ["lr0.001_dropout0.1", "lr0.003_dropout0.1"]
+    capsys.readouterr()
+    # Another shard of a different grid (other points, or another recipe), or of another split: an error naming the
+    # difference, before it trains anything into the shared folder.
+    for extra, message in [
+        (["--grid_shard", "1/2", "--grid_learning_rates", "1e-3", "5e-3"], "differing: ['points']"),
+        (["--grid_shard", "1/2", "--max_seq_length", "64"], "differing: ['recipe.max_seq_length']"),
+        (["--grid_shard", "1/2", "--grid_summary", "best"], "differing: ['summary']"),
+        (["--grid_shard", "1/3"], "split into 2 shards"),
+    ]:
+        assert main([*argv, *extra]) == 2
+        assert message in capsys.readouterr().err
+        assert len(calls) == 1 and not (out / "grid_results.json").exists()
+    # The right shard completes the grid.
+    assert main([*argv, "--grid_shard", "1/2"]) == 0 and len(calls) == 2
+    assert (out / "grid_results.json").is_file()
+
+
+def test_a_run_folder_takes_one_process_at_a_time(tiny_model_dir, glue_dir, tmp_path, capsys):
+    from filelock import FileLock
+
+    out = tmp_path / "rte"
+    out.mkdir()
+    lock = FileLock(str(out / ".lock"))  # as another process training there holds it (an OS lock: freed on kill -9)
+    lock.acquire(timeout=0)
+    try:
+        assert main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out)]) == 2
+        assert f"Another process is training into {out}" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing of this process written
+    finally:
+        lock.release()
+    assert main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out)]) == 0
+    assert (out / "results.json").is_file()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--grid", "--grid_shard", "2/2"], "0 <= K < N"),
     (["--grid", "--grid_shard", "half"], "grid_shard must be K/N"),
