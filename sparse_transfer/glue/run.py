@@ -649,41 +649,83 @@ def grid_points(glue_args: GlueArguments, training_args) -> list[dict[str, Any]]
     return points
 
 
+# Set by train_one for each run from other recipe values (the epochs expression and the model; mixed_precision and
+# the machine), so a grid's plan leaves them out.
+_RESOLVED_PER_RUN = {"num_train_epochs", "fp16", "bf16"}
+
+
 def _grid_plan(points: list[dict[str, Any]], glue_args: GlueArguments, training_args) -> dict[str, Any]:
-    # What every run of the grid shares: the recipe less the values that change from point to point.
+    """What defines a grid: its points, its summary, its shard count, and the recipe every run shares (less the
+    values that change from point to point)."""
+    varies = ["learning_rate", "dropout", *(["epochs"] if glue_args.grid_epochs else [])]
     recipe = {k: v for k, v in fingerprint(resolved_recipe(glue_args, training_args)).items()
-              if k not in ("learning_rate", "dropout", "epochs")}
-    plan = {"points": [p["name"] for p in points], "summary": glue_args.grid_summary, "recipe": recipe,
-            "shards": glue_args.grid_shard_index[1]}
+              if k not in {*varies, *_RESOLVED_PER_RUN}}
+    plan = {"points": [p["name"] for p in points], "summary": glue_args.grid_summary, "varies": varies,
+            "recipe": recipe, "shards": glue_args.grid_shard_index[1]}
     return json.loads(json.dumps(_plain(plan)))  # as it reads back from the file
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def _grid_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The fields in which two grid plans differ (the shard count aside)."""
-    differing = [k for k in ("points", "summary") if a.get(k) != b.get(k)]
-    ra, rb = a.get("recipe", {}), b.get("recipe", {})
-    return differing + sorted(f"recipe.{k}" for k in set(ra) | set(rb) if ra.get(k) != rb.get(k))
+    differing = [k for k in ("points", "summary", "varies") if a.get(k) != b.get(k)]
+    return differing + [f"recipe.{k}" for k in _differences(a.get("recipe", {}), b.get("recipe", {}))]
 
 
-def claim_grid(output_dir: Path, plan: dict[str, Any]) -> None:
-    """For a grid shard (``--grid_shard``): records in ``grid_plan.json`` which grid ``output_dir`` holds, before any
-    run trains, so that processes sharing the folder cannot mix two grids: a shard started with other points,
-    summary, recipe or shard count than the folder's grid stops here with the differences.
+def _check_finished_runs(output_dir: Path, plan: dict[str, Any]) -> None:
+    """Every finished run at the grid's points has the grid's recipe (as ``finished_run`` checks for each run, but
+    before anything of the folder is touched)."""
+    for name in plan["points"]:
+        path = output_dir / name / RESULTS_NAME
+        if not path.is_file():
+            continue
+        recipe = json.loads(path.read_text(encoding="utf-8")).get("recipe", {})
+        recipe = {k: v for k, v in fingerprint(recipe).items() if k not in {*plan["varies"], *_RESOLVED_PER_RUN}}
+        differing = _differences(recipe, plan["recipe"])
+        if differing:
+            raise ValueError(
+                f"{output_dir / name} holds a finished run with a different recipe (differing fields: "
+                f"{differing[:8]}). Use another --output_dir, or pass --overwrite (without --grid_shard) to train "
+                "again there."
+            )
 
-    A ``grid_results.json`` already there is removed: it may be an older grid's, and the shards never leave the grid
-    without one, since every shard, this one included, checks after its own runs whether the grid is complete and
-    then writes it."""
+
+def claim_grid(output_dir: Path, plan: dict[str, Any], overwrite: bool) -> None:
+    """Records in ``grid_plan.json`` which grid ``output_dir`` holds, before any run trains.
+
+    A shard (``--grid_shard``) started with other points, summary, recipe or shard count than the folder's grid
+    stops here with the differences, so processes sharing the folder cannot mix two grids. Without shards the
+    command owns the folder: a new grid replaces the plan. Either way, finished runs of another recipe at the grid's
+    points are an error before anything is touched (unless ``overwrite``), and a ``grid_results.json`` that may not
+    be this grid's (a new grid, ``overwrite``, or a shard starting: the shards never leave the grid without one,
+    since each checks after its own runs whether the grid is complete and then writes it) is removed.
+    """
     path = output_dir / GRID_PLAN_NAME
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    if old is None:
-        (output_dir / GRID_RESULTS_NAME).unlink(missing_ok=True)
+    sharded = plan["shards"] > 1
+    new = old is None or bool(_grid_differences(old, plan))
+    if sharded and old is not None:
+        _check_shard_plan(output_dir, old, plan)
+    if not (new or overwrite or sharded):
+        return  # the folder's own grid, run again: its summary stays until this run rewrites it
+    if not overwrite:
+        _check_finished_runs(output_dir, plan)
+    (output_dir / GRID_RESULTS_NAME).unlink(missing_ok=True)
+    if new or (sharded and old["shards"] != plan["shards"]):
         write_json_atomic(path, plan)
-        return
-    if _grid_differences(old, plan):
+
+
+def _check_shard_plan(output_dir: Path, old: dict[str, Any], plan: dict[str, Any]) -> None:
+    path = output_dir / GRID_PLAN_NAME
+    differing = _grid_differences(old, plan)
+    if differing:
         raise ValueError(
-            f"{output_dir} holds another grid (differing: {_grid_differences(old, plan)[:8]}; {path}): every shard must "
-            "run the same grid. Start this one with the same flags as the others, or in another --output_dir; if "
-            f"that grid is abandoned and none of its shards runs, delete {path}."
+            f"{output_dir} holds another grid (differing: {differing[:8]}; {path}): every shard must run the same "
+            "grid. Start this one with the same flags as the others, or in another --output_dir; if that grid is "
+            f"abandoned and none of its shards runs, delete {path}."
         )
     if old["shards"] > 1 and old["shards"] != plan["shards"]:
         raise ValueError(
@@ -691,25 +733,18 @@ def claim_grid(output_dir: Path, plan: dict[str, Any]) -> None:
             f"{plan['shards']}. Give every process the same N (K/{old['shards']}); to split it differently once none of "
             f"its shards runs, delete {path}."
         )
-    (output_dir / GRID_RESULTS_NAME).unlink(missing_ok=True)
-    if old["shards"] != plan["shards"]:
-        write_json_atomic(path, plan)  # the grid, run so far by one process, is now split
 
 
-def record_grid_plan(output_dir: Path, plan: dict[str, Any]) -> None:
-    """Before the grid's summary is written. A shard checks that the folder still holds its grid (two shards started
-    in the same instant with different grids both passed ``claim_grid``; the one whose plan was replaced stops here).
-    Without shards the command owns the folder: its grid's plan replaces another one."""
+def check_grid_plan(output_dir: Path, plan: dict[str, Any]) -> None:
+    """At the end of a shard: the folder still holds this grid, split the same way (two shards started in the same
+    instant with different grids or N both passed ``claim_grid``; the one whose plan was replaced stops here)."""
     path = output_dir / GRID_PLAN_NAME
     now = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    if plan["shards"] == 1:
-        if now is None or _grid_differences(now, plan):
-            write_json_atomic(path, plan)
-        return
-    if now is None or _grid_differences(now, plan):
+    if now is None or _grid_differences(now, plan) or now["shards"] != plan["shards"]:
         raise ValueError(
             f"{output_dir}'s grid changed while this process ran (now: {path}): another process started a different "
-            "grid in the same folder. Its runs and this one's are not one grid; use one --output_dir per grid."
+            "grid, or the same one split into another number of shards, in the same folder. Use one --output_dir per "
+            "grid, and the same K/N split for every shard of it."
         )
 
 
@@ -792,8 +827,7 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
                          cached_only=cached_only)
 
     plan = _grid_plan(points, glue_args, training_args)
-    if shards > 1:
-        claim_grid(output_dir, plan)
+    claim_grid(output_dir, plan, glue_args.overwrite)
     mine = [p for index, p in enumerate(points) if index % shards == shard]
     finished = {p["name"]: point_run(p) for p in tqdm(mine, desc=f"{task.name} grid", unit="run")}
     runs, waiting = [], []
@@ -807,8 +841,10 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
         runs.append({**point, "best": results["best"], "run_dir": str(output_dir / point["name"]),
                      "publish": results.get("publish", results["checkpoint"])})
     if waiting:
+        check_grid_plan(output_dir, plan)
         return _grid_waiting(task, output_dir, points, runs, waiting, glue_args.grid_shard)
-    record_grid_plan(output_dir, plan)
+    if shards > 1:
+        check_grid_plan(output_dir, plan)
     keys = metric_keys(task, list(data.evals))
     summary = summarize_grid(runs, glue_args.grid_summary, keys)
     grid = {"task": task.name, "summary": summary, "runs": runs, "versions": library_versions()}

@@ -201,6 +201,7 @@ def test_grid_shards_of_another_grid_or_split_stop_before_training(tiny_model_di
         (["--grid_shard", "1/2", "--grid_learning_rates", "1e-3", "5e-3"], "differing: ['points']"),
         (["--grid_shard", "1/2", "--max_seq_length", "64"], "differing: ['recipe.max_seq_length']"),
         (["--grid_shard", "1/2", "--grid_summary", "best"], "differing: ['summary']"),
+        (["--grid_shard", "1/2", "--epochs", "2"], "differing: ['recipe.epochs']"),
         (["--grid_shard", "1/3"], "split into 2 shards"),
     ]:
         assert main([*argv, *extra]) == 2
@@ -209,6 +210,54 @@ def test_grid_shards_of_another_grid_or_split_stop_before_training(tiny_model_di
     # The right shard completes the grid.
     assert main([*argv, "--grid_shard", "1/2"]) == 0 and len(calls) == 2
     assert (out / "grid_results.json").is_file()
+
+
+def test_grid_folder_of_another_recipe_is_refused_before_anything_changes(tiny_model_dir, glue_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    out = tmp_path / "grid"
+    argv = ["--task", "sst2", "--recipe", "dense_transfer", *fast_args(tiny_model_dir, glue_dir, out), "--grid",
+            "--grid_learning_rates", "1e-3", "--grid_dropouts", "0.1", "0.05", "--epochs", "1", "--max_train_samples", "16"]
+    assert main(argv) == 0
+    (out / "grid_plan.json").unlink()  # a grid run before plans were recorded
+    summary = (out / "grid_results.json").read_bytes()
+    for extra in (["--grid_shard", "1/2"], []):
+        assert main([*argv, "--max_seq_length", "64", *extra]) == 2
+        assert "holds a finished run with a different recipe (differing fields: ['max_seq_length'])" in capsys.readouterr().err
+        # The folder's grid is untouched: its summary kept, no plan of the refused grid written.
+        assert (out / "grid_results.json").read_bytes() == summary and not (out / "grid_plan.json").exists()
+
+    # --overwrite (unsharded) trains the new grid; its old summary is gone from the start, so a run stopped half-way
+    # never leaves the old grid's summary beside new runs.
+    from sparse_transfer.hf import SparseTrainer
+
+    def stop(self, *args, **kwargs):
+        assert not (out / "grid_results.json").exists()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SparseTrainer, "train", stop)
+    assert main([*argv, "--max_seq_length", "64", "--overwrite"]) == 130
+    assert not (out / "grid_results.json").exists()
+    assert json.loads((out / "grid_plan.json").read_text())["recipe"]["max_seq_length"] == 64
+
+
+def test_grid_shard_whose_folder_changed_meanwhile_stops(tiny_model_dir, glue_dir, tmp_path, capsys, monkeypatch):
+    from sparse_transfer.hf import SparseTrainer
+
+    out = tmp_path / "grid"
+    original = SparseTrainer.train
+
+    def train_while_another_split_starts(self, *args, **kwargs):
+        # Two shards started in the same instant with different N: the other one's plan replaced this one's.
+        plan = json.loads((out / "grid_plan.json").read_text())
+        (out / "grid_plan.json").write_text(json.dumps({**plan, "shards": 3}))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SparseTrainer, "train", train_while_another_split_starts)
+    argv = ["--task", "sst2", "--recipe", "dense_transfer", *fast_args(tiny_model_dir, glue_dir, out), "--grid",
+            "--grid_learning_rates", "1e-3", "--grid_dropouts", "0.1", "0.05", "--epochs", "1", "--max_train_samples",
+            "16", "--grid_shard", "0/2"]
+    assert main(argv) == 2
+    assert "grid changed while this process ran" in capsys.readouterr().err
 
 
 def test_a_run_folder_takes_one_process_at_a_time(tiny_model_dir, glue_dir, tmp_path, capsys):
