@@ -13,6 +13,11 @@ Tasks x starting points x arms, each arm one ``python -m sparse_transfer.glue`` 
 - the fix, an option: ``*_mean`` arms (``--pooling mean``: the classifier reads the mean of the token states, the
   way sentence-transformers trained all-MiniLM-L6-v2, instead of the CLS pooler).
 
+A starting point is a name and a folder (``--models 90=DIR``); each arm records which weights it started from (the
+SHA-256 the GLUE command records), and a new arm under a name whose earlier arms came from other weights (the model
+was trained again: the weights differ, even with the same recipe) is refused, so the table never compares arms of
+two different models under one name: give the new weights a new name (``90b=DIR``).
+
 Every run folder lives under ``--runs`` (outside the repository; the GLUE command caches finished runs and grid
 points, so the study continues across sessions); each finished arm's summary is written to
 ``benchmarks/results/glue_study/<task>__<model>__<arm>.json`` and ``--table`` prints the table (score, gap to the
@@ -41,7 +46,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from sparse_transfer._rundir import write_json_atomic  # noqa: E402
+from sparse_transfer._rundir import start_identity, write_json_atomic  # noqa: E402
 
 RESULTS_DIR = os.environ.get("GLUE_STUDY_RESULTS", os.path.join(REPO, "benchmarks", "results", "glue_study"))
 ARMS = {
@@ -109,10 +114,30 @@ def summarize(task: str, model: str, arm: str, run_dir: str, command: list[str],
     with open(os.path.join(first, "results.json")) as f:
         one = json.load(f)
     return {"task": task, "model": model, "arm": arm, "metric": metric, "score": score, "summary": how,
-            "runs": detail, "per_epoch": per_epoch, "train_examples": one["data"].get("train_examples"),
+            "runs": detail, "per_epoch": per_epoch, "start": one["start"],
+            "train_examples": one["data"].get("train_examples"),
             "dev_examples": sum((one["data"].get("eval_examples") or {}).values()) or None, "sparsity": one["sparsity"]["mask_sparsity"],
             "command": " ".join(command[1:]), "wall_seconds_last_session": round(seconds, 1),
             "versions": one["versions"]}
+
+
+def check_start(model: str, model_dir: str) -> None:
+    """Refuses to add an arm under the start name ``model`` unless every arm already recorded under that name came
+    from the weights now in ``model_dir``."""
+    current = start_identity(model_dir)
+    other = []
+    for path in sorted(glob.glob(os.path.join(RESULTS_DIR, f"*__{model}__*.json"))):
+        with open(path) as f:
+            r = json.load(f)
+        if r["model"] == model and (r.get("start") or {}).get("sha256") != current["sha256"]:
+            other.append(os.path.basename(path))
+    if other:
+        raise SystemExit(
+            f"The start {model!r} ({model_dir}, sha256 {current['sha256'][:12]}) is not the weights that {len(other)} "
+            f"arm(s) recorded under that name came from ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}; "
+            "their start is another or was not recorded): the model was trained again or replaced. Give these "
+            f"weights their own name (--models {model}b={model_dir}), or move those results away to start the name over."
+        )
 
 
 def run_arms(opts) -> None:
@@ -131,6 +156,7 @@ def run_arms(opts) -> None:
         if os.path.isfile(out):
             print(f"[cached] {task} {model} {arm}")
             continue
+        check_start(model, models[model])
         run_dir = os.path.join(opts.runs, task, model, arm)
         command = arm_command(task, models[model], arm, opts, run_dir)
         print("[run]", " ".join(command[1:]), flush=True)

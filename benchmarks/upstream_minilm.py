@@ -40,6 +40,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from sparse_transfer._rundir import start_identity  # noqa: E402
 from sparse_transfer.upstream.config import UpstreamArguments, load_recipe  # noqa: E402
 from sparse_transfer.upstream.run import run_upstream  # noqa: E402
 from sparse_transfer.upstream.train import write_json_atomic  # noqa: E402
@@ -98,7 +99,10 @@ def run_one(name: str, recipe: str, overrides: dict, command: str, need_model: b
             extra_text: list[str] = ()) -> dict:
     """Trains (or resumes) run ``name``, unless its results are cached; with ``need_model``, also when the results are
     cached but the model they describe is not on this machine (weights are never committed): the run is then trained
-    again from scratch, which reproduces it (same seed), and its JSON is rewritten with the new measurements."""
+    again from scratch and its JSON rewritten with the new measurements. Same seed, but not the same weights: another
+    thread count or load changes the order of floating-point sums (the 80% recipe gave held-out loss 0.1396, then
+    0.1404), so the JSON records the weights' SHA-256 (``weights``), the identity every GLUE run records of its
+    start: results from an earlier training are never taken for this one's."""
     cache = os.path.join(RESULTS_DIR, f"{name}.json")
     have_model = os.path.isfile(os.path.join(model_dir(name), "model.safetensors"))
     if os.path.isfile(cache) and (have_model or not need_model):
@@ -137,6 +141,7 @@ def run_one(name: str, recipe: str, overrides: dict, command: str, need_model: b
         "torch_threads": torch.get_num_threads(),
         "eval_blocks": results["eval_blocks"],
         "eval_sentences": results["eval_sentences"],
+        "weights": start_identity(model_dir(name)),
         "versions": results["versions"],
     }
     os.makedirs(RESULTS_DIR, exist_ok=True)

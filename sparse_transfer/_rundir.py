@@ -5,7 +5,9 @@ A run folder holds, whatever the command:
 - ``recipe.yaml``: every value the run used (the resolved recipe); ``python -m sparse_transfer.<command> --recipe
   RUN/recipe.yaml`` reruns it, and a rerun into the same folder with another recipe is refused (``--overwrite``
   starts over);
-- ``results.json``: written last and atomically, so its presence means "finished"; with the library versions;
+- ``results.json``: written last and atomically, so its presence means "finished"; with the library versions and,
+  for a run that starts from a pretrained model, which weights it started from (``start_identity``: a finished run
+  or a checkpoint is reused only when they are still the same weights, not merely the same path);
 - the command's checkpoints, and one summary line printed at the end that points to ``results.json``.
 
 The helpers here are the only place these files are written.
@@ -14,15 +16,27 @@ The helpers here are the only place these files are written.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import platform
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
+
 RECIPE_NAME = "recipe.yaml"
 RESULTS_NAME = "results.json"
+# Which weights a run started from (``start_identity``), written with its recipe before it trains.
+START_NAME = "start.json"
+# The files of a local model folder that define its weights: the weights in any format transformers and timm read,
+# the sparse masks file, and the config (the architecture they are read into). Not the README, tokenizer or
+# training leftovers, so a model card edit does not make a finished run look stale.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
+_COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 
 # Spellings the commands no longer take, and the one that replaced each (one spelling per flag across commands).
 RENAMED_FLAGS = {
@@ -169,3 +183,61 @@ def library_versions() -> dict[str, str]:
 def summary_line(command: str, parts: list[str], results_path: str | os.PathLike) -> str:
     """The one line every command ends with: what it achieved, and where ``results.json`` is."""
     return f"{command}: {'; '.join(p for p in parts if p)}; results: {results_path}"
+
+
+def start_identity(model: str | os.PathLike, revision: str | None = None) -> dict[str, Any]:
+    """Which weights ``model`` is, beyond its name: a run is the same run again only if it starts from the same ones.
+
+    A model retrained or replaced under the same path (or a Hub branch that moved) would otherwise let a resumed
+    run or a grid mix results from two different starting points without a word. For a local folder this is the
+    SHA-256 of its weight, mask and config files (``{"sha256": ..., "files": [...]}``: about a second per GB, once
+    per command); for a Hub id, the commit the revision resolves to (``{"commit": ...}``, ``None`` when neither the
+    Hub nor the local cache can say, which ``same_start`` reports instead of guessing).
+    """
+    path = Path(model)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json"))
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(file.name.encode() + b"\0")
+            with open(file, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(chunk)
+        return {"sha256": digest.hexdigest(), "files": [p.name for p in files]}
+    if revision and _COMMIT_HASH.match(revision):
+        return {"commit": revision}
+    from transformers.utils.hub import resolve_revision
+
+    for local_files_only in (False, True):  # the Hub, else the commit the cache recorded for this revision
+        resolved = getattr(resolve_revision(str(model), revision, local_files_only=local_files_only), "resolved", None)
+        if resolved:
+            return {"commit": resolved}
+    return {"commit": None}
+
+
+def same_start(recorded: Mapping[str, Any] | None, current: Mapping[str, Any], where: str | os.PathLike, model: str) -> None:
+    """Raises unless ``recorded`` (the start identity stored with a run) is ``current``.
+
+    Args:
+        recorded: What the run folder recorded (``None``: it predates the record).
+        current: ``start_identity`` of the model given now.
+        where: The run folder (or file) holding the record, for the message.
+        model: The model as given, for the message.
+    """
+    fix = (f"Use another --output_dir for runs from the current weights, or pass --overwrite to train again in "
+           f"{where}.")
+    if recorded is None:
+        raise ValueError(
+            f"{where} was written before runs recorded which weights they start from, so whether {model} still holds "
+            f"the same weights cannot be checked. {fix}"
+        )
+    key = "sha256" if "sha256" in current else "commit"
+    if recorded.get(key) != current.get(key):
+        raise ValueError(
+            f"{where} started from other weights than {model} holds now (recorded {key} "
+            f"{str(recorded.get(key))[:12]}, now {str(current.get(key))[:12]}): the model was retrained, replaced or "
+            f"moved on since. {fix}"
+        )
+    if current.get(key) is None:
+        logger.warning("Could not resolve which commit of %s this is (no Hub, no cached revision): %s is reused on "
+                       "the model's name and revision alone.", model, where)

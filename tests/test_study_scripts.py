@@ -73,12 +73,16 @@ def test_glue_study_plot_writes_one_figure_per_task(tmp_path, monkeypatch):
     assert all(Path(path).stat().st_size > 0 for path in written)
 
 
-def test_glue_study_grid_shards_share_grids_and_split_single_runs(tmp_path, monkeypatch, capsys):
-    study = load_script("glue_study")
-    monkeypatch.setattr(study, "RESULTS_DIR", str(tmp_path / "results"))
-    commands = []
+def fake_model_dir(path: Path, weights: bytes = b"weights") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "model.safetensors").write_bytes(weights)
+    (path / "config.json").write_text("{}")
+    return path
 
-    def fake_glue(command, **kwargs):  # a single run finishes; a grid's other shard never does
+
+def fake_glue(study, commands: list):
+    """Stands in for the GLUE command: a single run finishes; a grid's other shard never does."""
+    def run(command, **kwargs):
         commands.append(command)
         run_dir = Path(command[command.index("--output_dir") + 1])
         if "--grid" not in command:
@@ -87,10 +91,18 @@ def test_glue_study_grid_shards_share_grids_and_split_single_runs(tmp_path, monk
             (run_dir / "results.json").write_text(json.dumps({
                 "best": best, "per_epoch": [best], "recipe": {"learning_rate": 1e-4, "dropout": 0.1}, "epochs": 1,
                 "data": {"train_examples": 10, "eval_examples": {"validation": 8}},
-                "sparsity": {"mask_sparsity": 0.9}, "versions": {}}))
+                "sparsity": {"mask_sparsity": 0.9}, "versions": {},
+                "start": study.start_identity(command[command.index("--model") + 1])}))
+    return run
 
-    monkeypatch.setattr(study.subprocess, "run", fake_glue)
-    argv = ["--data-dir", "glue", "--models", "90=m90", "--tasks", "rte", "--runs", str(tmp_path / "runs"),
+
+def test_glue_study_grid_shards_share_grids_and_split_single_runs(tmp_path, monkeypatch, capsys):
+    study = load_script("glue_study")
+    monkeypatch.setattr(study, "RESULTS_DIR", str(tmp_path / "results"))
+    model_dir = fake_model_dir(tmp_path / "m90")
+    commands = []
+    monkeypatch.setattr(study.subprocess, "run", fake_glue(study, commands))
+    argv = ["--data-dir", "glue", "--models", f"90={model_dir}", "--tasks", "rte", "--runs", str(tmp_path / "runs"),
             "--arms", "paper", "paper_single", "dense_transfer", "dense_transfer_single"]
     for shard in ("0/2", "1/2"):
         study.run_arms(study.parse_args([*argv, "--grid-shard", shard]))
@@ -138,3 +150,34 @@ def test_upstream_glue_text_holds_training_sentences_only(tmp_path):
     assert not any("DEV" in line for line in lines)
     with pytest.raises(Exception, match="is not a directory"):
         upstream.glue_text_file(str(tmp_path / "nowhere"), out_dir=str(tmp_path / "other"))
+
+
+def test_glue_study_refuses_a_start_name_whose_arms_came_from_other_weights(tmp_path, monkeypatch):
+    """A start retrained under the same name (other weights, same folder) never adds arms to the old ones' rows."""
+    study = load_script("glue_study")
+    results = tmp_path / "results"
+    monkeypatch.setattr(study, "RESULTS_DIR", str(results))
+    ran = []
+    monkeypatch.setattr(study.subprocess, "run", fake_glue(study, ran))
+    model_dir = fake_model_dir(tmp_path / "m90", b"first training")
+    old = arm_result("rte", "90", "dense_transfer", [("lr2e-05_dropout0.1", 0.5)], "mean_top2")
+    results.mkdir()
+    argv = ["--data-dir", "glue", "--models", f"90={model_dir}", "--tasks", "rte", "--runs", str(tmp_path / "runs"),
+            "--arms", "paper_single"]
+
+    # An arm recorded before starts were recorded: cannot be checked, so refused.
+    (results / "rte__90__dense_transfer.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match=r"rte__90__dense_transfer.json.*--models 90b="):
+        study.run_arms(study.parse_args(argv))
+    # Recorded from these weights: the new arm runs.
+    (results / "rte__90__dense_transfer.json").write_text(json.dumps({**old, "start": study.start_identity(model_dir)}))
+    study.run_arms(study.parse_args(argv))
+    assert len(ran) == 1
+    # The model trained again into the same folder: refused before anything runs; under a new name it runs.
+    fake_model_dir(model_dir, b"second training")
+    (results / "rte__90__paper_single.json").unlink()  # its run folder stays: the GLUE command checks that one
+    with pytest.raises(SystemExit, match="not the weights that 1 arm"):
+        study.run_arms(study.parse_args(argv))
+    assert len(ran) == 1
+    study.run_arms(study.parse_args([*argv[:3], f"90b={model_dir}", *argv[4:]]))
+    assert len(ran) == 2

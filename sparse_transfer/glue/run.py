@@ -6,6 +6,7 @@ A run, under its folder ``RUN``::
     model   = from_pretrained(--model, dropout)   # masks = the model's zeros on the encoder linears
     L       = number of encoder blocks; epochs = eval(--epochs, L)      # "L+2": one epoch per stage
     RUN/recipe.yaml                                # the resolved recipe (every value this run used)
+    RUN/start.json                                 # which weights it starts from (sha256 of the folder, Hub commit)
     SparseTrainer.train(), evaluating every epoch:
         new best score -> RUN/best/                # sparse checkpoint (safetensors + mask), atomic
     RUN/best/ reloaded, checked against the mask, saved again with its model card (recipe, dev results)
@@ -13,7 +14,8 @@ A run, under its folder ``RUN``::
     RUN/results.json                               # last, atomically: its presence means "finished"
 
 ``--grid`` runs one such folder per grid point under ``--output_dir`` and skips the ones whose
-``results.json`` holds the same recipe, so an interrupted grid continues where it stopped. Within a run,
+``results.json`` holds the same recipe and starting weights, so an interrupted grid continues where it stopped (a
+model retrained under the same path is an error, never a grid of two models). Within a run,
 Trainer checkpoints (optimizer state included) are off by default; with ``--save_strategy epoch`` an
 interrupted run resumes from its last checkpoint to the same result as an uninterrupted one.
 ``--grid_shard K/N`` splits the grid's points over N processes sharing ``--output_dir`` (one per GPU or core):
@@ -36,7 +38,17 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .._rundir import RECIPE_NAME, RESULTS_NAME, library_versions, run_lock, write_json_atomic, write_recipe
+from .._rundir import (
+    RECIPE_NAME,
+    RESULTS_NAME,
+    START_NAME,
+    library_versions,
+    run_lock,
+    same_start,
+    start_identity,
+    write_json_atomic,
+    write_recipe,
+)
 from .._rundir import plain as _plain
 from .config import GlueArguments, resolve_epochs
 from .data import GlueData, hub_unreachable, load_glue_data, tokenize_glue
@@ -232,13 +244,15 @@ def fingerprint(recipe: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in recipe.items() if k not in _NOT_IN_FINGERPRINT and v is not None}
 
 
-def finished_run(run_dir: Path, recipe: dict[str, Any], overwrite: bool) -> dict | None:
-    """The cached results of ``run_dir`` if it finished with this recipe; None if it must (re)run."""
+def finished_run(run_dir: Path, recipe: dict[str, Any], overwrite: bool, start: dict[str, Any]) -> dict | None:
+    """The cached results of ``run_dir`` if it finished with this recipe from these weights (``start``, as
+    ``start_identity`` gives it); None if it must (re)run."""
     path = run_dir / RESULTS_NAME
     if overwrite or not path.is_file():  # --overwrite starts over, as in every command
         return None
     results = json.loads(path.read_text(encoding="utf-8"))
     if fingerprint(results.get("recipe", {})) == fingerprint(recipe):
+        same_start(results.get("start"), start, run_dir, recipe["model"])
         return results
     old, new = fingerprint(results.get("recipe", {})), fingerprint(recipe)
     differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -248,7 +262,8 @@ def finished_run(run_dir: Path, recipe: dict[str, Any], overwrite: bool) -> dict
     )
 
 
-def _checkpoint_to_resume(run_dir: Path, recipe: dict[str, Any], training_args, overwrite: bool) -> str | None:
+def _checkpoint_to_resume(run_dir: Path, recipe: dict[str, Any], training_args, overwrite: bool,
+                          start: dict[str, Any]) -> str | None:
     """The last Trainer checkpoint of an unfinished run of the same recipe (only with a save_strategy)."""
     import shutil
 
@@ -261,12 +276,17 @@ def _checkpoint_to_resume(run_dir: Path, recipe: dict[str, Any], training_args, 
         return None
     recipe_file = run_dir / RECIPE_NAME
     saved = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) if recipe_file.is_file() else {}
+    start_file = run_dir / START_NAME
+    saved_start = json.loads(start_file.read_text(encoding="utf-8")) if start_file.is_file() else None
     if fingerprint(saved or {}) == fingerprint(recipe):
+        if not overwrite:  # a checkpoint trained from other weights would resume as if it were this run's
+            same_start(saved_start, start, run_dir, recipe["model"])
         if str(getattr(training_args.save_strategy, "value", training_args.save_strategy)) == "no":
             return None
-        logger.info("Resuming the unfinished run in %s from %s.", run_dir, last)
-        return last
-    if not overwrite:
+        if saved_start == start:
+            logger.info("Resuming the unfinished run in %s from %s.", run_dir, last)
+            return last
+    elif not overwrite:
         raise ValueError(
             f"{run_dir} holds Trainer checkpoints of an unfinished run with a different recipe. Use another "
             "--output_dir, or pass --overwrite to delete them and train again there."
@@ -384,6 +404,7 @@ def train_one(
     run_dir: Path,
     recipe_file: str | None = None,
     cached_only: bool = False,
+    start: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Trains one run into ``run_dir`` (or returns its cached results) and writes its outputs, holding the folder's
     lock (``run_lock``) while it does.
@@ -397,14 +418,17 @@ def train_one(
         recipe_file: The recipe YAML the run started from, for the record.
         cached_only: Train nothing: the results if the run finished with this recipe, else None (another grid
             shard's run; read without the lock: ``results.json`` is written atomically, never half a file).
+        start: ``start_identity`` of ``glue_args.model`` (computed here if not given; a grid computes it once).
 
     Returns:
         The content of ``results.json``.
     """
+    if start is None:
+        start = start_identity(glue_args.model, glue_args.model_revision)
     if cached_only:
-        return _train_one(glue_args, training_args, data, tokenizer, run_dir, recipe_file, cached_only=True)
+        return _train_one(glue_args, training_args, data, tokenizer, run_dir, recipe_file, start, cached_only=True)
     with run_lock(run_dir):
-        return _train_one(glue_args, training_args, data, tokenizer, run_dir, recipe_file)
+        return _train_one(glue_args, training_args, data, tokenizer, run_dir, recipe_file, start)
 
 
 def _train_one(
@@ -413,7 +437,8 @@ def _train_one(
     data: GlueData,
     tokenizer,
     run_dir: Path,
-    recipe_file: str | None = None,
+    recipe_file: str | None,
+    start: dict[str, Any],
     cached_only: bool = False,
 ) -> dict[str, Any] | None:
     """``train_one`` without the lock."""
@@ -449,14 +474,14 @@ def _train_one(
     training_args = dataclasses.replace(training_args, **changes)
 
     recipe = resolved_recipe(glue_args, training_args)
-    cached = finished_run(run_dir, recipe, glue_args.overwrite)
+    cached = finished_run(run_dir, recipe, glue_args.overwrite, start)
     if cached_only:
         return cached
     if cached is not None:
         logger.info("%s finished before with this recipe: skipping it (score %.4f).", run_dir, cached["best"]["score"])
         return cached
 
-    resume_from = _checkpoint_to_resume(run_dir, recipe, training_args, glue_args.overwrite)
+    resume_from = _checkpoint_to_resume(run_dir, recipe, training_args, glue_args.overwrite, start)
     # A model folder that ships a mask file: the file is the record of what is pruned (checked against the weights);
     # otherwise the model's zeros on the target preset.
     masks = shipped_masks(model, glue_args.model, glue_args.model_revision)
@@ -473,6 +498,7 @@ def _train_one(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RESULTS_NAME).unlink(missing_ok=True)  # --overwrite: the old results must not outlive a failure
     write_recipe(run_dir, recipe, "glue")
+    write_json_atomic(run_dir / START_NAME, start)
 
     keys = metric_keys(task, list(data.evals))
     GlueTrainer, BestCheckpointCallback = _make_trainer_classes(task, keys)
@@ -624,6 +650,7 @@ def _train_one(
         "lora": lora_results,
         "recipe": recipe,
         "recipe_file": recipe_file,
+        "start": start,
         "versions": library_versions(),
     }
     if trainer.args.should_save:
@@ -654,14 +681,15 @@ def grid_points(glue_args: GlueArguments, training_args) -> list[dict[str, Any]]
 _RESOLVED_PER_RUN = {"num_train_epochs", "fp16", "bf16"}
 
 
-def _grid_plan(points: list[dict[str, Any]], glue_args: GlueArguments, training_args) -> dict[str, Any]:
-    """What defines a grid: its points, its summary, its shard count, and the recipe every run shares (less the
-    values that change from point to point)."""
+def _grid_plan(points: list[dict[str, Any]], glue_args: GlueArguments, training_args,
+               start: dict[str, Any]) -> dict[str, Any]:
+    """What defines a grid: its points, its summary, its shard count, the recipe every run shares (less the values
+    that change from point to point), and the weights every run starts from."""
     varies = ["learning_rate", "dropout", *(["epochs"] if glue_args.grid_epochs else [])]
     recipe = {k: v for k, v in fingerprint(resolved_recipe(glue_args, training_args)).items()
               if k not in {*varies, *_RESOLVED_PER_RUN}}
     plan = {"points": [p["name"] for p in points], "summary": glue_args.grid_summary, "varies": varies,
-            "recipe": recipe, "shards": glue_args.grid_shard_index[1]}
+            "recipe": recipe, "shards": glue_args.grid_shard_index[1], "start": start}
     return json.loads(json.dumps(_plain(plan)))  # as it reads back from the file
 
 
@@ -671,7 +699,7 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 def _grid_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The fields in which two grid plans differ (the shard count aside)."""
-    differing = [k for k in ("points", "summary", "varies") if a.get(k) != b.get(k)]
+    differing = [k for k in ("points", "summary", "varies", "start") if a.get(k) != b.get(k)]
     return differing + [f"recipe.{k}" for k in _differences(a.get("recipe", {}), b.get("recipe", {}))]
 
 
@@ -682,8 +710,9 @@ def _check_finished_runs(output_dir: Path, plan: dict[str, Any]) -> None:
         path = output_dir / name / RESULTS_NAME
         if not path.is_file():
             continue
-        recipe = json.loads(path.read_text(encoding="utf-8")).get("recipe", {})
-        recipe = {k: v for k, v in fingerprint(recipe).items() if k not in {*plan["varies"], *_RESOLVED_PER_RUN}}
+        results = json.loads(path.read_text(encoding="utf-8"))
+        recipe = {k: v for k, v in fingerprint(results.get("recipe", {})).items()
+                  if k not in {*plan["varies"], *_RESOLVED_PER_RUN}}
         differing = _differences(recipe, plan["recipe"])
         if differing:
             raise ValueError(
@@ -691,6 +720,7 @@ def _check_finished_runs(output_dir: Path, plan: dict[str, Any]) -> None:
                 f"{differing[:8]}). Use another --output_dir, or pass --overwrite (without --grid_shard) to train "
                 "again there."
             )
+        same_start(results.get("start"), plan["start"], output_dir / name, plan["recipe"]["model"])
 
 
 def claim_grid(output_dir: Path, plan: dict[str, Any], overwrite: bool) -> None:
@@ -720,6 +750,7 @@ def claim_grid(output_dir: Path, plan: dict[str, Any], overwrite: bool) -> None:
 
 def _check_shard_plan(output_dir: Path, old: dict[str, Any], plan: dict[str, Any]) -> None:
     path = output_dir / GRID_PLAN_NAME
+    same_start(old.get("start"), plan["start"], path, plan["recipe"]["model"])  # the other shards' weights
     differing = _grid_differences(old, plan)
     if differing:
         raise ValueError(
@@ -807,11 +838,12 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
     tokenizer = load_tokenizer(glue_args)
     check_model_source(glue_args.model)
     check_pooling(glue_args)
+    start = start_identity(glue_args.model, glue_args.model_revision)  # once: every run of a grid starts there
     data = tokenize_glue(data, tokenizer, glue_args.max_seq_length, glue_args.pad_to_max_length)
     output_dir = Path(training_args.output_dir)
 
     if not glue_args.grid:
-        results = train_one(glue_args, training_args, data, tokenizer, output_dir, recipe_file)
+        results = train_one(glue_args, training_args, data, tokenizer, output_dir, recipe_file, start=start)
         url = push_best(results.get("publish", results["checkpoint"]), push_repo, training_args) if push_repo else None
         _print_run(task, results, url)
         return results
@@ -824,9 +856,9 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
                                             grid_shard="0/1")
         run_training_args = dataclasses.replace(training_args, learning_rate=point["learning_rate"])
         return train_one(run_glue_args, run_training_args, data, tokenizer, output_dir / point["name"], recipe_file,
-                         cached_only=cached_only)
+                         cached_only=cached_only, start=start)
 
-    plan = _grid_plan(points, glue_args, training_args)
+    plan = _grid_plan(points, glue_args, training_args, start)
     claim_grid(output_dir, plan, glue_args.overwrite)
     mine = [p for index, p in enumerate(points) if index % shards == shard]
     finished = {p["name"]: point_run(p) for p in tqdm(mine, desc=f"{task.name} grid", unit="run")}

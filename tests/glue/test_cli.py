@@ -476,6 +476,109 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_model_dir, glue_dir, tm
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _retrain_in_place(model_dir: Path) -> None:
+    """Other weights under the same path (the same zeros): what training the starting model again leaves."""
+    from safetensors.torch import save_file
+
+    weights = load_file(str(model_dir / "model.safetensors"))
+    name = next(n for n in weights if n.endswith("intermediate.dense.weight"))
+    weights[name] = weights[name] * 1.5
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_a_model_trained_again_under_the_same_path_is_never_mixed_with_its_old_runs(tiny_model_dir, glue_dir,
+                                                                                       tmp_path, capsys, monkeypatch):
+    import shutil
+
+    from sparse_transfer._rundir import start_identity
+    from sparse_transfer.hf import SparseTrainer
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    calls = []
+    original = SparseTrainer.train
+    monkeypatch.setattr(SparseTrainer, "train", lambda self, *a, **k: calls.append(self.args.output_dir) or original(self, *a, **k))
+    out = tmp_path / "grid"
+    argv = ["--task", "sst2", "--recipe", "dense_transfer", *fast_args(model_dir, glue_dir, out), "--grid",
+            "--grid_learning_rates", "1e-3", "3e-3", "--grid_dropouts", "0.1", "--epochs", "1",
+            "--max_train_samples", "16"]
+    assert main(argv) == 0 and len(calls) == 2
+    first = start_identity(model_dir)
+    assert set(first["files"]) == {"config.json", "model.safetensors"}
+    run = json.loads((out / "lr0.001_dropout0.1" / "results.json").read_text())
+    assert run["start"] == first and json.loads((out / "grid_plan.json").read_text())["start"] == first
+
+    # A model card edit is not other weights: everything stays cached.
+    (model_dir / "README.md").write_text("edited")
+    assert main(argv) == 0 and len(calls) == 2
+
+    # Trained again in place: the same path and recipe, other weights. Neither reused nor mixed into the grid.
+    _retrain_in_place(model_dir)
+    assert start_identity(model_dir)["sha256"] != first["sha256"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "started from other weights than" in err and "--overwrite" in err and len(calls) == 2
+    # The same for one grid shard (another process's copy of the model, say): stopped before training.
+    assert main([*argv, "--grid_shard", "1/2"]) == 2
+    assert "started from other weights than" in capsys.readouterr().err and len(calls) == 2
+    # --overwrite trains every run again from the new weights, and records them.
+    assert main([*argv, "--overwrite"]) == 0 and len(calls) == 4
+    assert json.loads((out / "lr0.003_dropout0.1" / "results.json").read_text())["start"] == start_identity(model_dir)
+
+    # A run recorded before starts were recorded cannot be checked: refused, not guessed.
+    path = out / "lr0.001_dropout0.1" / "results.json"
+    legacy = json.loads(path.read_text())
+    del legacy["start"]
+    path.write_text(json.dumps(legacy))
+    assert main([*argv[:-9], "--grid_dropouts", "0.1", "--epochs", "1", "--max_train_samples", "16",
+                 "--grid_learning_rates", "1e-3"]) == 2
+    assert "was written before runs recorded which weights they start from" in capsys.readouterr().err
+
+
+def test_an_unfinished_run_never_resumes_from_other_weights(tiny_model_dir, glue_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from sparse_transfer.hf import SparseTrainer
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    out = tmp_path / "run"
+    argv = ["--task", "rte", *fast_args(model_dir, glue_dir, out), "--save_strategy", "epoch", "--save_total_limit",
+            "1", "--max_train_samples", "32", "--max_eval_samples", "8"]
+    original, steps = SparseTrainer.training_step, []
+
+    def interrupted(self, *args, **kwargs):
+        steps.append(self.state.global_step)
+        if len(steps) == 6:  # after the checkpoint of epoch 2
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SparseTrainer, "training_step", interrupted)
+    assert main(argv) == 130 and (out / "checkpoint-4").is_dir()
+    monkeypatch.setattr(SparseTrainer, "training_step", original)
+    _retrain_in_place(model_dir)
+    capsys.readouterr()
+    assert main(argv) == 2  # its checkpoint holds what training from the old weights made of them
+    assert "started from other weights than" in capsys.readouterr().err
+    assert (out / "checkpoint-4").is_dir()  # nothing deleted without --overwrite
+
+    steps.clear()
+    monkeypatch.setattr(SparseTrainer, "training_step",
+                        lambda self, *a, **k: steps.append(self.state.global_step) or original(self, *a, **k))
+    assert main([*argv, "--overwrite"]) == 0
+    assert steps[0] == 0  # started over from the new weights, not from checkpoint-4
+
+
+def test_start_identity_of_a_hub_id():
+    from sparse_transfer._rundir import start_identity
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert start_identity("org/model", revision=commit) == {"commit": commit}
+    # Offline (the suite's setting) with nothing cached: unknown, said as such rather than guessed.
+    assert start_identity("org/never-downloaded") == {"commit": None}
+
+
 @pytest.mark.gpu
 def test_fp16_on_cuda_keeps_exact_sparsity(tiny_model_dir, glue_dir, tmp_path):
     if not torch.cuda.is_available():
