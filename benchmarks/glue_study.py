@@ -73,6 +73,12 @@ ARMS = {
     "dense_transfer_single_mean": ["--recipe", "dense_transfer", "--pooling", "mean"],
 }
 METRIC = {"rte": "accuracy", "sst2": "accuracy", "cola": "matthews_correlation"}
+# A single-run arm is its grid's point at the recipe's default learning rate and dropout (same recipe, same seed):
+# once the grid finished that point, the single run is a copy of it, which the GLUE command then finds finished
+# (it checks the recipe and the starting weights) instead of training it again.
+DEFAULT_POINT = {"paper_single": ("paper", "lr0.0001_dropout0.1"),
+                 "dense_transfer_single": ("dense_transfer", "lr2e-05_dropout0.1"),
+                 "extended_single": ("extended", "lr2e-05_dropout0.1")}
 
 
 def arm_command(task: str, model_dir: str, arm: str, opts, run_dir: str) -> list[str]:
@@ -140,6 +146,20 @@ def check_start(model: str, model_dir: str) -> None:
         )
 
 
+def reuse_grid_point(opts, task: str, model: str, arm: str, run_dir: str) -> None:
+    """Copies the grid's finished default point into ``run_dir`` (see ``DEFAULT_POINT``), if there is one and the
+    single run has no folder yet."""
+    import shutil
+
+    if arm not in DEFAULT_POINT or os.path.exists(run_dir):
+        return
+    grid_arm, point = DEFAULT_POINT[arm]
+    source = os.path.join(opts.runs, task, model, grid_arm, point)
+    if os.path.isfile(os.path.join(source, "results.json")):
+        shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns(".lock", "checkpoint-*"))
+        print(f"[reuse] {task} {model} {arm}: the finished grid point {source}", flush=True)
+
+
 def run_arms(opts) -> None:
     models = dict(m.split("=", 1) for m in opts.models)
     os.makedirs(RESULTS_DIR, exist_ok=True)
@@ -158,6 +178,7 @@ def run_arms(opts) -> None:
             continue
         check_start(model, models[model])
         run_dir = os.path.join(opts.runs, task, model, arm)
+        reuse_grid_point(opts, task, model, arm, run_dir)
         command = arm_command(task, models[model], arm, opts, run_dir)
         print("[run]", " ".join(command[1:]), flush=True)
         start = time.time()

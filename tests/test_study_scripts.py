@@ -85,8 +85,8 @@ def fake_glue(study, commands: list):
     def run(command, **kwargs):
         commands.append(command)
         run_dir = Path(command[command.index("--output_dir") + 1])
-        if "--grid" not in command:
-            run_dir.mkdir(parents=True)
+        if "--grid" not in command and not (run_dir / "results.json").is_file():  # else: finished, cached
+            run_dir.mkdir(parents=True, exist_ok=True)
             best = {"epoch": 1, "accuracy": 0.5}
             (run_dir / "results.json").write_text(json.dumps({
                 "best": best, "per_epoch": [best], "recipe": {"learning_rate": 1e-4, "dropout": 0.1}, "epochs": 1,
@@ -181,3 +181,29 @@ def test_glue_study_refuses_a_start_name_whose_arms_came_from_other_weights(tmp_
     assert len(ran) == 1
     study.run_arms(study.parse_args([*argv[:3], f"90b={model_dir}", *argv[4:]]))
     assert len(ran) == 2
+
+
+def test_glue_study_single_run_arm_reuses_its_grids_default_point(tmp_path, monkeypatch, capsys):
+    study = load_script("glue_study")
+    monkeypatch.setattr(study, "RESULTS_DIR", str(tmp_path / "results"))
+    model_dir = fake_model_dir(tmp_path / "m90")
+    commands = []
+    monkeypatch.setattr(study.subprocess, "run", fake_glue(study, commands))
+    point = tmp_path / "runs" / "rte" / "90" / "paper" / "lr0.0001_dropout0.1"
+    point.mkdir(parents=True)
+    best = {"epoch": 3, "accuracy": 0.625}
+    (point / "results.json").write_text(json.dumps({
+        "best": best, "per_epoch": [best], "recipe": {"learning_rate": 1e-4, "dropout": 0.1}, "epochs": 8,
+        "data": {"train_examples": 10, "eval_examples": {"validation": 8}}, "sparsity": {"mask_sparsity": 0.9},
+        "versions": {}, "start": study.start_identity(model_dir)}))
+    (point / ".lock").write_text("")
+    argv = ["--data-dir", "glue", "--models", f"90={model_dir}", "--tasks", "rte", "--runs", str(tmp_path / "runs")]
+    study.run_arms(study.parse_args([*argv, "--arms", "paper_single", "dense_transfer_single"]))
+    single = tmp_path / "runs" / "rte" / "90" / "paper_single"
+    assert not (single / ".lock").exists()
+    # The GLUE command still runs on the copy (and checks it); the arm's score is the grid point's.
+    assert [c[c.index("--output_dir") + 1] for c in commands] == [str(single), str(single.parent / "dense_transfer_single")]
+    assert json.loads((tmp_path / "results" / "rte__90__paper_single.json").read_text())["score"] == 0.625
+    # No finished default point (dense transfer's grid never ran): the single run trains as usual.
+    assert json.loads((tmp_path / "results" / "rte__90__dense_transfer_single.json").read_text())["score"] == 0.5
+    assert "[reuse] rte 90 paper_single" in capsys.readouterr().out
