@@ -74,8 +74,8 @@ ARMS = {
 }
 METRIC = {"rte": "accuracy", "sst2": "accuracy", "cola": "matthews_correlation"}
 # A single-run arm is its grid's point at the recipe's default learning rate and dropout (same recipe, same seed):
-# once the grid finished that point, the single run is a copy of it, which the GLUE command then finds finished
-# (it checks the recipe and the starting weights) instead of training it again.
+# whichever of the two finished first is copied into the other's empty folder, which the GLUE command then finds
+# finished (it checks the recipe and the starting weights) instead of training it again.
 DEFAULT_POINT = {"paper_single": ("paper", "lr0.0001_dropout0.1"),
                  "dense_transfer_single": ("dense_transfer", "lr2e-05_dropout0.1"),
                  "extended_single": ("extended", "lr2e-05_dropout0.1")}
@@ -146,18 +146,20 @@ def check_start(model: str, model_dir: str) -> None:
         )
 
 
-def reuse_grid_point(opts, task: str, model: str, arm: str, run_dir: str) -> None:
-    """Copies the grid's finished default point into ``run_dir`` (see ``DEFAULT_POINT``), if there is one and the
-    single run has no folder yet."""
+def reuse_default_point(opts, task: str, model: str, arm: str) -> None:
+    """Before a single-run arm: copies its grid's finished default point into the arm's folder; before a grid: copies
+    the finished single run into the default point's folder (see ``DEFAULT_POINT``). Only into a folder that does
+    not exist yet."""
     import shutil
 
-    if arm not in DEFAULT_POINT or os.path.exists(run_dir):
-        return
-    grid_arm, point = DEFAULT_POINT[arm]
-    source = os.path.join(opts.runs, task, model, grid_arm, point)
-    if os.path.isfile(os.path.join(source, "results.json")):
-        shutil.copytree(source, run_dir, ignore=shutil.ignore_patterns(".lock", "checkpoint-*"))
-        print(f"[reuse] {task} {model} {arm}: the finished grid point {source}", flush=True)
+    base = os.path.join(opts.runs, task, model)
+    pairs = [(os.path.join(base, *DEFAULT_POINT[arm]), os.path.join(base, arm))] if arm in DEFAULT_POINT else [
+        (os.path.join(base, single), os.path.join(base, grid_arm, point))
+        for single, (grid_arm, point) in DEFAULT_POINT.items() if grid_arm == arm]
+    for source, target in pairs:
+        if os.path.isfile(os.path.join(source, "results.json")) and not os.path.exists(target):
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns(".lock", "checkpoint-*"))
+            print(f"[reuse] {task} {model} {arm}: the finished run {source}", flush=True)
 
 
 def run_arms(opts) -> None:
@@ -178,7 +180,7 @@ def run_arms(opts) -> None:
             continue
         check_start(model, models[model])
         run_dir = os.path.join(opts.runs, task, model, arm)
-        reuse_grid_point(opts, task, model, arm, run_dir)
+        reuse_default_point(opts, task, model, arm)
         command = arm_command(task, models[model], arm, opts, run_dir)
         print("[run]", " ".join(command[1:]), flush=True)
         start = time.time()

@@ -207,3 +207,8 @@ def test_glue_study_single_run_arm_reuses_its_grids_default_point(tmp_path, monk
     # No finished default point (dense transfer's grid never ran): the single run trains as usual.
     assert json.loads((tmp_path / "results" / "rte__90__dense_transfer_single.json").read_text())["score"] == 0.5
     assert "[reuse] rte 90 paper_single" in capsys.readouterr().out
+    # The other way: a finished single run becomes the grid's default point before the grid runs.
+    study.run_arms(study.parse_args([*argv, "--arms", "dense_transfer"]))
+    copied = tmp_path / "runs" / "rte" / "90" / "dense_transfer" / "lr2e-05_dropout0.1" / "results.json"
+    assert copied.read_text() == (single.parent / "dense_transfer_single" / "results.json").read_text()
+    assert "[reuse] rte 90 dense_transfer" in capsys.readouterr().out
