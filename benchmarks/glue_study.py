@@ -131,18 +131,20 @@ def check_start(model: str, model_dir: str) -> None:
     """Refuses to add an arm under the start name ``model`` unless every arm already recorded under that name came
     from the weights now in ``model_dir``."""
     current = start_identity(model_dir)
+    key = "sha256" if "sha256" in current else "commit"  # a folder, or a Hub id
     other = []
-    for path in sorted(glob.glob(os.path.join(RESULTS_DIR, f"*__{model}__*.json"))):
+    for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "*.json"))):
         with open(path) as f:
             r = json.load(f)
-        if r["model"] == model and (r.get("start") or {}).get("sha256") != current["sha256"]:
+        if r["model"] == model and (r.get("start") or {}).get(key) != current[key]:
             other.append(os.path.basename(path))
     if other:
         raise SystemExit(
-            f"The start {model!r} ({model_dir}, sha256 {current['sha256'][:12]}) is not the weights that {len(other)} "
+            f"The start {model!r} ({model_dir}, {key} {str(current[key])[:12]}) is not the weights that {len(other)} "
             f"arm(s) recorded under that name came from ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}; "
             "their start is another or was not recorded): the model was trained again or replaced. Give these "
-            f"weights their own name (--models {model}b={model_dir}), or move those results away to start the name over."
+            f"weights their own name (--models {model}b={model_dir}), or, to start the name over, move those results "
+            f"and their run folders (--runs/<task>/{model}/) away."
         )
 
 
@@ -159,6 +161,12 @@ def reuse_default_point(opts, task: str, model: str, arm: str) -> None:
     for source, target in pairs:
         if os.path.isfile(os.path.join(source, "results.json")) and not os.path.exists(target):
             shutil.copytree(source, target, ignore=shutil.ignore_patterns(".lock", "checkpoint-*"))
+            with open(os.path.join(target, "results.json")) as f:
+                results = json.load(f)
+            for key in ("checkpoint", "publish"):  # the copy's own checkpoint, not the source's
+                if results.get(key):
+                    results[key] = os.path.join(target, os.path.basename(results[key]))
+            write_json_atomic(os.path.join(target, "results.json"), results)
             print(f"[reuse] {task} {model} {arm}: the finished run {source}", flush=True)
 
 

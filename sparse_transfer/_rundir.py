@@ -36,6 +36,10 @@ START_NAME = "start.json"
 # the sparse masks file, and the config (the architecture they are read into). Not the README, tokenizer or
 # training leftovers, so a model card edit does not make a finished run look stale.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
+# Also hashed: a sharded checkpoint's index (which shard holds which tensor) and the modeling code of a
+# trust_remote_code model. Not hashed: the Trainer's pickled arguments, a leftover of training.
+_ALSO_HASHED = (".index.json", ".py")
+_NOT_HASHED = {"training_args.bin"}
 _COMMIT_HASH = re.compile(r"^[0-9a-f]{40}$")
 
 # Spellings the commands no longer take, and the one that replaced each (one spelling per flag across commands).
@@ -190,13 +194,14 @@ def start_identity(model: str | os.PathLike, revision: str | None = None) -> dic
 
     A model retrained or replaced under the same path (or a Hub branch that moved) would otherwise let a resumed
     run or a grid mix results from two different starting points without a word. For a local folder this is the
-    SHA-256 of its weight, mask and config files (``{"sha256": ..., "files": [...]}``: about a second per GB, once
+    SHA-256 of its weight, mask and config files (and a sharded checkpoint's index, and modeling code) (``{"sha256": ..., "files": [...]}``: about a second per GB, once
     per command); for a Hub id, the commit the revision resolves to (``{"commit": ...}``, ``None`` when neither the
     Hub nor the local cache can say, which ``same_start`` reports instead of guessing).
     """
     path = Path(model)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json"))
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name not in _NOT_HASHED and (
+            p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json" or p.name.endswith(_ALSO_HASHED)))
         digest = hashlib.sha256()
         for file in files:
             digest.update(file.name.encode() + b"\0")
@@ -215,7 +220,8 @@ def start_identity(model: str | os.PathLike, revision: str | None = None) -> dic
     return {"commit": None}
 
 
-def same_start(recorded: Mapping[str, Any] | None, current: Mapping[str, Any], where: str | os.PathLike, model: str) -> None:
+def same_start(recorded: Mapping[str, Any] | None, current: Mapping[str, Any], where: str | os.PathLike, model: str,
+               fix: str | None = None) -> None:
     """Raises unless ``recorded`` (the start identity stored with a run) is ``current``.
 
     Args:
@@ -223,9 +229,10 @@ def same_start(recorded: Mapping[str, Any] | None, current: Mapping[str, Any], w
         current: ``start_identity`` of the model given now.
         where: The run folder (or file) holding the record, for the message.
         model: The model as given, for the message.
+        fix: What to do about it (default: another ``--output_dir``, or ``--overwrite``).
     """
-    fix = (f"Use another --output_dir for runs from the current weights, or pass --overwrite to train again in "
-           f"{where}.")
+    fix = fix or (f"Use another --output_dir for runs from the current weights, or pass --overwrite to train again "
+                  f"in {where}.")
     if recorded is None:
         raise ValueError(
             f"{where} was written before runs recorded which weights they start from, so whether {model} still holds "

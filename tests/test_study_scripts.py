@@ -195,12 +195,13 @@ def test_glue_study_single_run_arm_reuses_its_grids_default_point(tmp_path, monk
     (point / "results.json").write_text(json.dumps({
         "best": best, "per_epoch": [best], "recipe": {"learning_rate": 1e-4, "dropout": 0.1}, "epochs": 8,
         "data": {"train_examples": 10, "eval_examples": {"validation": 8}}, "sparsity": {"mask_sparsity": 0.9},
-        "versions": {}, "start": study.start_identity(model_dir)}))
+        "versions": {}, "start": study.start_identity(model_dir), "checkpoint": str(point / "best")}))
     (point / ".lock").write_text("")
     argv = ["--data-dir", "glue", "--models", f"90={model_dir}", "--tasks", "rte", "--runs", str(tmp_path / "runs")]
     study.run_arms(study.parse_args([*argv, "--arms", "paper_single", "dense_transfer_single"]))
     single = tmp_path / "runs" / "rte" / "90" / "paper_single"
     assert not (single / ".lock").exists()
+    assert json.loads((single / "results.json").read_text())["checkpoint"] == str(single / "best")  # its own
     # The GLUE command still runs on the copy (and checks it); the arm's score is the grid point's.
     assert [c[c.index("--output_dir") + 1] for c in commands] == [str(single), str(single.parent / "dense_transfer_single")]
     assert json.loads((tmp_path / "results" / "rte__90__paper_single.json").read_text())["score"] == 0.625
@@ -210,5 +211,17 @@ def test_glue_study_single_run_arm_reuses_its_grids_default_point(tmp_path, monk
     # The other way: a finished single run becomes the grid's default point before the grid runs.
     study.run_arms(study.parse_args([*argv, "--arms", "dense_transfer"]))
     copied = tmp_path / "runs" / "rte" / "90" / "dense_transfer" / "lr2e-05_dropout0.1" / "results.json"
-    assert copied.read_text() == (single.parent / "dense_transfer_single" / "results.json").read_text()
+    assert json.loads(copied.read_text()) == json.loads((single.parent / "dense_transfer_single" / "results.json").read_text())
     assert "[reuse] rte 90 dense_transfer" in capsys.readouterr().out
+
+
+def test_glue_study_start_check_by_hub_commit_and_odd_names(tmp_path, monkeypatch):
+    study = load_script("glue_study")
+    monkeypatch.setattr(study, "RESULTS_DIR", str(tmp_path))
+    r = arm_result("rte", "9[0]", "paper_single", [("single", 0.5)])
+    (tmp_path / "rte__9[0]__paper_single.json").write_text(json.dumps({**r, "start": {"commit": "a" * 40}}))
+    monkeypatch.setattr(study, "start_identity", lambda model: {"commit": "b" * 40})
+    with pytest.raises(SystemExit, match=r"commit bbbbbbbbbbbb"):  # a glob character in the name is no way around
+        study.check_start("9[0]", "org/model")
+    monkeypatch.setattr(study, "start_identity", lambda model: {"commit": "a" * 40})
+    study.check_start("9[0]", "org/model")

@@ -253,7 +253,7 @@ def finished_run(run_dir: Path, recipe: dict[str, Any], overwrite: bool, start: 
     results = json.loads(path.read_text(encoding="utf-8"))
     if fingerprint(results.get("recipe", {})) == fingerprint(recipe):
         same_start(results.get("start"), start, run_dir, recipe["model"])
-        return results
+        return _rebased(results, run_dir)
     old, new = fingerprint(results.get("recipe", {})), fingerprint(recipe)
     differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     raise ValueError(
@@ -262,9 +262,22 @@ def finished_run(run_dir: Path, recipe: dict[str, Any], overwrite: bool, start: 
     )
 
 
+def _rebased(results: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``results`` with its checkpoint paths in ``run_dir``: a folder moved or copied since it finished (a grid point
+    copied to a single run, runs moved to another disk) publishes its own checkpoint, never the old location's."""
+    for key in ("checkpoint", "publish"):
+        if results.get(key):
+            results[key] = str(run_dir / Path(results[key]).name)
+    for key in ("adapter", "merged"):
+        if (results.get("lora") or {}).get(key):
+            results["lora"][key] = str(run_dir / Path(results["lora"][key]).name)
+    return results
+
+
 def _checkpoint_to_resume(run_dir: Path, recipe: dict[str, Any], training_args, overwrite: bool,
                           start: dict[str, Any]) -> str | None:
-    """The last Trainer checkpoint of an unfinished run of the same recipe (only with a save_strategy)."""
+    """The last Trainer checkpoint of an unfinished run of the same recipe from the same weights (only with a
+    save_strategy); with ``overwrite``, the folder's checkpoints are deleted instead (it starts over)."""
     import shutil
 
     from ..hf.trainer import last_complete_checkpoint
@@ -272,26 +285,23 @@ def _checkpoint_to_resume(run_dir: Path, recipe: dict[str, Any], training_args, 
     if not run_dir.is_dir():
         return None
     last = last_complete_checkpoint(run_dir)  # never a checkpoint whose save was interrupted
-    if last is None:
-        return None
-    recipe_file = run_dir / RECIPE_NAME
-    saved = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) if recipe_file.is_file() else {}
-    start_file = run_dir / START_NAME
-    saved_start = json.loads(start_file.read_text(encoding="utf-8")) if start_file.is_file() else None
-    if fingerprint(saved or {}) == fingerprint(recipe):
-        if not overwrite:  # a checkpoint trained from other weights would resume as if it were this run's
-            same_start(saved_start, start, run_dir, recipe["model"])
+    if last is not None and not overwrite:
+        recipe_file = run_dir / RECIPE_NAME
+        saved = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) if recipe_file.is_file() else {}
+        if fingerprint(saved or {}) != fingerprint(recipe):
+            raise ValueError(
+                f"{run_dir} holds Trainer checkpoints of an unfinished run with a different recipe. Use another "
+                "--output_dir, or pass --overwrite to delete them and train again there."
+            )
+        start_file = run_dir / START_NAME
+        saved_start = json.loads(start_file.read_text(encoding="utf-8")) if start_file.is_file() else None
+        # A checkpoint trained from other weights would resume as if it were this run's.
+        same_start(saved_start, start, run_dir, recipe["model"])
         if str(getattr(training_args.save_strategy, "value", training_args.save_strategy)) == "no":
             return None
-        if saved_start == start:
-            logger.info("Resuming the unfinished run in %s from %s.", run_dir, last)
-            return last
-    elif not overwrite:
-        raise ValueError(
-            f"{run_dir} holds Trainer checkpoints of an unfinished run with a different recipe. Use another "
-            "--output_dir, or pass --overwrite to delete them and train again there."
-        )
-    for checkpoint in run_dir.glob("checkpoint-*"):
+        logger.info("Resuming the unfinished run in %s from %s.", run_dir, last)
+        return last
+    for checkpoint in run_dir.glob("checkpoint-*"):  # --overwrite starts over: nothing of the old run is resumed
         shutil.rmtree(checkpoint)
     return None
 
@@ -485,6 +495,13 @@ def _train_one(
     # A model folder that ships a mask file: the file is the record of what is pruned (checked against the weights);
     # otherwise the model's zeros on the target preset.
     masks = shipped_masks(model, glue_args.model, glue_args.model_revision)
+    if start_identity(glue_args.model, glue_args.model_revision) != start:
+        # Hashed when the command started (once for a whole grid); the weights loaded now must still be those.
+        raise ValueError(
+            f"{glue_args.model} changed while this command ran (its weights were replaced after it started): "
+            f"{run_dir} would record the old weights but train from the new. Start the command again once the model "
+            "folder is no longer being written."
+        )
     if masks is None:
         masks = SparseMasks.from_zeros(model, training_args.mask_targets)
     else:
@@ -720,7 +737,9 @@ def _check_finished_runs(output_dir: Path, plan: dict[str, Any]) -> None:
                 f"{differing[:8]}). Use another --output_dir, or pass --overwrite (without --grid_shard) to train "
                 "again there."
             )
-        same_start(results.get("start"), plan["start"], output_dir / name, plan["recipe"]["model"])
+        same_start(results.get("start"), plan["start"], output_dir / name, plan["recipe"]["model"],
+                   fix=f"Use another --output_dir for runs from the current weights, or pass --overwrite (without "
+                   f"--grid_shard) to train the grid again in {output_dir}.")
 
 
 def claim_grid(output_dir: Path, plan: dict[str, Any], overwrite: bool) -> None:
@@ -750,7 +769,9 @@ def claim_grid(output_dir: Path, plan: dict[str, Any], overwrite: bool) -> None:
 
 def _check_shard_plan(output_dir: Path, old: dict[str, Any], plan: dict[str, Any]) -> None:
     path = output_dir / GRID_PLAN_NAME
-    same_start(old.get("start"), plan["start"], path, plan["recipe"]["model"])  # the other shards' weights
+    same_start(old.get("start"), plan["start"], path, plan["recipe"]["model"],  # the other shards' weights
+               fix="Every shard must start from the same weights. To train the grid again from the current ones, "
+               "run it once without --grid_shard and with --overwrite, or start the shards in a new --output_dir.")
     differing = _grid_differences(old, plan)
     if differing:
         raise ValueError(

@@ -570,6 +570,68 @@ def test_an_unfinished_run_never_resumes_from_other_weights(tiny_model_dir, glue
     assert steps[0] == 0  # started over from the new weights, not from checkpoint-4
 
 
+def test_overwrite_starts_over_even_from_the_same_weights(tiny_model_dir, glue_dir, tmp_path, monkeypatch):
+    """--overwrite never resumes a checkpoint (a finished run's last checkpoint would resume to nothing)."""
+    from sparse_transfer.hf import SparseTrainer
+
+    out = tmp_path / "run"
+    argv = ["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out), "--save_strategy", "epoch",
+            "--save_total_limit", "1", "--max_train_samples", "32", "--max_eval_samples", "8", "--epochs", "2"]
+    assert main(argv) == 0 and (out / "checkpoint-4").is_dir()
+    first = json.loads((out / "results.json").read_text())
+    original, steps = SparseTrainer.training_step, []
+    monkeypatch.setattr(SparseTrainer, "training_step",
+                        lambda self, *a, **k: steps.append(self.state.global_step) or original(self, *a, **k))
+    assert main([*argv, "--overwrite"]) == 0
+    assert steps == [0, 1, 2, 3]  # all of it again, from the model
+    assert json.loads((out / "results.json").read_text())["per_epoch"] == first["per_epoch"]
+    assert main(argv) == 0 and len(steps) == 4  # and then cached as usual
+
+
+def test_a_model_replaced_while_a_grid_runs_stops_it(tiny_model_dir, glue_dir, tmp_path, monkeypatch, capsys):
+    """The weights are hashed once per command; a point loading other weights than that hash is an error."""
+    import shutil
+
+    from sparse_transfer.glue import run as glue_run
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    original, loads = glue_run.load_model, []
+
+    def load_model(*args, **kwargs):
+        loads.append(1)
+        if len(loads) == 2:
+            _retrain_in_place(model_dir)  # another process writes the folder between two points
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(glue_run, "load_model", load_model)
+    out = tmp_path / "grid"
+    argv = ["--task", "sst2", "--recipe", "dense_transfer", *fast_args(model_dir, glue_dir, out), "--grid",
+            "--grid_learning_rates", "1e-3", "3e-3", "--grid_dropouts", "0.1", "--epochs", "1",
+            "--max_train_samples", "16"]
+    assert main(argv) == 2
+    assert "changed while this command ran" in capsys.readouterr().err
+    assert (out / "lr0.001_dropout0.1" / "results.json").is_file()
+    assert not (out / "lr0.003_dropout0.1" / "results.json").exists() and not (out / "grid_results.json").exists()
+
+
+def test_a_finished_run_moved_elsewhere_publishes_its_own_checkpoint(tiny_model_dir, glue_dir, tmp_path):
+    import shutil
+
+    from sparse_transfer.glue.run import finished_run
+
+    out = tmp_path / "run"
+    assert main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out), "--max_train_samples", "16",
+                 "--max_eval_samples", "8", "--epochs", "1"]) == 0
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)
+    results = json.loads((moved / "results.json").read_text())
+    assert results["checkpoint"] == str(out / "best")  # as written
+    cached = finished_run(moved, results["recipe"], False, results["start"])
+    assert cached["checkpoint"] == cached["publish"] == str(moved / "best")
+
+
 def test_start_identity_of_a_hub_id():
     from sparse_transfer._rundir import start_identity
 
