@@ -16,7 +16,17 @@ from ..core import sparsity_report
 from ..hf.trainer import SparseTrainingArguments
 from ..hf.unfreeze import find_encoder_blocks
 from ..hub import save_sparse_pretrained
-from .._rundir import RECIPE_NAME, RESULTS_NAME, read_yaml, recipe_difference, refuse_other_recipe, write_recipe
+from .._rundir import (
+    RECIPE_NAME,
+    RESULTS_NAME,
+    START_NAME,
+    read_yaml,
+    recipe_difference,
+    refuse_other_recipe,
+    same_start,
+    start_identity,
+    write_recipe,
+)
 from .config import RESUME_FREE_FIELDS, UpstreamArguments
 from .data import BlockDataset, held_out_sentences, read_text_dataset, read_text_files, tokenize_blocks
 from .losses import LossWeights
@@ -90,8 +100,9 @@ def effective_loss_weights(args: UpstreamArguments, model) -> LossWeights:
     return weights
 
 
-def _check_output_dir(args: UpstreamArguments, fingerprint: str) -> dict | None:
-    """Returns the finished results if this exact run already completed; errors if the folder holds another run."""
+def _check_output_dir(args: UpstreamArguments, fingerprint: str, start: dict[str, Any]) -> dict | None:
+    """Returns the finished results if this exact run already completed from these weights (``start``); errors if
+    the folder holds another run, or this one from other weights."""
     recipe_path = os.path.join(args.output_dir, RECIPE_NAME)
     results_path = os.path.join(args.output_dir, RESULTS_NAME)
     if args.overwrite or not os.path.isfile(recipe_path):
@@ -104,6 +115,7 @@ def _check_output_dir(args: UpstreamArguments, fingerprint: str) -> dict | None:
         with open(results_path) as f:
             results = json.load(f)
         if results.get("finished"):
+            same_start(results.get("start"), start, args.output_dir, args.model)
             return results
     return None
 
@@ -119,7 +131,10 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
     """
     args.validate()
     fingerprint = recipe_fingerprint(args)
-    finished = _check_output_dir(args, fingerprint)
+    # Which weights the teacher (and the student's start) is: a folder retrained under the same path must not finish
+    # a run that another one began, nor count as its cached result.
+    start_weights = start_identity(args.model)
+    finished = _check_output_dir(args, fingerprint, start_weights)
     if finished is not None:
         logger.info("%s already holds this finished run; not training again.", args.output_dir)
         return finished
@@ -128,6 +143,9 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
 
     set_seed(args.seed)  # weights missing from the checkpoint (e.g. a pooler) are initialized the same way every run
     model, tokenizer = load_model_and_tokenizer(args)
+    if start_identity(args.model) != start_weights:
+        raise ValueError(f"{args.model} changed while this command loaded it; start it again once the folder is no "
+                         "longer being written.")
     try:
         find_encoder_blocks(model)
     except ValueError:
@@ -172,7 +190,16 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
         for stale in (RESULTS_NAME,):
             if os.path.isfile(os.path.join(args.output_dir, stale)):
                 os.remove(os.path.join(args.output_dir, stale))
+    checkpoint = None if args.overwrite else last_complete_checkpoint(args.output_dir)
+    if checkpoint is not None:  # resumed only from the weights it started from
+        start_file = os.path.join(args.output_dir, START_NAME)
+        saved_start = None
+        if os.path.isfile(start_file):
+            with open(start_file) as f:
+                saved_start = json.load(f)
+        same_start(saved_start, start_weights, args.output_dir, args.model)
     write_recipe(args.output_dir, {k: v for k, v in args.to_dict().items() if k != "overwrite"}, "upstream")
+    write_json_atomic(os.path.join(args.output_dir, START_NAME), start_weights)
 
     # ------------------------------------------------------------------ trainer
     from transformers import default_data_collator
@@ -219,7 +246,6 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
         processing_class=tokenizer,
     )
     trainer.recipe_fingerprint = fingerprint
-    checkpoint = None if args.overwrite else last_complete_checkpoint(args.output_dir)
     if checkpoint is not None:
         with open(os.path.join(checkpoint, "upstream_state.json")) as f:
             saved_state = json.load(f)
@@ -285,6 +311,7 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
         "output_dir": args.output_dir,
         "recipe_fingerprint": fingerprint,
         "recipe": args.to_dict(),
+        "start": start_weights,
         "loss_weights": weights.active(),
         "mlm_head": has_mlm_head(student),
         "train_blocks": int(train_blocks.shape[0]),

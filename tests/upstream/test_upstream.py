@@ -283,6 +283,52 @@ def test_recipe_fills_fields_and_flags_override(tmp_path, tiny_dirs):
     write_text(tmp_path / "t.txt", 2, 0)
 
 
+def _retrain_in_place(model_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    weights = load_file(str(model_dir / "model.safetensors"))
+    name = next(n for n in weights if n.endswith("intermediate.dense.weight"))
+    weights[name] = weights[name] * 1.5
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_a_teacher_trained_again_under_the_same_path_is_never_mixed_with_its_old_run(tiny_dirs, tmp_path,
+                                                                                      monkeypatch, capsys):
+    import shutil
+
+    from sparse_transfer._rundir import start_identity
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_dirs["base"], teacher)
+    dirs = {**tiny_dirs, "base": teacher}
+    out = tmp_path / "out"
+    argv = base_argv(dirs, "base", out, "--sparsity", "0.8", "--keep-checkpoints")
+    original = MaskMethodCallback.on_step_begin
+
+    def ctrl_c_at_step_7(self, args, state, control, **kwargs):
+        if state.global_step == 7:
+            raise KeyboardInterrupt
+        return original(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(MaskMethodCallback, "on_step_begin", ctrl_c_at_step_7)
+    assert main(argv) == 130 and (out / "checkpoint-6").is_dir()
+    monkeypatch.setattr(MaskMethodCallback, "on_step_begin", original)
+    _retrain_in_place(teacher)
+    capsys.readouterr()
+    assert main(argv) == 2  # its checkpoint was distilled from the old teacher
+    assert "started from other weights than" in capsys.readouterr().err
+    assert (out / "checkpoint-6").is_dir() and not (out / "results.json").exists()
+    assert main([*argv, "--overwrite"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["start"] == start_identity(teacher) and results["resumed_from"] is None
+
+    # Finished: cached while the teacher is the same, an error once it is not.
+    assert main(argv) == 0
+    _retrain_in_place(teacher)
+    capsys.readouterr()
+    assert main(argv) == 2 and "started from other weights than" in capsys.readouterr().err
+
+
 def test_ctrl_c_ends_with_one_line_and_exit_130_then_the_same_command_resumes(tiny_dirs, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     argv = base_argv(tiny_dirs, "base", out, "--sparsity", "0.8", "--keep-checkpoints")
