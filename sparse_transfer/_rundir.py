@@ -193,15 +193,21 @@ def start_identity(model: str | os.PathLike, revision: str | None = None) -> dic
     """Which weights ``model`` is, beyond its name: a run is the same run again only if it starts from the same ones.
 
     A model retrained or replaced under the same path (or a Hub branch that moved) would otherwise let a resumed
-    run or a grid mix results from two different starting points without a word. For a local folder this is the
-    SHA-256 of its weight, mask and config files (and a sharded checkpoint's index, and modeling code) (``{"sha256": ..., "files": [...]}``: about a second per GB, once
-    per command); for a Hub id, the commit the revision resolves to (``{"commit": ...}``, ``None`` when neither the
-    Hub nor the local cache can say, which ``same_start`` reports instead of guessing).
+    run or a grid mix results from two different starting points without a word. Returns, for a local folder, the
+    SHA-256 of its weight, mask and config files, a sharded checkpoint's index and any modeling code
+    (``{"sha256": ..., "files": [...]}``; about a second per GB); for a single weights file (vision's
+    ``--init_checkpoint``), of it and the mask file beside it; for a Hub id, the commit the revision resolves to
+    (``{"commit": ...}``; ``None`` when neither the Hub nor the local cache can say).
     """
     path = Path(model)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.name not in _NOT_HASHED and (
-            p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json" or p.name.endswith(_ALSO_HASHED)))
+    if path.is_dir() or path.is_file():
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.name not in _NOT_HASHED and (
+                p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json" or p.name.endswith(_ALSO_HASHED)))
+        else:  # one weights file (vision's --init_checkpoint), and the mask file that may lie beside it
+            from .core.masks import MASKS_NAME
+
+            files = [path, *([path.parent / MASKS_NAME] if (path.parent / MASKS_NAME).is_file() else [])]
         digest = hashlib.sha256()
         for file in files:
             digest.update(file.name.encode() + b"\0")

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .. import __version__, _cli
-from .._rundir import library_versions, refuse_other_recipe, write_json_atomic, write_recipe
+from .._rundir import library_versions, refuse_other_recipe, same_start, start_identity, write_json_atomic, write_recipe
 from ..core import MASKS_NAME, SparseMasks, sparsity_report
 from ..methods import ACDC, GMP, Constant, MaskMethod, RigL, dense_masks
 from .config import VisionArguments
@@ -407,8 +407,14 @@ def train(args: VisionArguments) -> dict[str, Any]:
         train_ds.cache_()
         eval_ds.cache_()
 
+    # Which weights --init_checkpoint holds (timm's own pretrained weights are named by the model's tag): a state
+    # saved from other weights under the same path is never resumed.
+    start = start_identity(args.init_checkpoint) if args.init_checkpoint else None
     _seed_everything(args.seed)
     model = create_model(args, num_classes)
+    if start is not None and start_identity(args.init_checkpoint) != start:
+        raise ValueError(f"{args.init_checkpoint} changed while this command loaded it; start it again once it is no "
+                         "longer being written.")
     base_masks = None
     if args.lora_r is not None:
         base_masks = build_method(args, model, 1, 1).masks
@@ -466,6 +472,8 @@ def train(args: VisionArguments) -> dict[str, Any]:
         if saved != now:
             diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             refuse_other_recipe(out, "a run", diff)
+        if start is not None:
+            same_start(state.get("start"), start, out, args.init_checkpoint)
         unwrapped.load_state_dict(state["model"])
         getattr(optimizer, "optimizer", optimizer).load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -592,14 +600,14 @@ def train(args: VisionArguments) -> dict[str, Any]:
             torch.save({"model": unwrapped.state_dict(), "optimizer": inner.state_dict(), "scheduler": scheduler.state_dict(),
                         "method": method.state_dict() if method is not None else None, "epoch": epoch + 1,
                         "history": json.dumps(history), "best": json.dumps(best), "recipe": recipe,
-                        "prev_mask": prev_mask, "explored": explored}, os.path.join(tmp, "state.pt"))
+                        "prev_mask": prev_mask, "explored": explored, "start": start}, os.path.join(tmp, "state.pt"))
             _replace_dir(tmp, state_dir)
-            _atomic_json(os.path.join(out, "results.json"), _results(args, history, best, False, step_times))
+            _atomic_json(os.path.join(out, "results.json"), _results(args, history, best, False, step_times, start))
         accelerator.wait_for_everyone()
         if args.stop_after_epoch is not None and epoch + 1 >= args.stop_after_epoch and epoch + 1 < args.epochs:
-            return _results(args, history, best, False, step_times)
+            return _results(args, history, best, False, step_times, start)
 
-    results = _results(args, history, best, True, step_times)
+    results = _results(args, history, best, True, step_times, start)
     results["steps_per_epoch"], results["num_processes"] = steps_per_epoch, world
     if world > 1:
         digests = gather_object([_digest(unwrapped, method)])
@@ -665,7 +673,8 @@ def _explore(explored: dict[str, torch.Tensor] | None, mask: dict[str, torch.Ten
     return explored
 
 
-def _results(args: VisionArguments, history: list[dict], best: dict, complete: bool, step_times: list[float]) -> dict[str, Any]:
+def _results(args: VisionArguments, history: list[dict], best: dict, complete: bool, step_times: list[float],
+             start: dict[str, Any] | None) -> dict[str, Any]:
     last = history[-1] if history else {}
     evaluated = [h for h in history if "eval_top1" in h]
     return {
@@ -685,5 +694,6 @@ def _results(args: VisionArguments, history: list[dict], best: dict, complete: b
         "sparse_transfer_version": __version__,
         "versions": library_versions(),
         "recipe": {k: v for k, v in args.to_dict().items() if k not in _NOT_IN_RECIPE},
+        "start": start,
         "history": history,
     }

@@ -120,6 +120,24 @@ def test_resume_refuses_a_different_recipe(tmp_path, image_folder):
         run(tmp_path, image_folder, "dense", lr=0.2)
 
 
+def test_resume_refuses_a_state_trained_from_other_init_weights(tmp_path, image_folder):
+    """An --init_checkpoint rewritten under the same path: its old run's state is never resumed onto the new one."""
+    from safetensors.torch import save_file
+
+    run(tmp_path / "a", image_folder, "dense", epochs=1)
+    source = tmp_path / "a" / "dense" / "last" / "model.safetensors"
+    _, part = run(tmp_path / "b", image_folder, "dense", stop_after_epoch=1, init_checkpoint=str(source))
+    assert part["start"]["sha256"] and not part["complete"]
+    weights = load_file(str(source))
+    name = next(n for n in weights if weights[n].is_floating_point() and weights[n].dim() == 4)
+    weights[name] = weights[name] * 1.5
+    save_file(weights, str(source))
+    with pytest.raises(ValueError, match="started from other weights than"):
+        run(tmp_path / "b", image_folder, "dense", init_checkpoint=str(source))
+    _, again = run(tmp_path / "b", image_folder, "dense", init_checkpoint=str(source), overwrite=True)
+    assert again["complete"] and again["start"]["sha256"] != part["start"]["sha256"]
+
+
 def test_zip_data(tmp_path, image_zip):
     train_ds, eval_ds = build_datasets(image_zip)
     assert len(train_ds) == 36 and len(eval_ds) == 18 and train_ds.classes == ["cat", "dog", "fox"]
