@@ -234,7 +234,7 @@ def table() -> str:
         se = standard_error(r["metric"], r["score"], r.get("dev_examples"))
         lines.append(f"| {task} | {model} | {arm} | {100 * r['score']:.2f} | {r['summary']} | {gap} | {share} | "
                      f"{100 * se:.2f} | {r.get('train_examples')} / {r.get('dev_examples')} |")
-    return "\n".join(lines + default_vs_grid(rows) + grid_runs(rows))
+    return "\n".join(lines + default_vs_grid(rows) + grid_runs(rows) + starts(rows))
 
 
 def default_vs_grid(rows: dict) -> list[str]:
@@ -265,6 +265,21 @@ def grid_runs(rows: dict) -> list[str]:
     if not lines:
         return []
     return ["", "Every grid run (best epoch's score):", "", "| task | start | arm | runs |", "|---|---|---|---|", *lines]
+
+
+def starts(rows: dict) -> list[str]:
+    """Which weights each start name stands for (the SHA-256 its arms recorded), so that a row is never read as
+    another training of the same recipe."""
+    weights: dict[str, dict[str, int]] = {}
+    for (_, model, _), r in sorted(rows.items()):
+        start = r.get("start") or {}
+        key = start.get("sha256") or start.get("commit")
+        label = f"sha256 {key[:12]}" if start.get("sha256") else f"commit {key[:12]}" if key else "not recorded"
+        weights.setdefault(model, {}).setdefault(label, 0)
+        weights[model][label] += 1
+    lines = [f"| {model} | {', '.join(f'{label} ({n} arms)' for label, n in labels.items())} |"
+             for model, labels in weights.items()]
+    return ["", "Which weights each start name stands for:", "", "| start | weights |", "|---|---|", *lines]
 
 
 def _line_style(arm: str) -> str:

@@ -55,6 +55,8 @@ def test_glue_study_table_compares_default_and_grid(tmp_path, monkeypatch):
     assert "| sst2 | 90 | dense_transfer | 70.00 | 71.00 | -1.00 | 72.00 | 2 |" in text
     # Every grid lists its runs.
     assert "lr0.0002_dropout0.1 79.00" in text and "lr5e-05_dropout0.1 82.00" in text
+    # And which weights each start name stands for (none recorded here).
+    assert "| 90 | not recorded (4 arms) |" in text
 
 
 def test_glue_study_plot_writes_one_figure_per_task(tmp_path, monkeypatch):
