@@ -20,14 +20,15 @@ class TrainingStopped(RuntimeError):
     """Training stopped on a non-finite loss or weight, before anything was saved over a good checkpoint."""
 
 
-#: The optimizer step a running loop last finished, for the interruption message (set by the training loops).
-progress: dict[str, int | None] = {"step": None}
+#: For the interruption message: the optimizer step a running loop last finished (set by the training loops), and
+#: whether the command was started with --overwrite (set by the commands once their arguments are parsed).
+progress: dict[str, int | bool | None] = {"step": None, "overwrite": False}
 
 
 def run_command(body: Callable[[], int]) -> int:
     """Runs a command's body: bad input -> one line on stderr and exit code 2; Ctrl-C -> one line and exit code 130,
     no traceback."""
-    progress["step"] = None
+    progress["step"], progress["overwrite"] = None, False
     try:
         return body()
     except (ValueError, FileNotFoundError) as err:
@@ -47,5 +48,7 @@ def run_command(body: Callable[[], int]) -> int:
         return EXIT_PUSH_FAILED
     except KeyboardInterrupt:
         where = f" at step {progress['step']}" if progress["step"] is not None else ""
-        print(f"interrupted{where}; rerun the same command to resume", file=sys.stderr)
+        # With --overwrite the same command would start over again: the run resumes without it.
+        rerun = "the same command without --overwrite" if progress["overwrite"] else "the same command"
+        print(f"interrupted{where}; rerun {rerun} to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -245,6 +245,12 @@ def same_start(recorded: Mapping[str, Any] | None, current: Mapping[str, Any], w
             f"the same weights cannot be checked. {fix}"
         )
     key = "sha256" if "sha256" in current else "commit"
+    if ("sha256" in recorded) != ("sha256" in current):  # a local folder then, a Hub id (or a missing path) now
+        was, now = ("a local folder or file", "not one") if "sha256" in recorded else ("a Hub id", "a local path")
+        raise ValueError(
+            f"{where} started from {model} when it was {was}; now it is {now} (moved or deleted?), so whether it "
+            f"holds the same weights cannot be checked. {fix}"
+        )
     if recorded.get(key) != current.get(key):
         raise ValueError(
             f"{where} started from other weights than {model} holds now (recorded {key} "

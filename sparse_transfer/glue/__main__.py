@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from .._cli import run_command
+from .._cli import progress, run_command
 from .config import parse_args
 from .run import run_glue
 
@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         glue_args, training_args, recipe_file = parse_args(argv)
+        progress["overwrite"] = glue_args.overwrite
         run_glue(glue_args, training_args, recipe_file)
         return 0
 

@@ -750,7 +750,8 @@ def claim_grid(output_dir: Path, plan: dict[str, Any], overwrite: bool) -> None:
     command owns the folder: a new grid replaces the plan. Either way, finished runs of another recipe at the grid's
     points are an error before anything is touched (unless ``overwrite``), and a ``grid_results.json`` that may not
     be this grid's (a new grid, ``overwrite``, or a shard starting: the shards never leave the grid without one,
-    since each checks after its own runs whether the grid is complete and then writes it) is removed.
+    since each checks after its own runs whether the grid is complete and then writes it) is removed. With
+    ``overwrite`` every point's earlier run is deleted here, before any point trains.
     """
     path = output_dir / GRID_PLAN_NAME
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -763,8 +764,24 @@ def claim_grid(output_dir: Path, plan: dict[str, Any], overwrite: bool) -> None:
     if not overwrite:
         _check_finished_runs(output_dir, plan)
     (output_dir / GRID_RESULTS_NAME).unlink(missing_ok=True)
+    if overwrite:
+        # Every point starts over now, not when the grid reaches it: a grid stopped half-way through --overwrite
+        # continues with the same command without it, instead of meeting the old points' runs.
+        for name in plan["points"]:
+            _clear_run(output_dir / name)
     if new or (sharded and old["shards"] != plan["shards"]):
         write_json_atomic(path, plan)
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Deletes what a run folder holds of an earlier run (results, checkpoints, best epoch), holding its lock."""
+    if not run_dir.is_dir():
+        return
+    with run_lock(run_dir):
+        for name in (RESULTS_NAME, START_NAME, LOG_HISTORY_NAME):
+            (run_dir / name).unlink(missing_ok=True)
+        for folder in (BEST_DIR, BEST_IN_PROGRESS_DIR, MERGED_DIR, *(p.name for p in run_dir.glob("checkpoint-*"))):
+            shutil.rmtree(run_dir / folder, ignore_errors=True)
 
 
 def _check_shard_plan(output_dir: Path, old: dict[str, Any], plan: dict[str, Any]) -> None:

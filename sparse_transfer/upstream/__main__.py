@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from .._cli import run_command
+from .._cli import progress, run_command
 from .._rundir import RESULTS_NAME, summary_line
 from .config import parse_args
 from .run import run_upstream
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         args = parse_args(argv)
+        progress["overwrite"] = args.overwrite
         if args.push_to_hub:
             from ..hub import check_push_target
 

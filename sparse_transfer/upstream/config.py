@@ -138,6 +138,11 @@ class UpstreamArguments:
         """Checks every field; raises ``ValueError`` naming the problem and the fix."""
         if not self.model:
             raise ValueError("No model given: pass --model PATH_OR_HUB_ID (a dense pretrained encoder).")
+        if os.path.isdir(self.model) and os.path.realpath(self.model) == os.path.realpath(self.output_dir):
+            raise ValueError(
+                f"--output-dir {self.output_dir} is the --model folder: the pruned model would be written over the "
+                "dense one it is distilled from. Pass another --output-dir (a subfolder of the model's is fine)."
+            )
         if not self.text and not self.dataset:
             raise ValueError("No training text given: pass --text FILE [FILE ...] or --dataset NAME [--dataset-config CFG].")
         if self.text and self.dataset:

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from .._cli import run_command
+from .._cli import progress, run_command
 from .._rundir import RESULTS_NAME, summary_line
 from .config import parse_args
 from .train import train
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         args = parse_args(argv)
+        progress["overwrite"] = args.overwrite
         results = train(args)
         parts = [f"{args.model} {args.method}"]
         if results.get("best_eval_top1") is not None:

@@ -536,6 +536,41 @@ def test_a_model_trained_again_under_the_same_path_is_never_mixed_with_its_old_r
     assert "was written before runs recorded which weights they start from" in capsys.readouterr().err
 
 
+def test_a_grid_stopped_during_overwrite_continues_without_it(tiny_model_dir, glue_dir, tmp_path, capsys,
+                                                              monkeypatch):
+    import shutil
+
+    from sparse_transfer.hf import SparseTrainer
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    out = tmp_path / "grid"
+    argv = ["--task", "sst2", "--recipe", "dense_transfer", *fast_args(model_dir, glue_dir, out), "--grid",
+            "--grid_learning_rates", "1e-3", "2e-3", "3e-3", "--grid_dropouts", "0.1", "--epochs", "1",
+            "--max_train_samples", "16", "--save_strategy", "epoch"]
+    assert main(argv) == 0
+    _retrain_in_place(model_dir)
+    original, calls = SparseTrainer.train, []
+
+    def stop_at_the_second_point(self, *args, **kwargs):
+        calls.append(self.args.output_dir)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SparseTrainer, "train", stop_at_the_second_point)
+    capsys.readouterr()
+    assert main([*argv, "--overwrite"]) == 130
+    assert "rerun the same command without --overwrite to resume" in capsys.readouterr().err
+    # Every old point was cleared at the start, not only those the grid reached.
+    assert not (out / "lr0.003_dropout0.1" / "results.json").exists()
+    monkeypatch.setattr(SparseTrainer, "train", original)
+    assert main(argv) == 0
+    grid = json.loads((out / "grid_results.json").read_text())
+    starts = {json.loads((out / r["name"] / "results.json").read_text())["start"]["sha256"] for r in grid["runs"]}
+    assert len(grid["runs"]) == 3 and len(starts) == 1
+
+
 def test_an_unfinished_run_never_resumes_from_other_weights(tiny_model_dir, glue_dir, tmp_path, monkeypatch, capsys):
     import shutil
 
@@ -633,12 +668,15 @@ def test_a_finished_run_moved_elsewhere_publishes_its_own_checkpoint(tiny_model_
 
 
 def test_start_identity_of_a_hub_id():
-    from sparse_transfer._rundir import start_identity
+    from sparse_transfer._rundir import same_start, start_identity
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     assert start_identity("org/model", revision=commit) == {"commit": commit}
     # Offline (the suite's setting) with nothing cached: unknown, said as such rather than guessed.
     assert start_identity("org/never-downloaded") == {"commit": None}
+    # A run from a local folder, checked once the folder is gone (the path now reads as a Hub id): refused.
+    with pytest.raises(ValueError, match="when it was a local folder or file; now it is not one"):
+        same_start({"sha256": "ab" * 32}, start_identity("runs/deleted-model"), "RUN", "runs/deleted-model")
 
 
 @pytest.mark.gpu

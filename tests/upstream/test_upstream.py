@@ -328,6 +328,10 @@ def test_a_teacher_trained_again_under_the_same_path_is_never_mixed_with_its_old
     capsys.readouterr()
     assert main(argv) == 2 and "started from other weights than" in capsys.readouterr().err
 
+    # Never into the teacher's own folder (the pruned model would replace the dense one).
+    assert main(base_argv(dirs, "base", teacher, "--sparsity", "0.8")) == 2
+    assert "is the --model folder" in capsys.readouterr().err
+
 
 def test_ctrl_c_ends_with_one_line_and_exit_130_then_the_same_command_resumes(tiny_dirs, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
