@@ -283,6 +283,15 @@ def test_recipe_fills_fields_and_flags_override(tmp_path, tiny_dirs):
     write_text(tmp_path / "t.txt", 2, 0)
 
 
+def _ctrl_c_at_step(step: int, original):
+    """A MaskMethodCallback.on_step_begin that raises KeyboardInterrupt (Ctrl-C) when training reaches ``step``."""
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == step:
+            raise KeyboardInterrupt
+        return original(self, args, state, control, **kwargs)
+    return on_step_begin
+
+
 def _retrain_in_place(model_dir: Path) -> None:
     from safetensors.torch import save_file
 
@@ -304,13 +313,7 @@ def test_a_teacher_trained_again_under_the_same_path_is_never_mixed_with_its_old
     out = tmp_path / "out"
     argv = base_argv(dirs, "base", out, "--sparsity", "0.8", "--keep-checkpoints")
     original = MaskMethodCallback.on_step_begin
-
-    def ctrl_c_at_step_7(self, args, state, control, **kwargs):
-        if state.global_step == 7:
-            raise KeyboardInterrupt
-        return original(self, args, state, control, **kwargs)
-
-    monkeypatch.setattr(MaskMethodCallback, "on_step_begin", ctrl_c_at_step_7)
+    monkeypatch.setattr(MaskMethodCallback, "on_step_begin", _ctrl_c_at_step(7, original))
     assert main(argv) == 130 and (out / "checkpoint-6").is_dir()
     monkeypatch.setattr(MaskMethodCallback, "on_step_begin", original)
     _retrain_in_place(teacher)
@@ -337,13 +340,7 @@ def test_ctrl_c_ends_with_one_line_and_exit_130_then_the_same_command_resumes(ti
     out = tmp_path / "out"
     argv = base_argv(tiny_dirs, "base", out, "--sparsity", "0.8", "--keep-checkpoints")
     original = MaskMethodCallback.on_step_begin
-
-    def ctrl_c_at_step_7(self, args, state, control, **kwargs):
-        if state.global_step == 7:
-            raise KeyboardInterrupt
-        return original(self, args, state, control, **kwargs)
-
-    monkeypatch.setattr(MaskMethodCallback, "on_step_begin", ctrl_c_at_step_7)
+    monkeypatch.setattr(MaskMethodCallback, "on_step_begin", _ctrl_c_at_step(7, original))
     assert main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "interrupted at step 7; rerun the same command to resume"
