@@ -46,7 +46,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from sparse_transfer._rundir import start_identity, write_json_atomic  # noqa: E402
+from sparse_transfer._rundir import start_identity, starts_match, write_json_atomic  # noqa: E402
 
 RESULTS_DIR = os.environ.get("GLUE_STUDY_RESULTS", os.path.join(REPO, "benchmarks", "results", "glue_study"))
 ARMS = {
@@ -71,6 +71,17 @@ ARMS = {
     "paper_single_mean": ["--pooling", "mean"],
     "paper_mean": ["--pooling", "mean", "--grid"],
     "dense_transfer_single_mean": ["--recipe", "dense_transfer", "--pooling", "mean"],
+    # The 1-run setting the SST-2 grids point to (their best runs are at lr 3e-4), as one run of each schedule.
+    "paper_single_lr3e-4": ["--learning_rate", "3e-4"],
+    "dense_transfer_lr3e-4": ["--recipe", "dense_transfer", "--learning_rate", "3e-4"],
+    # The schedule against the schedule at the two LRs where both grids peak (dropout 0.1), and the same again with
+    # another seed (which also draws another SST-2 subsample): is the paper's schedule's edge at equal LRs more than
+    # one seed's noise?
+    "paper_top_lrs": ["--grid", "--grid_learning_rates", "2e-4", "3e-4", "--grid_dropouts", "0.1"],
+    "dense_transfer_top_lrs": ["--recipe", "dense_transfer", "--grid", "--grid_learning_rates", "2e-4", "3e-4"],
+    "paper_top_lrs_seed1": ["--grid", "--grid_learning_rates", "2e-4", "3e-4", "--grid_dropouts", "0.1", "--seed", "1"],
+    "dense_transfer_top_lrs_seed1": ["--recipe", "dense_transfer", "--grid", "--grid_learning_rates", "2e-4", "3e-4",
+                                     "--seed", "1"],
 }
 METRIC = {"rte": "accuracy", "sst2": "accuracy", "cola": "matthews_correlation"}
 # A single-run arm is its grid's point at the recipe's default learning rate and dropout (same recipe, same seed):
@@ -131,12 +142,12 @@ def check_start(model: str, model_dir: str) -> None:
     """Refuses to add an arm under the start name ``model`` unless every arm already recorded under that name came
     from the weights now in ``model_dir``."""
     current = start_identity(model_dir)
-    key = "sha256" if "sha256" in current else "commit"  # a folder, or a Hub id
+    key = "content_sha256" if "content_sha256" in current else "commit"  # a folder, or a Hub id
     other = []
     for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "*.json"))):
         with open(path) as f:
             r = json.load(f)
-        if r["model"] == model and (r.get("start") or {}).get(key) != current[key]:
+        if r["model"] == model and not starts_match(r.get("start"), current):
             other.append(os.path.basename(path))
     if other:
         raise SystemExit(
@@ -273,8 +284,8 @@ def starts(rows: dict) -> list[str]:
     weights: dict[str, dict[str, int]] = {}
     for (_, model, _), r in sorted(rows.items()):
         start = r.get("start") or {}
-        key = start.get("sha256") or start.get("commit")
-        label = f"sha256 {key[:12]}" if start.get("sha256") else f"commit {key[:12]}" if key else "not recorded"
+        kind = next((k for k in ("content_sha256", "sha256", "commit") if start.get(k)), None)
+        label = f"{kind} {start[kind][:12]}" if kind else "not recorded"
         weights.setdefault(model, {}).setdefault(label, 0)
         weights[model][label] += 1
     lines = [f"| {model} | {', '.join(f'{label} ({n} arms)' for label, n in labels.items())} |"

@@ -189,15 +189,51 @@ def summary_line(command: str, parts: list[str], results_path: str | os.PathLike
     return f"{command}: {'; '.join(p for p in parts if p)}; results: {results_path}"
 
 
+def _hash_file(file: Path, raw, content) -> None:
+    """Feeds ``file`` to ``raw`` as bytes and to ``content`` as content: the same bytes, except that a safetensors
+    header (``__metadata__`` and the tensors' dtypes, shapes and offsets) is hashed as canonical JSON. The
+    safetensors library writes a header's metadata in the order a Rust ``HashMap`` iterates, which changes from
+    process to process, so saving the same tensors and metadata twice (a mask file, say) gives files whose bytes
+    differ; their content is the same. A header that does not parse is hashed as bytes (loading it fails anyway)."""
+    with open(file, "rb") as f:
+        if file.suffix == ".safetensors":
+            head = f.read(8)
+            size = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = f.read(size) if 0 < size <= 100_000_000 else b""
+            raw.update(head + header)
+            try:
+                canonical = json.dumps(json.loads(header), sort_keys=True, separators=(",", ":")).encode()
+            except ValueError:  # not JSON (nor UTF-8): a damaged file
+                canonical = head + header
+            content.update(canonical)
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            raw.update(chunk)
+            content.update(chunk)
+
+
+def starts_match(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) -> bool:
+    """Whether two ``start_identity`` records are the same weights: the same content (files whose bytes differ only
+    in the order a safetensors header lists its metadata are the same weights), else, for a record written before
+    content was recorded, the same bytes; for Hub ids, the same resolved commit."""
+    if not recorded:
+        return False
+    for key in ("content_sha256", "sha256"):
+        if key in recorded and key in current:
+            return recorded[key] == current[key]
+    return "commit" in recorded and "commit" in current and recorded["commit"] == current["commit"]
+
+
 def start_identity(model: str | os.PathLike, revision: str | None = None) -> dict[str, Any]:
     """Which weights ``model`` is, beyond its name: a run is the same run again only if it starts from the same ones.
 
     A model retrained or replaced under the same path (or a Hub branch that moved) would otherwise let a resumed
     run or a grid mix results from two different starting points without a word. Returns, for a local folder, the
-    SHA-256 of its weight, mask and config files, a sharded checkpoint's index and any modeling code
-    (``{"sha256": ..., "files": [...]}``; about a second per GB); for a single weights file (vision's
-    ``--init_checkpoint``), of it and the mask file beside it; for a Hub id, the commit the revision resolves to
-    (``{"commit": ...}``; ``None`` when neither the Hub nor the local cache can say).
+    SHA-256 of its weight, mask and config files, a sharded checkpoint's index and any modeling code, twice:
+    ``sha256`` of their bytes and ``content_sha256`` of their content, which reads each safetensors header as data
+    (``{"sha256": ..., "content_sha256": ..., "files": [...]}``; about a second per GB; ``starts_match`` compares
+    two). For a single weights file (vision's ``--init_checkpoint``), of it and the mask file beside it; for a Hub
+    id, the commit the revision resolves to (``{"commit": ...}``; ``None`` when neither the Hub nor the local cache
+    can say).
     """
     path = Path(model)
     if path.is_dir() or path.is_file():
@@ -208,13 +244,12 @@ def start_identity(model: str | os.PathLike, revision: str | None = None) -> dic
             from .core.masks import MASKS_NAME
 
             files = [path, *([path.parent / MASKS_NAME] if (path.parent / MASKS_NAME).is_file() else [])]
-        digest = hashlib.sha256()
+        raw, content = hashlib.sha256(), hashlib.sha256()
         for file in files:
-            digest.update(file.name.encode() + b"\0")
-            with open(file, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 22), b""):
-                    digest.update(chunk)
-        return {"sha256": digest.hexdigest(), "files": [p.name for p in files]}
+            for digest in (raw, content):
+                digest.update(file.name.encode() + b"\0")
+            _hash_file(file, raw, content)
+        return {"sha256": raw.hexdigest(), "content_sha256": content.hexdigest(), "files": [p.name for p in files]}
     if revision and _COMMIT_HASH.match(revision):
         return {"commit": revision}
     from transformers.utils.hub import resolve_revision
@@ -251,11 +286,12 @@ def same_start(recorded: Mapping[str, Any] | None, current: Mapping[str, Any], w
             f"{where} started from {model} when it was {was}; now it is {now} (moved or deleted?), so whether it "
             f"holds the same weights cannot be checked. {fix}"
         )
-    if recorded.get(key) != current.get(key):
+    if not starts_match(recorded, current):
+        shown = "content_sha256" if "content_sha256" in recorded and "content_sha256" in current else key
         raise ValueError(
-            f"{where} started from other weights than {model} holds now (recorded {key} "
-            f"{str(recorded.get(key))[:12]}, now {str(current.get(key))[:12]}): the model was retrained, replaced or "
-            f"moved on since. {fix}"
+            f"{where} started from other weights than {model} holds now (recorded {shown} "
+            f"{str(recorded.get(shown))[:12]}, now {str(current.get(shown))[:12]}): the model was retrained, replaced "
+            f"or moved on since. {fix}"
         )
     if current.get(key) is None:
         logger.warning("Could not resolve which commit of %s this is (no Hub, no cached revision): %s is reused on "

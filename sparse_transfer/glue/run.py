@@ -46,6 +46,7 @@ from .._rundir import (
     run_lock,
     same_start,
     start_identity,
+    starts_match,
     write_json_atomic,
     write_recipe,
 )
@@ -495,7 +496,7 @@ def _train_one(
     # A model folder that ships a mask file: the file is the record of what is pruned (checked against the weights);
     # otherwise the model's zeros on the target preset.
     masks = shipped_masks(model, glue_args.model, glue_args.model_revision)
-    if start_identity(glue_args.model, glue_args.model_revision) != start:
+    if not starts_match(start, start_identity(glue_args.model, glue_args.model_revision)):
         # Hashed when the command started (once for a whole grid); the weights loaded now must still be those.
         raise ValueError(
             f"{glue_args.model} changed while this command ran (its weights were replaced after it started): "
@@ -716,7 +717,8 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 def _grid_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The fields in which two grid plans differ (the shard count aside)."""
-    differing = [k for k in ("points", "summary", "varies", "start") if a.get(k) != b.get(k)]
+    differing = [k for k in ("points", "summary", "varies") if a.get(k) != b.get(k)]
+    differing += [] if starts_match(a.get("start"), b.get("start") or {}) else ["start"]
     return differing + [f"recipe.{k}" for k in _differences(a.get("recipe", {}), b.get("recipe", {}))]
 
 

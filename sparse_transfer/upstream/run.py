@@ -25,6 +25,7 @@ from .._rundir import (
     refuse_other_recipe,
     same_start,
     start_identity,
+    starts_match,
     write_recipe,
 )
 from .config import RESUME_FREE_FIELDS, UpstreamArguments
@@ -143,7 +144,7 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
 
     set_seed(args.seed)  # weights missing from the checkpoint (e.g. a pooler) are initialized the same way every run
     model, tokenizer = load_model_and_tokenizer(args)
-    if start_identity(args.model) != start_weights:
+    if not starts_match(start_weights, start_identity(args.model)):
         raise ValueError(f"{args.model} changed while this command loaded it; start it again once the folder is no "
                          "longer being written.")
     try:

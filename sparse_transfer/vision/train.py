@@ -31,7 +31,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .. import __version__, _cli
-from .._rundir import library_versions, refuse_other_recipe, same_start, start_identity, write_json_atomic, write_recipe
+from .._rundir import (
+    library_versions,
+    refuse_other_recipe,
+    same_start,
+    start_identity,
+    starts_match,
+    write_json_atomic,
+    write_recipe,
+)
 from ..core import MASKS_NAME, SparseMasks, sparsity_report
 from ..methods import ACDC, GMP, Constant, MaskMethod, RigL, dense_masks
 from .config import VisionArguments
@@ -412,7 +420,7 @@ def train(args: VisionArguments) -> dict[str, Any]:
     start = start_identity(args.init_checkpoint) if args.init_checkpoint else None
     _seed_everything(args.seed)
     model = create_model(args, num_classes)
-    if start is not None and start_identity(args.init_checkpoint) != start:
+    if start is not None and not starts_match(start, start_identity(args.init_checkpoint)):
         raise ValueError(f"{args.init_checkpoint} changed while this command loaded it; start it again once it is no "
                          "longer being written.")
     base_masks = None
