@@ -84,12 +84,21 @@ ARMS = {
                                      "--seed", "1"],
 }
 METRIC = {"rte": "accuracy", "sst2": "accuracy", "cola": "matthews_correlation"}
-# A single-run arm is its grid's point at the recipe's default learning rate and dropout (same recipe, same seed):
-# whichever of the two finished first is copied into the other's empty folder, which the GLUE command then finds
-# finished (it checks the recipe and the starting weights) instead of training it again.
-DEFAULT_POINT = {"paper_single": ("paper", "lr0.0001_dropout0.1"),
-                 "dense_transfer_single": ("dense_transfer", "lr2e-05_dropout0.1"),
-                 "extended_single": ("extended", "lr2e-05_dropout0.1")}
+# Runs that are one and the same run (same recipe, learning rate, dropout, seed and start) in the folders of several
+# arms: a single-run arm and a grid's point, or points of two grids. Before an arm runs, each of its folders that
+# does not exist yet gets a copy of an equivalent finished run, which the GLUE command then finds finished (it checks
+# the recipe and the starting weights) instead of training it again. Each entry: (arm, grid point or None).
+SAME_RUNS = [
+    {("paper_single", None), ("paper", "lr0.0001_dropout0.1")},
+    {("dense_transfer_single", None), ("dense_transfer", "lr2e-05_dropout0.1")},
+    {("extended_single", None), ("extended", "lr2e-05_dropout0.1")},
+    {("paper_single_lr3e-4", None), ("paper", "lr0.0003_dropout0.1"), ("paper_top_lrs", "lr0.0003_dropout0.1")},
+    {("paper", "lr0.0002_dropout0.1"), ("paper_top_lrs", "lr0.0002_dropout0.1")},
+    {("dense_transfer_lr1e-4", None), ("dense_transfer_paper_lrs", "lr0.0001_dropout0.1")},
+    {("dense_transfer_lr3e-4", None), ("dense_transfer_paper_lrs", "lr0.0003_dropout0.1"),
+     ("dense_transfer_top_lrs", "lr0.0003_dropout0.1")},
+    {("dense_transfer_paper_lrs", "lr0.0002_dropout0.1"), ("dense_transfer_top_lrs", "lr0.0002_dropout0.1")},
+]
 
 
 def arm_command(task: str, model_dir: str, arm: str, opts, run_dir: str) -> list[str]:
@@ -159,18 +168,22 @@ def check_start(model: str, model_dir: str) -> None:
         )
 
 
-def reuse_default_point(opts, task: str, model: str, arm: str) -> None:
-    """Before a single-run arm: copies its grid's finished default point into the arm's folder; before a grid: copies
-    the finished single run into the default point's folder (see ``DEFAULT_POINT``). Only into a folder that does
-    not exist yet."""
+def reuse_same_runs(opts, task: str, model: str, arm: str) -> None:
+    """Before ``arm`` runs: copies into each of its folders that does not exist yet a finished run of another arm that
+    is the same run (``SAME_RUNS``), with the copy's own checkpoint paths."""
     import shutil
 
     base = os.path.join(opts.runs, task, model)
-    pairs = [(os.path.join(base, *DEFAULT_POINT[arm]), os.path.join(base, arm))] if arm in DEFAULT_POINT else [
-        (os.path.join(base, single), os.path.join(base, grid_arm, point))
-        for single, (grid_arm, point) in DEFAULT_POINT.items() if grid_arm == arm]
-    for source, target in pairs:
-        if os.path.isfile(os.path.join(source, "results.json")) and not os.path.exists(target):
+
+    def folder(entry):
+        return os.path.join(base, entry[0], *([entry[1]] if entry[1] else []))
+
+    for same in SAME_RUNS:
+        for target in (folder(e) for e in same if e[0] == arm):
+            sources = [folder(e) for e in sorted(same, key=str) if e[0] != arm]
+            source = next((s for s in sources if os.path.isfile(os.path.join(s, "results.json"))), None)
+            if source is None or os.path.exists(target):
+                continue
             shutil.copytree(source, target, ignore=shutil.ignore_patterns(".lock", "checkpoint-*"))
             with open(os.path.join(target, "results.json")) as f:
                 results = json.load(f)
@@ -199,7 +212,7 @@ def run_arms(opts) -> None:
             continue
         check_start(model, models[model])
         run_dir = os.path.join(opts.runs, task, model, arm)
-        reuse_default_point(opts, task, model, arm)
+        reuse_same_runs(opts, task, model, arm)
         command = arm_command(task, models[model], arm, opts, run_dir)
         print("[run]", " ".join(command[1:]), flush=True)
         start = time.time()

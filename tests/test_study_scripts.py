@@ -217,6 +217,33 @@ def test_glue_study_single_run_arm_reuses_its_grids_default_point(tmp_path, monk
     assert "[reuse] rte 90 dense_transfer" in capsys.readouterr().out
 
 
+def test_glue_study_reuses_the_same_run_across_grids(tmp_path, monkeypatch, capsys):
+    """The paper grid's points at lr 2e-4 / 3e-4 (dropout 0.1) are the top-LR arm's points and, at 3e-4, the lr 3e-4
+    single run: copied, never trained twice; another seed's arm reuses nothing."""
+    study = load_script("glue_study")
+    monkeypatch.setattr(study, "RESULTS_DIR", str(tmp_path / "results"))
+    model_dir = fake_model_dir(tmp_path / "m80")
+    monkeypatch.setattr(study.subprocess, "run", fake_glue(study, []))
+    grid = tmp_path / "runs" / "sst2" / "80" / "paper"
+    for name, score in (("lr0.0002_dropout0.1", 0.75), ("lr0.0003_dropout0.1", 0.8)):
+        (grid / name).mkdir(parents=True)
+        best = {"epoch": 8, "accuracy": score}
+        (grid / name / "results.json").write_text(json.dumps({
+            "best": best, "per_epoch": [best], "recipe": {"learning_rate": 3e-4, "dropout": 0.1}, "epochs": 8,
+            "data": {"train_examples": 10, "eval_examples": {"validation": 8}}, "sparsity": {"mask_sparsity": 0.8},
+            "versions": {}, "start": study.start_identity(model_dir), "checkpoint": str(grid / name / "best")}))
+    argv = ["--data-dir", "glue", "--models", f"80={model_dir}", "--tasks", "sst2", "--runs", str(tmp_path / "runs")]
+    study.run_arms(study.parse_args([*argv, "--arms", "paper_single_lr3e-4", "paper_top_lrs", "paper_top_lrs_seed1"]))
+    out = capsys.readouterr().out
+    assert out.count("[reuse] sst2 80 paper_top_lrs:") == 2 and "[reuse] sst2 80 paper_single_lr3e-4:" in out
+    assert "[reuse] sst2 80 paper_top_lrs_seed1" not in out
+    single = tmp_path / "runs" / "sst2" / "80" / "paper_single_lr3e-4" / "results.json"
+    assert json.loads(single.read_text())["best"]["accuracy"] == 0.8
+    assert json.loads(single.read_text())["checkpoint"] == str(single.parent / "best")
+    point = tmp_path / "runs" / "sst2" / "80" / "paper_top_lrs" / "lr0.0002_dropout0.1" / "results.json"
+    assert json.loads(point.read_text())["best"]["accuracy"] == 0.75
+
+
 def test_glue_study_start_check_by_hub_commit_and_odd_names(tmp_path, monkeypatch):
     study = load_script("glue_study")
     monkeypatch.setattr(study, "RESULTS_DIR", str(tmp_path))
