@@ -139,6 +139,7 @@ def run_one(name: str, recipe: str, overrides: dict, command: str, need_model: b
         "wall_seconds_last_session": round(time.time() - start, 1),
         "train_seconds_last_session": results.get("train_seconds_this_session"),
         "torch_threads": torch.get_num_threads(),
+        "cpu": cpu(),
         "eval_blocks": results["eval_blocks"],
         "eval_sentences": results["eval_sentences"],
         "weights": start_identity(model_dir(name)),
@@ -148,6 +149,22 @@ def run_one(name: str, recipe: str, overrides: dict, command: str, need_model: b
     write_json_atomic(cache, summary)
     print(f"[done] {name}: {json.dumps(summary['final'])} | floor {json.dumps(summary['magnitude_only'])}")
     return summary
+
+
+def cpu() -> dict:
+    """What decides which CPU kernels ran, so whether a training can give the same weights again: torch's CPU
+    capability (AVX2, AVX512, ...) and the processor's family and model. On one machine, with one thread, the same
+    command trains the same weights (bitwise); on a machine with other kernels it need not."""
+    info = {"torch_capability": torch.backends.cpu.get_cpu_capability()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key in ("model name", "cpu family", "model") and key not in info:
+                    info[key] = value
+    except OSError:  # not Linux
+        pass
+    return info
 
 
 def glue_text_file(glue_dir: str, out_dir: str = os.path.join(REPO, "runs", "upstream", "text")) -> str:

@@ -254,3 +254,29 @@ def test_glue_study_start_check_by_hub_commit_and_odd_names(tmp_path, monkeypatc
         study.check_start("9[0]", "org/model")
     monkeypatch.setattr(study, "start_identity", lambda model: {"commit": "a" * 40})
     study.check_start("9[0]", "org/model")
+
+
+def test_match_start_record_finds_the_weights_behind_a_byte_level_record(tmp_path):
+    """A folder whose mask file was written again with its metadata in another order still matches the byte-level
+    record of the first save; one changed weight does not."""
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.test_rundir import _reorder_metadata
+
+    script = load_script("match_start_record")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    save_file({"w": torch.arange(6.0)}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file({"w": torch.ones(6, dtype=torch.uint8)}, str(folder / "sparse_masks.safetensors"),
+              metadata={"format": "sparse_transfer.masks", "version": "2", "sparsity": "0.000000"})
+    recorded = script.start_identity(folder)["sha256"]
+    assert script.match(folder, recorded[:12]) == []
+    _reorder_metadata(folder / "sparse_masks.safetensors")
+    assert script.start_identity(folder)["sha256"] != recorded
+    order = script.match(folder, recorded[:12])
+    assert order and sorted(order) == ["format", "sparsity", "version"]
+    assert script.main([str(folder), recorded[:16]]) == 0
+    save_file({"w": torch.arange(6.0) + 1}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    assert script.match(folder, recorded[:12]) is None and script.main([str(folder), recorded[:16]]) == 1
