@@ -152,19 +152,26 @@ def check_start(model: str, model_dir: str) -> None:
     from the weights now in ``model_dir``."""
     current = start_identity(model_dir)
     key = "content_sha256" if "content_sha256" in current else "commit"  # a folder, or a Hub id
-    other = []
+    other, bytes_only = [], set()
     for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "*.json"))):
         with open(path) as f:
             r = json.load(f)
         if r["model"] == model and not starts_match(r.get("start"), current):
             other.append(os.path.basename(path))
+            if "sha256" in (r.get("start") or {}) and "content_sha256" not in r["start"]:
+                bytes_only.add(r["start"]["sha256"])
     if other:
+        hint = "".join(
+            f" Arms recorded before content was recorded hold the bytes only (sha256 {sha[:12]}): if {model_dir} is "
+            f"that training again, `python benchmarks/match_start_record.py {model_dir} {sha[:16]} --record` proves it "
+            "(up to the order the safetensors library wrote the metadata in) and adds the content to their records."
+            for sha in sorted(bytes_only))
         raise SystemExit(
             f"The start {model!r} ({model_dir}, {key} {str(current[key])[:12]}) is not the weights that {len(other)} "
             f"arm(s) recorded under that name came from ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}; "
             "their start is another or was not recorded): the model was trained again or replaced. Give these "
             f"weights their own name (--models {model}b={model_dir}), or, to start the name over, move those results "
-            f"and their run folders (--runs/<task>/{model}/) away."
+            f"and their run folders (--runs/<task>/{model}/) away.{hint}"
         )
 
 

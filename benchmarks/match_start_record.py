@@ -25,7 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sparse_transfer._rundir import start_identity  # noqa: E402
+from sparse_transfer._rundir import start_identity, write_json_atomic  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results" / "glue_study"
 
 
 def _dumps(obj) -> str:
@@ -46,9 +49,11 @@ def match(folder: Path, want: str) -> list[str] | None:
             meta = dict(pairs).get("__metadata__") or []
             if len(meta) > 1:
                 headers[name] = (raw, size, pairs, meta)
-    if len(headers) != 1:
+    if not headers:  # nothing whose order could differ: the bytes alone decide, and they differ
+        return None
+    if len(headers) > 1:
         raise SystemExit(f"{folder}: {len(headers)} safetensors files with more than one metadata key; this tries the "
-                         "orders of exactly one")
+                         "orders of one")
     (permuted, (raw, size, pairs, meta)), = headers.items()
     tensors = ",".join(f"{_dumps(k)}:{_dumps(dict(v))}" for k, v in pairs if k != "__metadata__")
 
@@ -77,9 +82,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("sha256", help="the recorded start's sha256 (or a prefix of it, 12+ hex digits)")
+    parser.add_argument("--record", action="store_true", help="On a match, add the folder's content_sha256 to the "
+                        "start of every glue_study arm (benchmarks/results/glue_study/*.json) that recorded that "
+                        "sha256, so that glue_study adds arms from this folder under their start name.")
     args = parser.parse_args(argv)
     if len(args.sha256) < 12:
         parser.error("give at least 12 hex digits of the recorded sha256")
+    if not args.folder.is_dir():
+        parser.error(f"{args.folder} is not a model folder")
     identity = start_identity(args.folder)
     order = match(args.folder, args.sha256.lower())
     print(f"{args.folder}: sha256 {identity['sha256'][:12]}, content_sha256 {identity['content_sha256'][:12]}")
@@ -87,6 +97,17 @@ def main(argv=None) -> int:
         print(f"no order of the metadata gives {args.sha256}: other weights")
         return 1
     print(f"the recorded {args.sha256} is these weights" + (f", saved with metadata order {order}" if order else ""))
+    if args.record:
+        for path in sorted(RESULTS.glob("*.json")):
+            arm = json.loads(path.read_text())
+            start = arm.get("start") or {}
+            if str(start.get("sha256", "")).startswith(args.sha256.lower()) and "content_sha256" not in start:
+                start["content_sha256"] = identity["content_sha256"]
+                arm["start_note"] = "; ".join(filter(None, [arm.get("start_note"), f"content_sha256 added by `python benchmarks/match_start_record.py {args.folder} "
+                                     f"{args.sha256} --record`: the folder, trained again, gave these bytes up to the "
+                                     "order of its mask file's metadata"]))
+                write_json_atomic(path, arm)
+                print(f"recorded in {path.relative_to(REPO)}")
     return 0
 
 

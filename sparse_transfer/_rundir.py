@@ -203,7 +203,7 @@ def _hash_file(file: Path, raw, content) -> None:
             raw.update(head + header)
             try:
                 canonical = json.dumps(json.loads(header), sort_keys=True, separators=(",", ":")).encode()
-            except ValueError:  # not JSON (nor UTF-8): a damaged file
+            except (ValueError, RecursionError):  # not JSON (nor UTF-8), or nested past the parser: a damaged file
                 canonical = head + header
             content.update(canonical)
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -288,10 +288,13 @@ def same_start(recorded: Mapping[str, Any] | None, current: Mapping[str, Any], w
         )
     if not starts_match(recorded, current):
         shown = "content_sha256" if "content_sha256" in recorded and "content_sha256" in current else key
+        bytes_only = (" That record holds the files' bytes only (written before runs recorded their content): the "
+                      "same weights saved again, a mask file whose metadata the safetensors library wrote in another "
+                      "order among them, differ from it too." if shown == "sha256" else "")
         raise ValueError(
             f"{where} started from other weights than {model} holds now (recorded {shown} "
             f"{str(recorded.get(shown))[:12]}, now {str(current.get(shown))[:12]}): the model was retrained, replaced "
-            f"or moved on since. {fix}"
+            f"or moved on since.{bytes_only} {fix}"
         )
     if current.get(key) is None:
         logger.warning("Could not resolve which commit of %s this is (no Hub, no cached revision): %s is reused on "

@@ -82,3 +82,16 @@ def test_a_damaged_safetensors_header_is_hashed_as_bytes(folder):
     first = start_identity(folder)
     path.write_bytes(raw[:8] + b"{not jsoN" + raw[17:])
     assert start_identity(folder)["content_sha256"] != first["content_sha256"]
+
+
+def test_a_header_nested_past_the_json_parser_is_hashed_as_bytes(folder):
+    path = folder / "model.safetensors"
+    header = b"[" * 200_000 + b"]" * 200_000
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    assert start_identity(folder)["content_sha256"]
+
+
+def test_a_byte_level_record_that_differs_says_why_it_may(folder):
+    current = start_identity(folder)
+    with pytest.raises(ValueError, match="holds the files' bytes only"):
+        same_start({"sha256": "0" * 64}, current, "RUN", str(folder))

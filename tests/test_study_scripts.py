@@ -183,6 +183,10 @@ def test_glue_study_refuses_a_start_name_whose_arms_came_from_other_weights(tmp_
     assert len(ran) == 1
     study.run_arms(study.parse_args([*argv[:3], f"90b={model_dir}", *argv[4:]]))
     assert len(ran) == 2
+    # A byte-level record (from before content was recorded) that differs: the way to check it is named.
+    (results / "rte__90__dense_transfer.json").write_text(json.dumps({**old, "start": {"sha256": "ab" * 32}}))
+    with pytest.raises(SystemExit, match=r"match_start_record.py .* abababababababab --record"):
+        study.run_arms(study.parse_args(argv))
 
 
 def test_glue_study_single_run_arm_reuses_its_grids_default_point(tmp_path, monkeypatch, capsys):
@@ -278,5 +282,21 @@ def test_match_start_record_finds_the_weights_behind_a_byte_level_record(tmp_pat
     order = script.match(folder, recorded[:12])
     assert order and sorted(order) == ["format", "sparsity", "version"]
     assert script.main([str(folder), recorded[:16]]) == 0
+    # --record: the arms that recorded those bytes get the folder's content; others are left alone.
+    results = tmp_path / "results"
+    results.mkdir()
+    script.RESULTS = results
+    (results / "sst2__80__paper.json").write_text(json.dumps({"model": "80", "start": {"sha256": recorded}}))
+    (results / "sst2__90__paper.json").write_text(json.dumps({"model": "90", "start": {"sha256": "ab" * 32}}))
+    script.REPO = tmp_path
+    assert script.main([str(folder), recorded[:16], "--record"]) == 0
+    updated = json.loads((results / "sst2__80__paper.json").read_text())
+    assert updated["start"]["content_sha256"] == script.start_identity(folder)["content_sha256"]
+    assert "match_start_record.py" in updated["start_note"]
+    assert "content_sha256" not in json.loads((results / "sst2__90__paper.json").read_text())["start"]
     save_file({"w": torch.arange(6.0) + 1}, str(folder / "model.safetensors"), metadata={"format": "pt"})
     assert script.match(folder, recorded[:12]) is None and script.main([str(folder), recorded[:16]]) == 1
+    (folder / "sparse_masks.safetensors").unlink()  # no file whose metadata order could differ: other weights
+    assert script.match(folder, recorded[:12]) is None
+    with pytest.raises(SystemExit):  # a single file, not a folder: a usage error, not a traceback
+        script.main([str(folder / "model.safetensors"), recorded[:16]])
