@@ -265,7 +265,37 @@ def table() -> str:
         se = standard_error(r["metric"], r["score"], r.get("dev_examples"))
         lines.append(f"| {task} | {model} | {arm} | {100 * r['score']:.2f} | {r['summary']} | {gap} | {share} | "
                      f"{100 * se:.2f} | {r.get('train_examples')} / {r.get('dev_examples')} |")
-    return "\n".join(lines + default_vs_grid(rows) + grid_runs(rows) + starts(rows))
+    return "\n".join(lines + default_vs_grid(rows) + equal_lrs(rows) + grid_runs(rows) + starts(rows))
+
+
+TOP_POINTS = ("lr0.0002_dropout0.1", "lr0.0003_dropout0.1")
+
+
+def equal_lrs(rows: dict) -> list[str]:
+    """The paper's schedule against dense transfer's at the same two LRs (2e-4, 3e-4; dropout 0.1), per seed: seed 0
+    from the full grids (or the top-LR arms), other seeds from the ``*_top_lrs_seed<N>`` arms."""
+    def points(r):
+        return {p["name"]: p["score"] for p in (r or {}).get("runs", []) if p["name"] in TOP_POINTS}
+
+    lines = []
+    for task, model in sorted({(t, m) for t, m, _ in rows}):
+        for seed, suffix in ((0, ""), *((n, f"_seed{n}") for n in range(1, 10))):
+            paper = points(rows.get((task, model, f"paper_top_lrs{suffix}")) or (
+                rows.get((task, model, "paper")) if seed == 0 else None))
+            dense = points(rows.get((task, model, f"dense_transfer_top_lrs{suffix}")) or (
+                rows.get((task, model, "dense_transfer_paper_lrs")) if seed == 0 else None))
+            if len(paper) < 2 or len(dense) < 2:
+                continue
+            diff = (sum(paper.values()) - sum(dense.values())) / 2
+            lines.append(f"| {task} | {model} | {seed} | {' | '.join(f'{100 * paper[n]:.2f}' for n in TOP_POINTS)} | "
+                         f"{' | '.join(f'{100 * dense[n]:.2f}' for n in TOP_POINTS)} | {100 * diff:+.2f} |")
+    if not lines:
+        return []
+    return ["", "The schedule at equal learning rates (dropout 0.1), per seed: the paper's recipe against dense "
+            "transfer's schedule at lr 2e-4 and 3e-4 (seed 0: the points of the full grids; another seed also draws "
+            "another SST-2 subsample):", "",
+            "| task | start | seed | paper 2e-4 | paper 3e-4 | dense transfer 2e-4 | dense transfer 3e-4 | "
+            "paper - dense transfer (mean of the two LRs) |", "|---|---|---:|---:|---:|---:|---:|---:|", *lines]
 
 
 def default_vs_grid(rows: dict) -> list[str]:

@@ -59,6 +59,28 @@ def test_glue_study_table_compares_default_and_grid(tmp_path, monkeypatch):
     assert "| 90 | not recorded (4 arms) |" in text
 
 
+def test_glue_study_table_compares_the_schedules_at_equal_lrs_per_seed(tmp_path, monkeypatch):
+    study = load_script("glue_study")
+    monkeypatch.setattr(study, "RESULTS_DIR", str(tmp_path))
+    top = ("lr0.0002_dropout0.1", "lr0.0003_dropout0.1")
+    results = [
+        arm_result("sst2", "80", "paper", [("lr0.0001_dropout0.1", 0.70), (top[0], 0.80), (top[1], 0.82),
+                                           ("lr0.0003_dropout0.05", 0.90)], "mean_top2"),
+        arm_result("sst2", "80", "dense_transfer_paper_lrs", [("lr0.0001_dropout0.1", 0.70), (top[0], 0.79),
+                                                              (top[1], 0.80)], "mean_top2"),
+        arm_result("sst2", "80", "paper_top_lrs_seed1", [(top[0], 0.78), (top[1], 0.80)], "mean_top2"),
+        arm_result("sst2", "80", "dense_transfer_top_lrs_seed1", [(top[0], 0.79), (top[1], 0.81)], "mean_top2"),
+        arm_result("sst2", "90", "paper_top_lrs", [(top[0], 0.78)], "mean_top2"),  # half a comparison: no row
+    ]
+    for r in results:
+        (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
+    text = study.table()
+    # Seed 0 from the full grids (dropout 0.05 never enters), seed 1 from its own arms.
+    assert "| sst2 | 80 | 0 | 80.00 | 82.00 | 79.00 | 80.00 | +1.50 |" in text
+    assert "| sst2 | 80 | 1 | 78.00 | 80.00 | 79.00 | 81.00 | -1.00 |" in text
+    assert "| sst2 | 90 | 0 |" not in text
+
+
 def test_glue_study_plot_writes_one_figure_per_task(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     study = load_script("glue_study")
