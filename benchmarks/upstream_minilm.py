@@ -99,10 +99,11 @@ def run_one(name: str, recipe: str, overrides: dict, command: str, need_model: b
             extra_text: list[str] = ()) -> dict:
     """Trains (or resumes) run ``name``, unless its results are cached; with ``need_model``, also when the results are
     cached but the model they describe is not on this machine (weights are never committed): the run is then trained
-    again from scratch and its JSON rewritten with the new measurements. Same seed, but not the same weights: another
-    thread count or load changes the order of floating-point sums (the 80% recipe gave held-out loss 0.1396, then
-    0.1404), so the JSON records the weights' SHA-256 (``weights``), the identity every GLUE run records of its
-    start: results from an earlier training are never taken for this one's."""
+    again from scratch and its JSON rewritten with the new measurements. Same seed, but not always the same weights:
+    on one machine and thread count a training repeats bit for bit, but another CPU's kernels (or thread count) change
+    the last bits of every sum (the 80% recipe gave held-out loss 0.1396, 0.1404, 0.1400, 0.1402 on four machines),
+    so the JSON records the weights' identity (``weights``, what every GLUE run records of its start) and the CPU
+    (``cpu``): results from an earlier training are never taken for this one's."""
     cache = os.path.join(RESULTS_DIR, f"{name}.json")
     have_model = os.path.isfile(os.path.join(model_dir(name), "model.safetensors"))
     if os.path.isfile(cache) and (have_model or not need_model):
