@@ -94,9 +94,10 @@ class GlueArguments:
     grid_dropouts: list[float] = _f([0.05, 0.1], "Dropouts (hidden and attention) of the grid.")
     grid_epochs: list[str] = _f([], "Epoch counts of the grid (e.g. 1 2 3 4 5 6 7 for the rescaled sweep); "
                                 "empty: --epochs only.")
-    grid_shard: str = _f("0/1", "K/N: train only every N-th grid point starting at the K-th (0-based), so that N "
-                         "processes (one per GPU or CPU core) share one grid in one --output_dir; a shard that finds "
-                         "every point finished writes grid_results.json.")
+    grid_shard: str = _f("0/1", "K/N: N processes (one per GPU or CPU core) share one grid in one --output_dir: "
+                         "each trains every N-th grid point starting at the K-th (0-based), then helps with the "
+                         "points no other process trains yet; a shard that finds every point finished writes "
+                         "grid_results.json.")
     grid_summary: str = _f("mean_top2", "How the grid is summarized: 'mean_top2' (the paper: mean of the two best "
                            "runs) or 'best'.", choices=list(GRID_SUMMARIES))
     mixed_precision: str = _f("auto", "auto (fp16 on a CUDA GPU, as oBERT's scripts; fp32 on CPU), no, fp16 or bf16. "

@@ -19,8 +19,9 @@ model retrained under the same path is an error, never a grid of two models). Wi
 Trainer checkpoints (optimizer state included) are off by default; with ``--save_strategy epoch`` an
 interrupted run resumes from its last checkpoint to the same result as an uninterrupted one.
 ``--grid_shard K/N`` splits the grid's points over N processes sharing ``--output_dir`` (one per GPU or core):
-each trains its own points, then reads the others' ``results.json``; the one that finds every run finished writes
-``grid_results.json``.
+each trains its own points, then helps with the others' points that no process is training yet (so the shards end
+together even when the points differ in cost), then reads the others' ``results.json``; the one that finds every run
+finished writes ``grid_results.json``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .._rundir import (
     RECIPE_NAME,
     RESULTS_NAME,
     START_NAME,
+    RunDirInUse,
     library_versions,
     run_lock,
     same_start,
@@ -901,7 +903,21 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
     plan = _grid_plan(points, glue_args, training_args, start)
     claim_grid(output_dir, plan, glue_args.overwrite)
     mine = [p for index, p in enumerate(points) if index % shards == shard]
-    finished = {p["name"]: point_run(p) for p in tqdm(mine, desc=f"{task.name} grid", unit="run")}
+    # After its own points a shard helps with the others that no process is training, from the end of the grid (the
+    # points their shards reach last): shards whose points differ in cost (a sweep's epochs, points finished before)
+    # end together instead of one idling while another trains the rest. A point whose folder another process holds
+    # (``run_lock``) is left to it, own points included, and read below like every other shard's.
+    others = [p for index, p in reversed(list(enumerate(points))) if index % shards != shard]
+    finished = {}
+    for point, helping in tqdm([*((p, False) for p in mine), *((p, True) for p in others)], desc=f"{task.name} grid",
+                               unit="run"):
+        if helping and (output_dir / point["name"] / RESULTS_NAME).is_file():
+            continue  # finished: read below (with its recipe and start checked there)
+        try:
+            finished[point["name"]] = point_run(point)
+        except RunDirInUse:
+            logger.info("%s: another process trains %s; this shard goes on with the next point.", output_dir,
+                        point["name"])
     runs, waiting = [], []
     for point in points:
         # Another shard's run is only read, after this shard's own runs (so the shard that finishes last sees them

@@ -161,8 +161,19 @@ def test_grid_shards_share_one_grid(tiny_model_dir, glue_dir, tmp_path, capsys, 
     out.mkdir()
     (out / "grid_results.json").write_text(json.dumps({"runs": [{"name": "lr0.1_dropout0.1"}], "summary": {}}))
 
-    # Shard 1 of 2 trains the 2nd and 4th points; the others are not finished, so there is no grid summary yet.
-    assert main([*argv, "--grid_shard", "1/2"]) == 0
+    # Shard 1 of 2 trains the 2nd and 4th points and leaves the others to shard 0, which holds their folders (as a
+    # process training there does: an OS lock); they are not finished, so there is no grid summary yet.
+    from filelock import FileLock
+
+    locks = [FileLock(str(out / name / ".lock")) for name in (names[0], names[2])]
+    for lock in locks:
+        (out / Path(lock.lock_file).parent.name).mkdir()
+        lock.acquire(timeout=0)
+    try:
+        assert main([*argv, "--grid_shard", "1/2"]) == 0
+    finally:
+        for lock in locks:
+            lock.release()
     assert calls == [names[1], names[3]]
     assert not (out / "grid_results.json").exists()
     printed = capsys.readouterr().out
@@ -181,6 +192,50 @@ def test_grid_shards_share_one_grid(tiny_model_dir, glue_dir, tmp_path, capsys, 
     assert len(calls) == 4 and json.loads((out / "grid_results.json").read_text())["summary"] == grid["summary"]
 
 
+def test_grid_shard_helps_with_the_points_no_process_trains(tiny_model_dir, glue_dir, tmp_path, capsys, monkeypatch):
+    from filelock import FileLock
+
+    from sparse_transfer.hf import SparseTrainer
+
+    calls = []
+    original = SparseTrainer.train
+    out = tmp_path / "grid"
+    names = ["lr0.001_dropout0.1", "lr0.002_dropout0.1", "lr0.003_dropout0.1", "lr0.004_dropout0.1"]
+    held = FileLock(str(out / names[0] / ".lock"))
+
+    def train(self, *args, **kwargs):
+        calls.append(Path(self.args.output_dir).name)
+        if len(calls) == 1:  # shard 0 starts its first point while shard 1 trains
+            (out / names[0]).mkdir()
+            held.acquire(timeout=0)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SparseTrainer, "train", train)
+    argv = ["--task", "sst2", "--recipe", "dense_transfer", *fast_args(tiny_model_dir, glue_dir, out), "--grid",
+            "--grid_learning_rates", "1e-3", "2e-3", "3e-3", "4e-3", "--grid_dropouts", "0.1", "--epochs", "1",
+            "--max_train_samples", "16"]
+    try:
+        # Shard 1 trains its own points, then shard 0's that no process holds, from the end of the grid; the one
+        # shard 0 trains is left to it.
+        assert main([*argv, "--grid_shard", "1/2"]) == 0
+    finally:
+        held.release()
+    assert calls == [names[1], names[3], names[2]]
+    assert f"grid shard 1/2: 3 of 4 runs finished; not yet: {names[0]}" in capsys.readouterr().out
+    # Shard 0 trains its point, finds the one shard 1 took finished, and writes the grid's summary.
+    assert main([*argv, "--grid_shard", "0/2"]) == 0
+    assert calls == [names[1], names[3], names[2], names[0]]
+    grid = json.loads((out / "grid_results.json").read_text())
+    assert [r["name"] for r in grid["runs"]] == names
+
+    # One shard alone trains the whole grid: nothing is left waiting for a shard that never starts.
+    other = tmp_path / "alone"
+    assert main([*argv[:argv.index("--output_dir") + 1], str(other), *argv[argv.index("--output_dir") + 2:],
+                 "--grid_shard", "0/3"]) == 0
+    assert calls[4:] == [names[0], names[3], names[2], names[1]]
+    assert (other / "grid_results.json").is_file()
+
+
 def test_grid_shards_of_another_grid_or_split_stop_before_training(tiny_model_dir, glue_dir, tmp_path, capsys,
                                                                       monkeypatch):
     from sparse_transfer.hf import SparseTrainer
@@ -192,7 +247,15 @@ def test_grid_shards_of_another_grid_or_split_stop_before_training(tiny_model_di
     argv = ["--task", "sst2", "--recipe", "dense_transfer", *fast_args(tiny_model_dir, glue_dir, out), "--grid",
             "--grid_learning_rates", "1e-3", "3e-3", "--grid_dropouts", "0.1", "--epochs", "1",
             "--max_train_samples", "16"]
-    assert main([*argv, "--grid_shard", "0/2"]) == 0 and len(calls) == 1
+    from filelock import FileLock
+
+    held = FileLock(str(out / "lr0.003_dropout0.1" / ".lock"))  # shard 1/2 trains its point meanwhile
+    (out / "lr0.003_dropout0.1").mkdir(parents=True)
+    held.acquire(timeout=0)
+    try:
+        assert main([*argv, "--grid_shard", "0/2"]) == 0 and len(calls) == 1
+    finally:
+        held.release()
     assert json.loads((out / "grid_plan.json").read_text())["points"] == ["lr0.001_dropout0.1", "lr0.003_dropout0.1"]
     capsys.readouterr()
     # Another shard of a different grid (other points, or another recipe), or of another split: an error naming the
