@@ -104,10 +104,11 @@ class RunDirInUse(ValueError):
 
 @contextlib.contextmanager
 def run_lock(run_dir: str | os.PathLike):
-    """Holds ``RUN/.lock`` while this process trains into ``run_dir``: a second process (a duplicate grid shard, the
-    same command started twice) gets a clear error instead of two trainings overwriting each other's files. The lock
-    is the operating system's (``filelock``, as huggingface_hub locks its cache), so a killed process never leaves it
-    held; a folder this call created and nothing else wrote is removed again."""
+    """Holds ``RUN/.lock`` while this process trains into ``run_dir``: a second process (the same command started
+    twice) gets a clear error (``RunDirInUse``; a grid shard catches it and leaves the point to that process) instead
+    of two trainings overwriting each other's files. The lock is the operating system's (``filelock``, as
+    huggingface_hub locks its cache), so a killed process never leaves it held; a folder this call created and
+    nothing else wrote is removed again."""
     import shutil
 
     from filelock import FileLock, Timeout
@@ -121,15 +122,16 @@ def run_lock(run_dir: str | os.PathLike):
     except Timeout:
         raise RunDirInUse(
             f"Another process is training into {run_dir} (it holds {run_dir / RUN_LOCK_NAME}): two runs in one folder "
-            "would overwrite each other. Wait for it to finish, or use another --output_dir (with --grid_shard: give "
-            "every process its own K of the same K/N)."
+            "would overwrite each other. Wait for it to finish, or use another --output_dir (to share a grid between "
+            "processes, start each with --grid_shard K/N: a shard leaves a point another process holds to it)."
         ) from None
     try:
         yield run_dir
     finally:
-        lock.release()
+        # Removed while still held: released first, another process could lock the file and then lose its folder.
         if created and [p.name for p in run_dir.iterdir()] == [RUN_LOCK_NAME]:
             shutil.rmtree(run_dir, ignore_errors=True)
+        lock.release()
 
 
 def write_yaml_atomic(path: str | os.PathLike, obj: Any, header: str = "") -> None:

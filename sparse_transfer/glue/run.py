@@ -906,7 +906,8 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
     # After its own points a shard helps with the others that no process is training, from the end of the grid (the
     # points their shards reach last): shards whose points differ in cost (a sweep's epochs, points finished before)
     # end together instead of one idling while another trains the rest. A point whose folder another process holds
-    # (``run_lock``) is left to it, own points included, and read below like every other shard's.
+    # (``run_lock``) is left to it, own points included, and read below like every other shard's; without shards
+    # the command owns the grid, and a process holding one of its folders stays an error.
     others = [p for index, p in reversed(list(enumerate(points))) if index % shards != shard]
     finished = {}
     for point, helping in tqdm([*((p, False) for p in mine), *((p, True) for p in others)], desc=f"{task.name} grid",
@@ -916,6 +917,8 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
         try:
             finished[point["name"]] = point_run(point)
         except RunDirInUse:
+            if shards == 1:
+                raise
             logger.info("%s: another process trains %s; this shard goes on with the next point.", output_dir,
                         point["name"])
     runs, waiting = [], []
@@ -958,7 +961,8 @@ def _grid_waiting(task: GlueTask, output_dir: Path, points: list[dict[str, Any]]
 
     print(summary_line("glue", [
         f"{task.name} grid shard {grid_shard}: {len(runs)} of {len(points)} runs finished; not yet: {', '.join(waiting)}",
-        "the shard that finishes the last run writes the grid's summary (or rerun any shard then: it trains nothing)",
+        "the shard that finishes the last run writes the grid's summary (a rerun of any shard trains what a stopped "
+        "process left and writes it; nothing finished is trained again)",
     ], output_dir))
     return {"task": task.name, "complete": False, "runs": runs, "waiting": waiting}
 

@@ -236,6 +236,55 @@ def test_grid_shard_helps_with_the_points_no_process_trains(tiny_model_dir, glue
     assert (other / "grid_results.json").is_file()
 
 
+def test_grid_without_shards_stops_at_a_folder_another_process_holds(tiny_model_dir, glue_dir, tmp_path, capsys):
+    from filelock import FileLock
+
+    out = tmp_path / "grid"
+    argv = ["--task", "sst2", "--recipe", "dense_transfer", *fast_args(tiny_model_dir, glue_dir, out), "--grid",
+            "--grid_learning_rates", "1e-3", "3e-3", "--grid_dropouts", "0.1", "--epochs", "1",
+            "--max_train_samples", "16"]
+    (out / "lr0.001_dropout0.1").mkdir(parents=True)
+    held = FileLock(str(out / "lr0.001_dropout0.1" / ".lock"))  # a shard, or the same command, training there
+    held.acquire(timeout=0)
+    try:
+        # The unsharded command owns its grid (it pushes, it writes the summary): skipping the point would end it
+        # without either, so it is the clear error, not a grid left waiting.
+        assert main(argv) == 2
+    finally:
+        held.release()
+    assert f"Another process is training into {out / 'lr0.001_dropout0.1'}" in capsys.readouterr().err
+    assert not (out / "grid_results.json").exists()
+
+
+def test_grid_shard_resumes_the_point_a_stopped_shard_left(tiny_model_dir, glue_dir, tmp_path, monkeypatch):
+    from sparse_transfer.hf import SparseTrainer
+
+    out = tmp_path / "grid"
+    argv = ["--task", "sst2", "--recipe", "dense_transfer", *fast_args(tiny_model_dir, glue_dir, out), "--grid",
+            "--grid_learning_rates", "1e-3", "3e-3", "--grid_dropouts", "0.1", "--epochs", "2",
+            "--max_train_samples", "16", "--save_strategy", "epoch"]
+    uninterrupted = tmp_path / "uninterrupted"
+    assert main([*argv[:argv.index("--output_dir") + 1], str(uninterrupted), *argv[argv.index("--output_dir") + 2:]]) == 0
+
+    original = SparseTrainer._save_checkpoint
+    saved = []
+
+    def stop_after_the_first_epoch(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        saved.append(Path(self.args.output_dir).name)
+        if len(saved) == 1:
+            raise KeyboardInterrupt  # shard 0 stopped (killed, out of time) after its point's first epoch
+        return result
+
+    monkeypatch.setattr(SparseTrainer, "_save_checkpoint", stop_after_the_first_epoch)
+    assert main([*argv, "--grid_shard", "0/2"]) == 130
+    # Shard 1 trains its point, then resumes shard 0's from its checkpoint: the same run as never stopped.
+    assert main([*argv, "--grid_shard", "1/2"]) == 0
+    assert saved == ["lr0.001_dropout0.1", "lr0.003_dropout0.1", "lr0.003_dropout0.1", "lr0.001_dropout0.1"]
+    grid, reference = (json.loads((d / "grid_results.json").read_text()) for d in (out, uninterrupted))
+    assert [r["best"] for r in grid["runs"]] == [r["best"] for r in reference["runs"]]
+
+
 def test_grid_shards_of_another_grid_or_split_stop_before_training(tiny_model_dir, glue_dir, tmp_path, capsys,
                                                                       monkeypatch):
     from sparse_transfer.hf import SparseTrainer
