@@ -286,7 +286,7 @@ def equal_lrs(rows: dict) -> list[str]:
                 rows.get((task, model, "dense_transfer_paper_lrs")) if seed == 0 else None))
             if len(paper) < 2 or len(dense) < 2:
                 continue
-            diff = (sum(paper.values()) - sum(dense.values())) / 2
+            diff = round((sum(paper.values()) - sum(dense.values())) / 2, 6) + 0.0  # never "-0.00"
             lines.append(f"| {task} | {model} | {seed} | {' | '.join(f'{100 * paper[n]:.2f}' for n in TOP_POINTS)} | "
                          f"{' | '.join(f'{100 * dense[n]:.2f}' for n in TOP_POINTS)} | {100 * diff:+.2f} |")
     if not lines:

@@ -71,6 +71,9 @@ def test_glue_study_table_compares_the_schedules_at_equal_lrs_per_seed(tmp_path,
         arm_result("sst2", "80", "paper_top_lrs_seed1", [(top[0], 0.78), (top[1], 0.80)], "mean_top2"),
         arm_result("sst2", "80", "dense_transfer_top_lrs_seed1", [(top[0], 0.79), (top[1], 0.81)], "mean_top2"),
         arm_result("sst2", "90", "paper_top_lrs", [(top[0], 0.78)], "mean_top2"),  # half a comparison: no row
+        # equal sums whose float difference is -1e-16 (SST-2 at 80b, seed 1: 719+725 = 717+727 of 872)
+        arm_result("sst2", "80b", "paper_top_lrs", [(top[0], 719 / 872), (top[1], 725 / 872)], "mean_top2"),
+        arm_result("sst2", "80b", "dense_transfer_top_lrs", [(top[0], 717 / 872), (top[1], 727 / 872)], "mean_top2"),
     ]
     for r in results:
         (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
@@ -79,6 +82,7 @@ def test_glue_study_table_compares_the_schedules_at_equal_lrs_per_seed(tmp_path,
     assert "| sst2 | 80 | 0 | 80.00 | 82.00 | 79.00 | 80.00 | +1.50 |" in text
     assert "| sst2 | 80 | 1 | 78.00 | 80.00 | 79.00 | 81.00 | -1.00 |" in text
     assert "| sst2 | 90 | 0 |" not in text
+    assert "| sst2 | 80b | 0 | 82.45 | 83.14 | 82.22 | 83.37 | +0.00 |" in text
 
 
 def test_glue_study_plot_writes_one_figure_per_task(tmp_path, monkeypatch):
