@@ -191,13 +191,21 @@ def reuse_same_runs(opts, task: str, model: str, arm: str) -> None:
             source = next((s for s in sources if os.path.isfile(os.path.join(s, "results.json"))), None)
             if source is None or os.path.exists(target):
                 continue
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns(".lock", "checkpoint-*"))
-            with open(os.path.join(target, "results.json")) as f:
+            # Copied beside the target, then renamed into place: the processes sharing the grids (--grid-shard) reach
+            # this together, and neither may see half a copy or fail on the other's.
+            partial = f"{target}.copying-{os.getpid()}"
+            shutil.copytree(source, partial, ignore=shutil.ignore_patterns(".lock", "checkpoint-*"))
+            with open(os.path.join(partial, "results.json")) as f:
                 results = json.load(f)
             for key in ("checkpoint", "publish"):  # the copy's own checkpoint, not the source's
                 if results.get(key):
                     results[key] = os.path.join(target, os.path.basename(results[key]))
-            write_json_atomic(os.path.join(target, "results.json"), results)
+            write_json_atomic(os.path.join(partial, "results.json"), results)
+            try:
+                os.rename(partial, target)
+            except OSError:  # another process put its copy (or a run) there first
+                shutil.rmtree(partial, ignore_errors=True)
+                continue
             print(f"[reuse] {task} {model} {arm}: the finished run {source}", flush=True)
 
 

@@ -273,6 +273,26 @@ def test_glue_study_reuses_the_same_run_across_grids(tmp_path, monkeypatch, caps
     point = tmp_path / "runs" / "sst2" / "80" / "paper_top_lrs" / "lr0.0002_dropout0.1" / "results.json"
     assert json.loads(point.read_text())["best"]["accuracy"] == 0.75
 
+    # Two processes sharing the grids (--grid-shard) copy at once: the one that comes second keeps the first one's
+    # copy, never half of each, and goes on.
+    import shutil
+
+    copytree = shutil.copytree
+    late = tmp_path / "runs" / "sst2" / "80" / "dense_transfer_top_lrs" / "lr0.0003_dropout0.1"
+    source = tmp_path / "runs" / "sst2" / "80" / "dense_transfer_lr3e-4"
+    shutil.copytree(grid / "lr0.0003_dropout0.1", source)
+
+    def copy_while_the_other_process_does(src, dst, **kwargs):
+        if not late.exists():
+            copytree(src, late, **kwargs)
+            (late / "theirs").write_text("")
+        return copytree(src, dst, **kwargs)
+
+    monkeypatch.setattr(shutil, "copytree", copy_while_the_other_process_does)
+    study.run_arms(study.parse_args([*argv, "--arms", "dense_transfer_top_lrs"]))
+    assert (late / "theirs").is_file() and "[reuse] sst2 80 dense_transfer_top_lrs" not in capsys.readouterr().out
+    assert [p.name for p in late.parent.iterdir()] == ["lr0.0003_dropout0.1"]  # no copy left half-way
+
 
 def test_glue_study_start_check_by_hub_commit_and_odd_names(tmp_path, monkeypatch):
     study = load_script("glue_study")
