@@ -121,6 +121,14 @@ class GlueArguments:
         shard, shards = self.grid_shard_index
         if shards > 1 and not self.grid:
             raise ValueError(f"--grid_shard {self.grid_shard} splits a grid's points: it needs --grid.")
+        if shards > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # The ranks of one distributed launch must train the same run in step; shards train different points.
+            raise ValueError(
+                f"--grid_shard {self.grid_shard} under a distributed launch (WORLD_SIZE={os.environ['WORLD_SIZE']}): "
+                "each shard is its own process on its own device. Start one plain process per shard instead, e.g. "
+                "CUDA_VISIBLE_DEVICES=0 python -m sparse_transfer.glue ... --grid_shard 0/2 & CUDA_VISIBLE_DEVICES=1 "
+                "python -m sparse_transfer.glue ... --grid_shard 1/2."
+            )
         if shards > 1 and self.overwrite:
             raise ValueError(
                 "--overwrite with --grid_shard: a shard cannot tell another shard's new runs from the old ones. Start "

@@ -403,6 +403,14 @@ def test_grid_shard_refuses_what_it_cannot_do(tiny_model_dir, glue_dir, tmp_path
     assert not out.exists()  # nothing trained, nothing written
 
 
+def test_grid_shard_refuses_a_distributed_launch(tiny_model_dir, glue_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it for each rank
+    out = tmp_path / "grid"
+    assert main(["--task", "rte", *fast_args(tiny_model_dir, glue_dir, out), "--grid", "--grid_shard", "0/2"]) == 2
+    assert "under a distributed launch (WORLD_SIZE=2)" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def _as_files(glue_dir: Path, tmp_path: Path, task: str, fmt: str) -> list[str]:
     """The tiny GLUE files of ``task`` rewritten as csv/json with nyu-mll/glue's columns (MNLI: matched only)."""
     import csv
