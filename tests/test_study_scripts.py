@@ -74,6 +74,9 @@ def test_glue_study_table_compares_the_schedules_at_equal_lrs_per_seed(tmp_path,
         # equal sums whose float difference is -1e-16 (SST-2 at 80b, seed 1: 719+725 = 717+727 of 872)
         arm_result("sst2", "80b", "paper_top_lrs", [(top[0], 719 / 872), (top[1], 725 / 872)], "mean_top2"),
         arm_result("sst2", "80b", "dense_transfer_top_lrs", [(top[0], 717 / 872), (top[1], 727 / 872)], "mean_top2"),
+        # the extended recipe at the same LRs splits seed 0's +1.50 at 80 into its 8 epochs and the staging/rewind
+        arm_result("sst2", "80", "extended_top_lrs", [(top[0], 0.81), (top[1], 0.79)], "mean_top2"),
+        arm_result("sst2", "90", "extended_top_lrs", [(top[0], 0.81), (top[1], 0.79)], "mean_top2"),  # no pair
     ]
     for r in results:
         (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
@@ -83,6 +86,9 @@ def test_glue_study_table_compares_the_schedules_at_equal_lrs_per_seed(tmp_path,
     assert "| sst2 | 80 | 1 | 78.00 | 80.00 | 79.00 | 81.00 | -1.00 |" in text
     assert "| sst2 | 90 | 0 |" not in text
     assert "| sst2 | 80b | 0 | 82.45 | 83.14 | 82.22 | 83.37 | +0.00 |" in text
+    # paper 81.00, extended 80.00, dense transfer 79.50: 8 epochs +0.50, staging and rewind +1.00.
+    assert "| sst2 | 80 | 0 | 81.00 | 81.00 / 79.00 (80.00) | 79.50 | +0.50 | +1.00 |" in text
+    assert text.count("(80.00) |") == 1  # only where the paper's and dense transfer's points exist too
 
 
 def test_glue_study_plot_writes_one_figure_per_task(tmp_path, monkeypatch):
