@@ -63,9 +63,12 @@ def test_glue_study_table_compares_the_schedules_at_equal_lrs_per_seed(tmp_path,
     study = load_script("glue_study")
     monkeypatch.setattr(study, "RESULTS_DIR", str(tmp_path))
     top = ("lr0.0002_dropout0.1", "lr0.0003_dropout0.1")
+    paper_80 = arm_result("sst2", "80", "paper", [("lr0.0001_dropout0.1", 0.70), (top[0], 0.80), (top[1], 0.82),
+                                                  ("lr0.0003_dropout0.05", 0.90)], "mean_top2")
+    paper_80["per_epoch"][top[0]] = [0.80, 0.78]  # the best epoch is not the last: 2e-4 ends at 78.00
+    paper_80["per_epoch"][top[1]] = [0.82, 0.80]  # and 3e-4 at 80.00 (mean 79.00)
     results = [
-        arm_result("sst2", "80", "paper", [("lr0.0001_dropout0.1", 0.70), (top[0], 0.80), (top[1], 0.82),
-                                           ("lr0.0003_dropout0.05", 0.90)], "mean_top2"),
+        paper_80,
         arm_result("sst2", "80", "dense_transfer_paper_lrs", [("lr0.0001_dropout0.1", 0.70), (top[0], 0.79),
                                                               (top[1], 0.80)], "mean_top2"),
         arm_result("sst2", "80", "paper_top_lrs_seed1", [(top[0], 0.78), (top[1], 0.80)], "mean_top2"),
@@ -82,12 +85,13 @@ def test_glue_study_table_compares_the_schedules_at_equal_lrs_per_seed(tmp_path,
         (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
     text = study.table()
     # Seed 0 from the full grids (dropout 0.05 never enters), seed 1 from its own arms.
-    assert "| sst2 | 80 | 0 | 80.00 | 82.00 | 79.00 | 80.00 | +1.50 |" in text
-    assert "| sst2 | 80 | 1 | 78.00 | 80.00 | 79.00 | 81.00 | -1.00 |" in text
+    # The last column: the last epochs (arm_result's curves are one epoch, the best; the paper's at 80 has two).
+    assert "| sst2 | 80 | 0 | 80.00 | 82.00 | 79.00 | 80.00 | +1.50 | -0.50 |" in text
+    assert "| sst2 | 80 | 1 | 78.00 | 80.00 | 79.00 | 81.00 | -1.00 | -1.00 |" in text
     assert "| sst2 | 90 | 0 |" not in text
-    assert "| sst2 | 80b | 0 | 82.45 | 83.14 | 82.22 | 83.37 | +0.00 |" in text
-    # paper 81.00, extended 80.00, dense transfer 79.50: 8 epochs +0.50, staging and rewind +1.00.
-    assert "| sst2 | 80 | 0 | 81.00 | 81.00 / 79.00 (80.00) | 79.50 | +0.50 | +1.00 |" in text
+    assert "| sst2 | 80b | 0 | 82.45 | 83.14 | 82.22 | 83.37 | +0.00 | +0.00 |" in text
+    # paper 81.00, extended 80.00, dense transfer 79.50: 8 epochs +0.50, staging and rewind +1.00 (last epochs -1.00).
+    assert "| sst2 | 80 | 0 | 81.00 | 81.00 / 79.00 (80.00) | 79.50 | +0.50 | +1.00 | -1.00 |" in text
     assert text.count("(80.00) |") == 1  # only where the paper's and dense transfer's points exist too
 
 
