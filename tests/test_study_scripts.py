@@ -80,6 +80,9 @@ def test_glue_study_table_compares_the_schedules_at_equal_lrs_per_seed(tmp_path,
         # the extended recipe at the same LRs splits seed 0's +1.50 at 80 into its 8 epochs and the staging/rewind
         arm_result("sst2", "80", "extended_top_lrs", [(top[0], 0.81), (top[1], 0.79)], "mean_top2"),
         arm_result("sst2", "90", "extended_top_lrs", [(top[0], 0.81), (top[1], 0.79)], "mean_top2"),  # no pair
+        # an arm written without per-epoch scores: its best-epoch difference, "-" for the last epochs
+        {**arm_result("cola", "90", "paper_top_lrs", [(top[0], 0.15), (top[1], 0.14)], "mean_top2"), "per_epoch": {}},
+        arm_result("cola", "90", "dense_transfer_top_lrs", [(top[0], 0.11), (top[1], 0.12)], "mean_top2"),
     ]
     for r in results:
         (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
@@ -92,6 +95,7 @@ def test_glue_study_table_compares_the_schedules_at_equal_lrs_per_seed(tmp_path,
     assert "| sst2 | 80b | 0 | 82.45 | 83.14 | 82.22 | 83.37 | +0.00 | +0.00 |" in text
     # paper 81.00, extended 80.00, dense transfer 79.50: 8 epochs +0.50, staging and rewind +1.00 (last epochs -1.00).
     assert "| sst2 | 80 | 0 | 81.00 | 81.00 / 79.00 (80.00) | 79.50 | +0.50 | +1.00 | -1.00 |" in text
+    assert "| cola | 90 | 0 | 15.00 | 14.00 | 11.00 | 12.00 | +3.00 | - |" in text
     assert text.count("(80.00) |") == 1  # only where the paper's and dense transfer's points exist too
 
 
