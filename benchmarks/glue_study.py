@@ -442,7 +442,7 @@ def plot() -> list[str]:
                 ax.axvline(epoch + 0.5, color="grey", lw=0.4, ls=":")  # paper's recipe: a new stage starts here
             ax.set_title(f"start: {start}")
             ax.set_xlabel("epoch (paper's recipe: one stage per epoch)")
-            ax.legend(fontsize=6, loc="lower right")
+            ax.legend(fontsize=6, loc="best")
             ax.grid(alpha=0.2)
         axes[0][0].set_ylabel(f"dev {rows[0]['metric']} (%)")
         fig.suptitle(f"{task.upper()}: dev score per epoch, best run of each arm (dotted lines: stage boundaries)")
