@@ -306,8 +306,8 @@ def top_points(rows: dict, epoch: str = "best") -> dict:
     return found
 
 
-def mean_difference(a: dict | None, b: dict | None) -> str:
-    """The difference of two schedules' mean over the top points, in points, rounded so it never prints "-0.00";
+def difference_cell(a: dict | None, b: dict | None) -> str:
+    """A table cell: the difference of two schedules' mean over the top points, in points, never "-0.00";
     "-" where a schedule's scores are missing (an arm JSON without per-epoch scores)."""
     if a is None or b is None:
         return "-"
@@ -325,16 +325,16 @@ def equal_lrs(rows: dict) -> list[str]:
         (task, model, seed), paper, dense, last = key, s["paper"], s["dense_transfer"], last_epoch.get(key, {})
         lines.append(f"| {task} | {model} | {seed} | {' | '.join(f'{100 * paper[n]:.2f}' for n in TOP_POINTS)} | "
                      f"{' | '.join(f'{100 * dense[n]:.2f}' for n in TOP_POINTS)} | "
-                     f"{mean_difference(paper, dense)} | "
-                     f"{mean_difference(last.get('paper'), last.get('dense_transfer'))} |")
+                     f"{difference_cell(paper, dense)} | "
+                     f"{difference_cell(last.get('paper'), last.get('dense_transfer'))} |")
         if "extended" in s:
             extended = s["extended"]
             mean = {k: 100 * sum(v.values()) / len(TOP_POINTS) for k, v in s.items()}
             parts.append(f"| {task} | {model} | {seed} | {mean['paper']:.2f} | "
                          f"{' / '.join(f'{100 * extended[n]:.2f}' for n in TOP_POINTS)} ({mean['extended']:.2f}) | "
-                         f"{mean['dense_transfer']:.2f} | {mean_difference(extended, dense)} | "
-                         f"{mean_difference(paper, extended)} | "
-                         f"{mean_difference(last.get('paper'), last.get('extended'))} |")
+                         f"{mean['dense_transfer']:.2f} | {difference_cell(extended, dense)} | "
+                         f"{difference_cell(paper, extended)} | "
+                         f"{difference_cell(last.get('paper'), last.get('extended'))} |")
     if not lines:
         return []
     table = ["", "The schedule at equal learning rates (dropout 0.1), per seed: the paper's recipe against dense "
