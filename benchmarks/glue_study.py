@@ -440,6 +440,7 @@ def plot() -> list[str]:
                         color=colors[r["arm"]], label=label, ms=4)
             for epoch in range(1, longest):
                 ax.axvline(epoch + 0.5, color="grey", lw=0.4, ls=":")  # paper's recipe: a new stage starts here
+            ax.set_xticks(range(1, longest + 1))  # whole epochs (matplotlib's default ticks a 3-epoch panel at 1.25...)
             ax.set_title(f"start: {start}")
             ax.set_xlabel("epoch (paper's recipe: one stage per epoch)")
             ax.legend(fontsize=6, loc="best")
