@@ -271,8 +271,11 @@ def table() -> str:
         gap = f"{100 * (r['score'] - reference['score']):+.2f}" if reference else "-"
         share = "-"
         baseline = rows.get((task, model, order[0])) or rows.get((task, model, order[1]))
-        if arm.startswith("paper") and reference and baseline and reference["score"] != baseline["score"]:
-            share = f"{(r['score'] - baseline['score']) / (reference['score'] - baseline['score']):.0%}"
+        if arm.startswith("paper") and reference and baseline and model != "dense":
+            # A share of a gap is only defined where there is one: a sparse start whose dense-transfer score
+            # reaches the dense model's has nothing to close (the ratio would be a large number of either sign).
+            gap_to_close = reference["score"] - baseline["score"]
+            share = f"{(r['score'] - baseline['score']) / gap_to_close:.0%}" if gap_to_close > 0 else "no gap"
         se = standard_error(r["metric"], r["score"], r.get("dev_examples"))
         lines.append(f"| {task} | {model} | {arm} | {100 * r['score']:.2f} | {r['summary']} | {gap} | {share} | "
                      f"{100 * se:.2f} | {r.get('train_examples')} / {r.get('dev_examples')} |")

@@ -38,6 +38,11 @@ def test_glue_study_table_compares_default_and_grid(tmp_path, monkeypatch):
         arm_result("sst2", "90", "paper_single", [("single", 0.77)]),
         arm_result("sst2", "dense", "dense_transfer_single", [("single", 0.80)]),
         arm_result("sst2", "90", "dense_transfer_single", [("single", 0.70)]),
+        # A start whose dense-transfer grid already reaches the dense model's: no gap for the paper's grid to close.
+        arm_result("sst2", "80", "dense_transfer", [("lr2e-05_dropout0.1", 0.84), ("lr3e-05_dropout0.1", 0.83)],
+                   "mean_top2"),
+        arm_result("sst2", "80", "paper", [("lr0.0001_dropout0.1", 0.85), ("lr0.0002_dropout0.1", 0.84)],
+                   "mean_top2"),
     ]
     for r in results:
         (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
@@ -50,13 +55,16 @@ def test_glue_study_table_compares_default_and_grid(tmp_path, monkeypatch):
     assert "| 78.00 | mean_top2 | -5.00 | 58% |" in rows[("sst2", "90", "paper")]
     # A single run against single runs: dense 80.00, 90% 70.00, so 77.00 closes 7 / 10.
     assert "| 77.00 | single run | -3.00 | 70% |" in rows[("sst2", "90", "paper_single")]
+    # Where the sparse start's dense-transfer grid (83.50) is above the dense model's (83.00) there is no gap, and no
+    # share of one (the ratio would be -200%).
+    assert "| 84.50 | mean_top2 | +1.50 | no gap |" in rows[("sst2", "80", "paper")]
     # The default's single run against its grid: 77.00 - 78.00, the grid's best run 79.00, 3 runs.
     assert "| sst2 | 90 | paper | 77.00 | 78.00 | -1.00 | 79.00 | 3 |" in text
     assert "| sst2 | 90 | dense_transfer | 70.00 | 71.00 | -1.00 | 72.00 | 2 |" in text
     # Every grid lists its runs.
     assert "lr0.0002_dropout0.1 79.00" in text and "lr5e-05_dropout0.1 82.00" in text
     # And which weights each start name stands for (none recorded here).
-    assert "| 90 | not recorded (4 arms) |" in text
+    assert "| 90 | not recorded (4 arms) |" in text and "| 80 | not recorded (2 arms) |" in text
 
 
 def test_glue_study_table_compares_the_schedules_at_equal_lrs_per_seed(tmp_path, monkeypatch):
