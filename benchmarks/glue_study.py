@@ -6,7 +6,8 @@ Tasks x starting points x arms, each arm one ``python -m sparse_transfer.glue`` 
   LR {1e-4, 2e-4, 3e-4} x dropout {0.05, 0.1}, mean of the two best;
 - ``dense_transfer``: 3 epochs, everything trainable, LR grid {2e-5, 3e-5, 5e-5}, mean of the two best;
 - ``extended``: the same for 8 epochs;
-- ``rescaled_sweep``: epochs 1-7 x that LR grid, best run (a GPU arm);
+- ``rescaled_sweep``: epochs 1-7 x that LR grid, best run (21 runs, 3 of them dense transfer's; a GPU arm, run on
+  CPU at one start where no GPU was lent);
 - ``*_single``: the recipe's default as one run (no grid), for CPU sessions and for "how close does the default come";
 - diagnosis: ``dense_transfer_lr1e-4`` / ``extended_lr1e-4`` (those schedules at the paper's default learning rate)
   and ``dense_transfer_paper_lrs`` (the dense-transfer schedule over the paper's LR grid);
@@ -93,7 +94,11 @@ METRIC = {"rte": "accuracy", "sst2": "accuracy", "cola": "matthews_correlation"}
 # the recipe and the starting weights) instead of training it again. Each entry: (arm, grid point or None).
 SAME_RUNS = [
     {("paper_single", None), ("paper", "lr0.0001_dropout0.1")},
-    {("dense_transfer_single", None), ("dense_transfer", "lr2e-05_dropout0.1")},
+    {("dense_transfer_single", None), ("dense_transfer", "lr2e-05_dropout0.1"),
+     ("rescaled_sweep", "lr2e-05_dropout0.1_epochs3")},
+    # The sweep's 3-epoch runs are the dense-transfer recipe's (the same recipe, warm-up and decay over 3 epochs).
+    {("dense_transfer", "lr3e-05_dropout0.1"), ("rescaled_sweep", "lr3e-05_dropout0.1_epochs3")},
+    {("dense_transfer", "lr5e-05_dropout0.1"), ("rescaled_sweep", "lr5e-05_dropout0.1_epochs3")},
     {("extended_single", None), ("extended", "lr2e-05_dropout0.1")},
     {("paper_single_lr3e-4", None), ("paper", "lr0.0003_dropout0.1"), ("paper_top_lrs", "lr0.0003_dropout0.1")},
     {("paper", "lr0.0002_dropout0.1"), ("paper_top_lrs", "lr0.0002_dropout0.1")},
