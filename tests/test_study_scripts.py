@@ -267,7 +267,8 @@ def test_glue_study_single_run_arm_reuses_its_grids_default_point(tmp_path, monk
     copied = tmp_path / "runs" / "rte" / "90" / "dense_transfer" / "lr2e-05_dropout0.1" / "results.json"
     assert json.loads(copied.read_text()) == json.loads((single.parent / "dense_transfer_single" / "results.json").read_text())
     assert "[reuse] rte 90 dense_transfer" in capsys.readouterr().out
-    # The rescaled sweep's 3-epoch point at that LR is the same run again; its other points train.
+    # The rescaled sweep's 3-epoch point at that LR is the same run again, copied in; only the GLUE command (a
+    # stand-in here) trains the other points.
     study.run_arms(study.parse_args([*argv, "--arms", "rescaled_sweep"]))
     sweep = tmp_path / "runs" / "rte" / "90" / "rescaled_sweep"
     assert sorted(p.name for p in sweep.iterdir()) == ["lr2e-05_dropout0.1_epochs3"]
