@@ -40,6 +40,7 @@ import glob
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -83,10 +84,11 @@ ARMS = {
     # 8 epochs like the paper's, every block trainable from the start and no LR rewind, at the same two LRs: of the
     # paper's edge over dense transfer at equal LRs, how much is its epochs rather than its staging and rewind?
     "extended_top_lrs": ["--recipe", "extended", "--grid", "--grid_learning_rates", "2e-4", "3e-4"],
-    "paper_top_lrs_seed1": ["--grid", "--grid_learning_rates", "2e-4", "3e-4", "--grid_dropouts", "0.1", "--seed", "1"],
-    "dense_transfer_top_lrs_seed1": ["--recipe", "dense_transfer", "--grid", "--grid_learning_rates", "2e-4", "3e-4",
-                                     "--seed", "1"],
 }
+# The equal-LR arms again with other seeds (``paper_top_lrs_seed1`` ...), each seed also drawing another SST-2
+# subsample; ``top_points`` reads them back by their suffix.
+ARMS.update({f"{arm}_seed{seed}": [*ARMS[arm], "--seed", str(seed)]
+             for arm in ("paper_top_lrs", "dense_transfer_top_lrs") for seed in (1, 2)})
 METRIC = {"rte": "accuracy", "sst2": "accuracy", "cola": "matthews_correlation"}
 # Runs that are one and the same run (same recipe, learning rate, dropout, seed and start) in the folders of several
 # arms: a single-run arm and a grid's point, or points of two grids. Before an arm runs, each of its folders that
@@ -325,12 +327,15 @@ def difference_cell(a: dict | None, b: dict | None) -> str:
 def equal_lrs(rows: dict) -> list[str]:
     """The paper's schedule against dense transfer's at the same two LRs (2e-4, 3e-4; dropout 0.1), per seed; and,
     where the extended recipe ran at those LRs, what of the difference its 8 epochs explain."""
-    lines, parts = [], []
+    lines, parts, per_seed = [], [], {}
     last_epoch = top_points(rows, epoch="last")
     for key, s in top_points(rows).items():
         if "paper" not in s or "dense_transfer" not in s:
             continue
         (task, model, seed), paper, dense, last = key, s["paper"], s["dense_transfer"], last_epoch.get(key, {})
+        # rounded as in difference_cell: equal sums can differ by 1e-16 in floats and print as "-0.00"
+        per_seed.setdefault((task, model), []).append(
+            100 * (round((sum(paper.values()) - sum(dense.values())) / len(TOP_POINTS), 6) + 0.0))
         lines.append(f"| {task} | {model} | {seed} | {' | '.join(f'{100 * paper[n]:.2f}' for n in TOP_POINTS)} | "
                      f"{' | '.join(f'{100 * dense[n]:.2f}' for n in TOP_POINTS)} | "
                      f"{difference_cell(paper, dense)} | "
@@ -354,6 +359,15 @@ def equal_lrs(rows: dict) -> list[str]:
              "", "(Every score is the run's best epoch on the dev set, the checkpoint the command reloads: a run of 8 "
              "epochs picks the best of 8 dev scores, one of 3 the best of 3. The last column compares the last "
              "epochs instead, free of that choice.)"]
+    seeds = [f"| {task} | {model} | {len(d)} | {statistics.mean(d):+.2f} | {statistics.stdev(d):.2f} | "
+             f"{statistics.stdev(d) / math.sqrt(len(d)):.2f} | {min(d):+.2f} to {max(d):+.2f} |"
+             for (task, model), d in per_seed.items() if len(d) > 1]
+    if seeds:
+        table += ["", "Across seeds (where more than one ran): the paper's recipe minus dense transfer's schedule, "
+                  "mean of the two LRs, in points; the spread is seed to seed, so it holds the SST-2 subsample's and "
+                  "the training's randomness as well as the dev set's:", "",
+                  "| task | start | seeds | mean difference | seed-to-seed SD | SE of the mean | range |",
+                  "|---|---|---:|---:|---:|---:|---|", *seeds]
     if parts:
         table += ["", "What that difference is made of: the extended recipe (8 epochs like the paper's, every block "
                   "trainable from the start, no LR rewind) at the same two LRs; each column the mean of the two LRs:",

@@ -81,6 +81,8 @@ def test_glue_study_table_compares_the_schedules_at_equal_lrs_per_seed(tmp_path,
                                                               (top[1], 0.80)], "mean_top2"),
         arm_result("sst2", "80", "paper_top_lrs_seed1", [(top[0], 0.78), (top[1], 0.80)], "mean_top2"),
         arm_result("sst2", "80", "dense_transfer_top_lrs_seed1", [(top[0], 0.79), (top[1], 0.81)], "mean_top2"),
+        arm_result("sst2", "80", "paper_top_lrs_seed2", [(top[0], 0.80), (top[1], 0.84)], "mean_top2"),
+        arm_result("sst2", "80", "dense_transfer_top_lrs_seed2", [(top[0], 0.79), (top[1], 0.81)], "mean_top2"),
         arm_result("sst2", "90", "paper_top_lrs", [(top[0], 0.78)], "mean_top2"),  # half a comparison: no row
         # equal sums whose float difference is -1e-16 (SST-2 at 80b, seed 1: 719+725 = 717+727 of 872)
         arm_result("sst2", "80b", "paper_top_lrs", [(top[0], 719 / 872), (top[1], 725 / 872)], "mean_top2"),
@@ -105,6 +107,15 @@ def test_glue_study_table_compares_the_schedules_at_equal_lrs_per_seed(tmp_path,
     assert "| sst2 | 80 | 0 | 81.00 | 81.00 / 79.00 (80.00) | 79.50 | +0.50 | +1.00 | -1.00 |" in text
     assert "| cola | 90 | 0 | 15.00 | 14.00 | 11.00 | 12.00 | +3.00 | - |" in text
     assert text.count("(80.00) |") == 1  # only where the paper's and dense transfer's points exist too
+    # Across seeds at 80: +1.50, -1.00 and seed 2's +2.00; one row per start with more than one seed.
+    assert "| sst2 | 80 | 2 | 80.00 | 84.00 | 79.00 | 81.00 | +2.00 |" in text
+    assert "| sst2 | 80 | 3 | +0.83 | 1.61 | 0.93 | -1.00 to +2.00 |" in text
+    assert "| sst2 | 80b | 1 |" not in text and "| cola | 90 | 1 |" not in text
+    # 80b again with seed 1 (+2.00 against seed 0's float -1e-16): the range starts at +0.00, never "-0.00".
+    for schedule, scores in (("paper", (0.80, 0.84)), ("dense_transfer", (0.79, 0.81))):
+        r = arm_result("sst2", "80b", f"{schedule}_top_lrs_seed1", list(zip(top, scores)), "mean_top2")
+        (tmp_path / f"sst2__80b__{schedule}_top_lrs_seed1.json").write_text(json.dumps(r))
+    assert "| sst2 | 80b | 2 | +1.00 | 1.41 | 1.00 | +0.00 to +2.00 |" in study.table()
 
 
 def test_glue_study_plot_writes_one_figure_per_task(tmp_path, monkeypatch):
