@@ -364,8 +364,9 @@ def equal_lrs(rows: dict) -> list[str]:
              for (task, model), d in per_seed.items() if len(d) > 1]
     if seeds:
         table += ["", "Across seeds (where more than one ran): the paper's recipe minus dense transfer's schedule, "
-                  "mean of the two LRs, in points; the spread is seed to seed, so it holds the SST-2 subsample's and "
-                  "the training's randomness as well as the dev set's:", "",
+                  "mean of the two LRs, in points. The spread is seed to seed: the training's randomness (and on "
+                  "SST-2 the subsample's), not the dev set's sampling error, which every seed shares and no number of "
+                  "seeds averages away; from two or three seeds the SD itself is a rough estimate:", "",
                   "| task | start | seeds | mean difference | seed-to-seed SD | SE of the mean | range |",
                   "|---|---|---:|---:|---:|---:|---|", *seeds]
     if parts:

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -386,3 +387,137 @@ def test_match_start_record_finds_the_weights_behind_a_byte_level_record(tmp_pat
     assert script.match(folder, recorded[:12]) is None
     with pytest.raises(SystemExit):  # a single file, not a folder: a usage error, not a traceback
         script.main([str(folder / "model.safetensors"), recorded[:16]])
+
+
+def test_paired_dev_bootstrap_pairs_the_dev_sentences():
+    from sklearn.metrics import matthews_corrcoef
+
+    paired = load_script("paired_dev")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    a = np.where(rng.random((2, 400)) < 0.8, labels, 1 - labels)  # two runs, about 80% right
+    b = a.copy()
+    b[:, :20] = 1 - b[:, :20]  # the same runs, 20 sentences flipped: highly correlated with a
+    full = np.ones((1, 400))
+    # At the full dev set (every sentence drawn once) the metrics are sklearn's; a constant predictor's MCC is 0.
+    mcc = paired.metric_per_resample(full, a, labels, "matthews_correlation")[0]
+    assert np.allclose(mcc, [matthews_corrcoef(labels, p) for p in a])
+    assert np.allclose(paired.metric_per_resample(full, a, labels, "accuracy")[0], (a == labels).mean(1))
+    assert paired.metric_per_resample(full, np.ones((1, 400), int), labels, "matthews_correlation")[0, 0] == 0
+    for metric in ("accuracy", "matthews_correlation"):
+        same = paired.bootstrap(a, a, labels, metric, resamples=2000)
+        assert same["difference"] == 0 and same["paired_se"] == 0 and same["unpaired_se"] > 1
+        assert same["share_at_or_below_0"] == 1
+        close = paired.bootstrap(a, b, labels, metric, resamples=2000)
+        expected = paired.metric_per_resample(full, a, labels, metric).mean() - \
+            paired.metric_per_resample(full, b, labels, metric).mean()
+        assert close["difference"] == pytest.approx(100 * expected)
+        # Pairing removes what the two sides share: the SE of the difference is far below the unpaired one.
+        assert 0 < close["paired_se"] < close["unpaired_se"] / 2
+        assert close["paired_95"][0] < close["difference"] < close["paired_95"][1]
+    # Equal sums in other runs (SST-2 at 80b, seed 1: 719 + 725 = 717 + 727 right of 872) are +0.00, never "-0.00".
+    labels = np.ones(872, int)
+    runs = {k: np.stack([np.arange(872) < k[0], np.arange(872) < k[1]]).astype(int) for k in ((719, 725), (717, 727))}
+    tie = paired.bootstrap(runs[(719, 725)], runs[(717, 727)], labels, "accuracy", resamples=100)
+    assert f"{tie['difference']:+.2f}" == "+0.00"
+
+
+def test_paired_dev_checks_the_checkpoint_against_the_recorded_score(tmp_path):
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from sparse_transfer.glue.metrics import glue_metrics
+
+    from .glue.conftest import make_glue_dir, make_tiny_model_dir
+
+    paired = load_script("paired_dev")
+    data_dir = make_glue_dir(tmp_path / "glue", tasks=("cola",))
+    base = make_tiny_model_dir(tmp_path / "base")
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    BertForSequenceClassification.from_pretrained(base, num_labels=2).save_pretrained(run / "best")
+    AutoTokenizer.from_pretrained(base).save_pretrained(run / "best")
+    task, dev = paired.dev_set("cola", str(data_dir))
+    # A run that recorded another score than its best/ folder gives: a clear error, not a silent comparison.
+    (run / "results.json").write_text(json.dumps({"best": {"score": 2.0}, "recipe": {"max_seq_length": 64}}))
+    with pytest.raises(RuntimeError, match="does not hold the checkpoint the run scored"):
+        paired.dev_predictions(str(run), task, dev)
+    cached = json.loads((run / "dev_predictions.json").read_text())
+    preds = np.asarray(cached["predictions"])
+    assert preds.shape == (len(dev),)
+    score = glue_metrics(task, preds, dev["label"], use_evaluate=False)["matthews_correlation"]
+    (run / "results.json").write_text(json.dumps({"best": {"score": score}, "recipe": {"max_seq_length": 64}}))
+    assert np.array_equal(paired.dev_predictions(str(run), task, dev), preds)
+    # The cache is keyed by the weights: other predictions under another key are recomputed, not trusted.
+    (run / "dev_predictions.json").write_text(json.dumps({"model_sha256": "0" * 64, "predictions": [1] * len(dev)}))
+    assert np.array_equal(paired.dev_predictions(str(run), task, dev), preds)
+
+
+def test_paired_dev_finds_the_comparisons_the_page_reads(tmp_path, monkeypatch):
+    paired = load_script("paired_dev")
+    monkeypatch.setattr(paired, "RESULTS_DIR", str(tmp_path))
+    top = paired.TOP_POINTS
+    results = [
+        arm_result("cola", "80b", "paper_top_lrs", [(top[0], 0.17), (top[1], 0.16)], "mean_top2"),
+        arm_result("cola", "80b", "dense_transfer_top_lrs", [(top[0], 0.10), (top[1], 0.13)], "mean_top2"),
+        arm_result("cola", "80b", "extended_top_lrs", [(top[0], 0.12), (top[1], 0.14)], "mean_top2"),
+        arm_result("cola", "80b", "paper_top_lrs_seed1", [(top[0], 0.19), (top[1], 0.19)], "mean_top2"),
+        arm_result("cola", "80b", "dense_transfer_top_lrs_seed1", [(top[0], 0.15), (top[1], 0.15)], "mean_top2"),
+        arm_result("cola", "80b", "paper_top_lrs_seed2", [(top[0], 0.19)], "mean_top2"),  # unfinished: no pair
+        arm_result("cola", "80b", "paper", [("lr0.0001_dropout0.1", 0.15), ("lr0.0002_dropout0.05", 0.19),
+                                            ("lr0.0003_dropout0.05", 0.18)], "mean_top2"),
+        arm_result("cola", "80b", "rescaled_sweep", [("lr5e-05_dropout0.1_epochs7", 0.14),
+                                                     ("lr5e-05_dropout0.1_epochs6", 0.12)], "best"),
+        arm_result("cola", "dense", "dense_transfer", [("lr2e-05_dropout0.1", 0.16), ("lr5e-05_dropout0.1", 0.26),
+                                                       ("lr3e-05_dropout0.1", 0.20)], "mean_top2"),
+    ]
+    for r in results:
+        (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
+    found = {c["what"]: (c["a"], c["b"]) for c in paired.comparisons(["cola"]) if c["start"] == "80b"}
+    assert sorted(found) == [
+        "equal LRs, seed 0: extended - dense transfer (the 8 epochs)",
+        "equal LRs, seed 0: paper - dense transfer", "equal LRs, seed 0: paper - extended (staging and rewind)",
+        "equal LRs, seed 1: paper - dense transfer", "equal LRs, seeds 0 + 1 together: paper - dense transfer",
+        "paper (mean_top2) - rescaled_sweep (best)", "paper grid - the dense model's dense_transfer grid"]
+    a, b = found["equal LRs, seeds 0 + 1 together: paper - dense transfer"]
+    assert a == [("80b", arm, p) for arm in ("paper_top_lrs", "paper_top_lrs_seed1") for p in top]
+    assert b == [("80b", arm, p) for arm in ("dense_transfer_top_lrs", "dense_transfer_top_lrs_seed1") for p in top]
+    # A grid's summary is its two best runs, the sweep's its best, each from its own start.
+    a, b = found["paper (mean_top2) - rescaled_sweep (best)"]
+    assert a == [("80b", "paper", "lr0.0002_dropout0.05"), ("80b", "paper", "lr0.0003_dropout0.05")]
+    assert b == [("80b", "rescaled_sweep", "lr5e-05_dropout0.1_epochs7")]
+    assert found["paper grid - the dense model's dense_transfer grid"][1] == [
+        ("dense", "dense_transfer", "lr5e-05_dropout0.1"), ("dense", "dense_transfer", "lr3e-05_dropout0.1")]
+    # Seed 0 without *_top_lrs arms reads the full grids' points (as glue_study's table does); a single run is its
+    # arm's folder itself.
+    for name in ("paper_top_lrs", "dense_transfer_top_lrs", "extended_top_lrs"):
+        (tmp_path / f"cola__80b__{name}.json").unlink()
+    for r in (arm_result("cola", "80b", "paper", [(top[0], 0.18), (top[1], 0.17), ("lr0.0001_dropout0.1", 0.15)],
+                         "mean_top2"),
+              arm_result("cola", "80b", "dense_transfer_paper_lrs", [(top[0], 0.10), (top[1], 0.12)], "mean_top2"),
+              arm_result("cola", "80b", "extended_single", [("single", 0.09)]),
+              arm_result("cola", "80b", "extended", [("lr2e-05_dropout0.1", 0.09)], "mean_top2")):
+        (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
+    monkeypatch.setattr(paired, "GRID_PAIRS", [("paper", "extended_single", None)])
+    found = {c["what"]: (c["a"], c["b"]) for c in paired.comparisons(["cola"]) if c["start"] == "80b"}
+    assert found["equal LRs, seed 0: paper - dense transfer"] == (
+        [("80b", "paper", p) for p in top], [("80b", "dense_transfer_paper_lrs", p) for p in top])
+    assert "equal LRs, seed 0: paper - extended (staging and rewind)" not in found  # no extended point at 2e-4
+    assert found["paper (mean_top2) - extended_single (single run)"][1] == [("80b", "extended_single")]
+
+
+def test_paired_dev_merges_its_results_across_calls(tmp_path, monkeypatch):
+    paired = load_script("paired_dev")
+    monkeypatch.setattr(paired, "RESULTS_DIR", str(tmp_path / "glue_study"))
+
+    def row(task, what, difference):
+        return {"task": task, "start": "80b", "what": what, "a": [("80b", "paper", "x")], "b": [("80b", "d", "y")],
+                "difference": difference, "paired_se": 1.0, "unpaired_se": 2.0, "paired_95": [-1.0, 3.0],
+                "share_at_or_below_0": 0.1, "resamples": 100}
+
+    paired.write_results([row("sst2", "s", 0.5), row("cola", "c", 4.0)])
+    text = paired.write_results([row("cola", "c", 5.0)])  # a --tasks cola call: SST-2's row stays
+    table = (tmp_path / "glue_study_paired.md").read_text()
+    assert text.endswith("glue_study_paired.md") and "| cola | 80b | c | 1 vs 1 | +5.00 |" in table
+    assert "| sst2 | 80b | s | 1 vs 1 | +0.50 |" in table and "+4.00" not in table
+    assert len(json.loads((tmp_path / "glue_study_paired.json").read_text())) == 2
