@@ -46,9 +46,9 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
 
-from sparse_transfer._rundir import start_identity, starts_match, write_json_atomic  # noqa: E402
+from sparse_transfer._rundir import start_identity, starts_match, write_json_atomic, write_text_atomic  # noqa: E402
 
 RESULTS_DIR = os.environ.get("GLUE_STUDY_RESULTS", os.path.join(REPO, "benchmarks", "results", "glue_study"))
 ARMS = {
@@ -85,10 +85,12 @@ ARMS = {
     # paper's edge over dense transfer at equal LRs, how much is its epochs rather than its staging and rewind?
     "extended_top_lrs": ["--recipe", "extended", "--grid", "--grid_learning_rates", "2e-4", "3e-4"],
 }
-# The equal-LR arms again with other seeds (``paper_top_lrs_seed1`` ...), each seed also drawing another SST-2
-# subsample; ``top_points`` reads them back by their suffix.
+# The equal-LR arms' two points, and the arms again with other seeds (``paper_top_lrs_seed1`` ...), each seed also
+# drawing another SST-2 subsample; ``top_points`` (and paired_dev.py) read them back by their suffix.
+TOP_POINTS = ("lr0.0002_dropout0.1", "lr0.0003_dropout0.1")
+SEEDS = (1, 2)
 ARMS.update({f"{arm}_seed{seed}": [*ARMS[arm], "--seed", str(seed)]
-             for arm in ("paper_top_lrs", "dense_transfer_top_lrs") for seed in (1, 2)})
+             for arm in ("paper_top_lrs", "dense_transfer_top_lrs") for seed in SEEDS})
 METRIC = {"rte": "accuracy", "sst2": "accuracy", "cola": "matthews_correlation"}
 # Runs that are one and the same run (same recipe, learning rate, dropout, seed and start) in the folders of several
 # arms: a single-run arm and a grid's point, or points of two grids. Before an arm runs, each of its folders that
@@ -138,6 +140,7 @@ def summarize(task: str, model: str, arm: str, run_dir: str, command: list[str],
                 per_epoch[r["name"]] = [e[metric] for e in json.load(f)["per_epoch"]]
         detail = [{"name": r["name"], "learning_rate": r["learning_rate"], "dropout": r["dropout"],
                    "epochs": r["epochs"], "score": r["best"][metric], "best_epoch": r["best"]["epoch"]} for r in runs]
+        chosen = grid["summary"]["runs"]  # the runs the summary is the mean of, as the GLUE command ranked them
     else:
         with open(os.path.join(run_dir, "results.json")) as f:
             results = json.load(f)
@@ -146,15 +149,25 @@ def summarize(task: str, model: str, arm: str, run_dir: str, command: list[str],
         detail = [{"name": "single", "learning_rate": results["recipe"].get("learning_rate"),
                    "dropout": results["recipe"].get("dropout"), "epochs": results["epochs"], "score": score,
                    "best_epoch": results["best"]["epoch"]}]
+        chosen = ["single"]
     first = os.path.join(run_dir, detail[0]["name"]) if how != "single run" else run_dir
     with open(os.path.join(first, "results.json")) as f:
         one = json.load(f)
     return {"task": task, "model": model, "arm": arm, "metric": metric, "score": score, "summary": how,
-            "runs": detail, "per_epoch": per_epoch, "start": one["start"],
+            "summary_runs": chosen, "runs": detail, "per_epoch": per_epoch, "start": one["start"],
             "train_examples": one["data"].get("train_examples"),
             "dev_examples": sum((one["data"].get("eval_examples") or {}).values()) or None, "sparsity": one["sparsity"]["mask_sparsity"],
             "command": " ".join(command[1:]), "wall_seconds_last_session": round(seconds, 1),
             "versions": one["versions"]}
+
+
+def record_predictions(opts, summary: dict, run_dir: str) -> None:
+    """Keeps the dev predictions of the arm's runs in the repository, beside its summary (``paired_dev.py``; each
+    checked to reproduce its run's score): the differences paired on the dev sentences then outlive the run folders,
+    which a replaced machine loses with ``runs/`` (2026-12-02: CoLA's seed-2 runs, finished but never paired)."""
+    import paired_dev
+
+    paired_dev.arm_predictions(summary, run_dir, opts.data_dir, results_dir=RESULTS_DIR)
 
 
 def check_start(model: str, model_dir: str) -> None:
@@ -247,6 +260,7 @@ def run_arms(opts) -> None:
                   "one that finishes last writes the arm's summary", flush=True)
             continue
         summary = summarize(task, model, arm, run_dir, command, time.time() - start)
+        record_predictions(opts, summary, run_dir)
         write_json_atomic(out, summary)
         print(f"[done] {task} {model} {arm}: {100 * summary['score']:.2f} ({summary['summary']})", flush=True)
 
@@ -289,9 +303,6 @@ def table() -> str:
     return "\n".join(lines + default_vs_grid(rows) + equal_lrs(rows) + grid_runs(rows) + starts(rows))
 
 
-TOP_POINTS = ("lr0.0002_dropout0.1", "lr0.0003_dropout0.1")
-
-
 def top_points(rows: dict, epoch: str = "best") -> dict:
     """``(task, start, seed) -> {schedule: {point: score}}`` at lr 2e-4 and 3e-4 (dropout 0.1), for the schedules
     with both points: seed 0 from the full grids or the ``*_top_lrs`` arms, other seeds from ``*_top_lrs_seed<N>``.
@@ -303,7 +314,7 @@ def top_points(rows: dict, epoch: str = "best") -> dict:
 
     found = {}
     for task, model in sorted({(t, m) for t, m, _ in rows}):
-        for seed, suffix in ((0, ""), *((n, f"_seed{n}") for n in range(1, 10))):
+        for seed, suffix in ((0, ""), *((n, f"_seed{n}") for n in SEEDS)):
             schedules = {}
             for schedule, grid in (("paper", "paper"), ("dense_transfer", "dense_transfer_paper_lrs"),
                                    ("extended", None)):
@@ -316,12 +327,16 @@ def top_points(rows: dict, epoch: str = "best") -> dict:
     return found
 
 
+def mean_difference(a: dict, b: dict) -> float:
+    """Two schedules' difference of means over the top points, in points; rounded, since equal sums can differ by
+    1e-16 in floats and print as "-0.00"."""
+    return 100 * (round((sum(a.values()) - sum(b.values())) / len(TOP_POINTS), 6) + 0.0)
+
+
 def difference_cell(a: dict | None, b: dict | None) -> str:
-    """A table cell: the difference of two schedules' mean over the top points, in points, never "-0.00";
-    "-" where a schedule's scores are missing (an arm JSON without per-epoch scores)."""
-    if a is None or b is None:
-        return "-"
-    return f"{100 * (round((sum(a.values()) - sum(b.values())) / len(TOP_POINTS), 6) + 0.0):+.2f}"
+    """A table cell: ``mean_difference``, or "-" where a schedule's scores are missing (an arm JSON without
+    per-epoch scores)."""
+    return "-" if a is None or b is None else f"{mean_difference(a, b):+.2f}"
 
 
 def equal_lrs(rows: dict) -> list[str]:
@@ -333,9 +348,7 @@ def equal_lrs(rows: dict) -> list[str]:
         if "paper" not in s or "dense_transfer" not in s:
             continue
         (task, model, seed), paper, dense, last = key, s["paper"], s["dense_transfer"], last_epoch.get(key, {})
-        # rounded as in difference_cell: equal sums can differ by 1e-16 in floats and print as "-0.00"
-        per_seed.setdefault((task, model), []).append(
-            100 * (round((sum(paper.values()) - sum(dense.values())) / len(TOP_POINTS), 6) + 0.0))
+        per_seed.setdefault((task, model), []).append(mean_difference(paper, dense))
         lines.append(f"| {task} | {model} | {seed} | {' | '.join(f'{100 * paper[n]:.2f}' for n in TOP_POINTS)} | "
                      f"{' | '.join(f'{100 * dense[n]:.2f}' for n in TOP_POINTS)} | "
                      f"{difference_cell(paper, dense)} | "
@@ -505,9 +518,9 @@ def main(argv=None) -> int:
         run_arms(opts)
     text = table()
     print(text)
-    with open(f"{RESULTS_DIR}.md", "w") as f:  # the table beside its JSON files, regenerated by every --table
-        f.write(f"# GLUE study: every finished arm\n\nWritten by `python benchmarks/glue_study.py --table` from "
-                f"`{os.path.relpath(RESULTS_DIR, REPO)}/*.json`.\n\n{text}\n")
+    # the table beside its JSON files, regenerated by every --table
+    write_text_atomic(f"{RESULTS_DIR}.md", f"# GLUE study: every finished arm\n\nWritten by `python "
+                      f"benchmarks/glue_study.py --table` from `{os.path.relpath(RESULTS_DIR, REPO)}/*.json`.\n\n{text}\n")
     for path in plot():
         print("plot:", path, file=sys.stderr)  # stdout is the table alone, to paste into a results page
     return 0

@@ -3,11 +3,13 @@
 The study's table (``glue_study.py --table``) gives each score the standard error of one dev set and reads a
 difference of two arms as if their dev scores were independent. They are not: every run is scored on the same
 sentences, and two fine-tuned models get most of them right or wrong together. This script scores each run's
-reloaded best checkpoint (``<run>/best``) on the dev set once, keeps the per-sentence predictions beside the run
-(``<run>/dev_predictions.json``, keyed by the weights' SHA-256), checks that they reproduce the score the run recorded,
-and then bootstraps the dev sentences: every resample draws the same sentences for every run, so the spread of the
-difference is the paired one. The unpaired spread (each side resampled on its own) is printed beside it, as is the
-share of resamples in which the difference is not positive.
+reloaded best checkpoint (``<run>/best``) on the dev set once, checks that its predictions reproduce the score the run
+recorded, and keeps them in the repository beside the arm summaries (``benchmarks/results/glue_study_predictions/``,
+one file per arm, with the weights' content hash), so that the comparison outlives the run folders (``glue_study.py``
+records them as each arm finishes; this script adds those of arms finished before). Then it bootstraps the dev
+sentences: every resample draws the same sentences for every run, so the spread of the difference is the paired
+one. The unpaired spread (each side resampled on its own) is printed beside it, as is the share of resamples in
+which the difference is not positive.
 
 What it does not measure: how much a run moves with its training seed (seeds share the dev set, so their spread is
 the study's "Across seeds" table; this one is the dev set's), and the choices made on the same dev sentences (each
@@ -19,53 +21,48 @@ Usage::
     python benchmarks/paired_dev.py --data-dir ../shared/data/glue       # every comparison whose runs exist
     python benchmarks/paired_dev.py --data-dir ../shared/data/glue --tasks cola --threads 2
 
-Writes ``benchmarks/results/glue_study_paired.md`` and ``.json`` (beside ``GLUE_STUDY_RESULTS`` when that is set).
+Writes ``benchmarks/results/glue_study_paired.md`` and ``.json``, and ``glue_study_predictions/`` (beside
+``GLUE_STUDY_RESULTS`` when that is set).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import math
 import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from sparse_transfer._rundir import write_json_atomic  # noqa: E402
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, ".."), HERE]
+from glue_study import SEEDS, TOP_POINTS  # noqa: E402  (the table's own points and seeds: the same comparisons)
+
+from sparse_transfer._rundir import start_identity, write_json_atomic, write_text_atomic  # noqa: E402
+
 # glue_study.py's arm summaries (the same GLUE_STUDY_RESULTS keeps another study apart); the output beside them
 RESULTS_DIR = os.environ.get("GLUE_STUDY_RESULTS", os.path.join(HERE, "results", "glue_study"))
-TOP_POINTS = ("lr0.0002_dropout0.1", "lr0.0003_dropout0.1")
 NEEDED = (os.path.join("best", "model.safetensors"), "results.json")  # what a run folder must hold to be scored
-SEEDS = range(10)  # as glue_study's top_points: seed 0, then the *_top_lrs_seed<N> arms
 # Grid against grid, as the Verdict reads them: (arm A, arm B, the start of B or None for A's own start).
 GRID_PAIRS = [("paper", "dense_transfer", None), ("paper", "extended", None), ("paper", "rescaled_sweep", None),
               ("paper", "dense_transfer_paper_lrs", None), ("paper", "dense_transfer", "dense")]
 
 
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def dev_set(task_name: str, data_dir: str):
-    """The task and its dev labels (the same file and order the GLUE command scores)."""
+def dev_set(task_name: str, data_dir: str, max_eval_samples: int | None = None, seed: int = 42):
+    """The task and its dev set, the same file and order the GLUE command scores (and the same subset where a run was
+    given ``--max_eval_samples``)."""
     from sparse_transfer.glue.data import load_glue_data
     from sparse_transfer.glue.tasks import get_task
 
     task = get_task(task_name)
-    data = load_glue_data(task, data_dir=data_dir)
+    data = load_glue_data(task, data_dir=data_dir, max_eval_samples=max_eval_samples, seed=seed)
     return task, data.evals[task.eval_names[0]]
 
 
 def dev_predictions(run_dir: str, task, dev, batch_size: int = 64) -> np.ndarray:
-    """The best checkpoint's dev predictions, cached beside the run and checked against its recorded score."""
+    """The predictions of a run's reloaded best checkpoint on ``dev`` (the dev set the run scored), checked against
+    the score the run recorded."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
@@ -76,28 +73,18 @@ def dev_predictions(run_dir: str, task, dev, batch_size: int = 64) -> np.ndarray
     best = os.path.join(run_dir, "best")
     with open(os.path.join(run_dir, "results.json")) as f:
         results = json.load(f)
-    weights = sha256(os.path.join(best, "model.safetensors"))
-    cache = os.path.join(run_dir, "dev_predictions.json")
-    preds = None
-    if os.path.exists(cache):
-        with open(cache) as f:
-            cached = json.load(f)
-        if cached.get("model_sha256") == weights:
-            preds = np.asarray(cached["predictions"])
-    if preds is None:
-        tokenizer = AutoTokenizer.from_pretrained(best)
-        model = AutoModelForSequenceClassification.from_pretrained(best).eval()
-        max_len = int(results.get("recipe", {}).get("max_seq_length") or 128)
-        data = tokenize_glue(GlueData(task=task, train=dev.select([]), evals={"dev": dev}, source={}), tokenizer, max_len)
-        features = data.evals["dev"].remove_columns(["label"])
-        collate = DataCollatorWithPadding(tokenizer)
-        logits = []
-        with torch.no_grad():
-            for i in range(0, len(features), batch_size):
-                batch = collate([features[j] for j in range(i, min(i + batch_size, len(features)))])
-                logits.append(model(**batch).logits.float().numpy())
-        preds = predictions_from_logits(task, np.concatenate(logits))
-        write_json_atomic(cache, {"model_sha256": weights, "predictions": preds.tolist()})
+    tokenizer = AutoTokenizer.from_pretrained(best)
+    model = AutoModelForSequenceClassification.from_pretrained(best).eval()
+    max_len = int(results.get("recipe", {}).get("max_seq_length") or 128)
+    data = tokenize_glue(GlueData(task=task, train=dev.select([]), evals={"dev": dev}, source={}), tokenizer, max_len)
+    features = data.evals["dev"].remove_columns(["label"])
+    collate = DataCollatorWithPadding(tokenizer)
+    logits = []
+    with torch.no_grad():
+        for i in range(0, len(features), batch_size):
+            batch = collate([features[j] for j in range(i, min(i + batch_size, len(features)))])
+            logits.append(model(**batch).logits.float().numpy())
+    preds = predictions_from_logits(task, np.concatenate(logits))
     recorded = results["best"]["score"]
     score = glue_score(task, glue_metrics(task, preds, np.asarray(dev["label"]), use_evaluate=False))
     if abs(score - recorded) > 1e-6:
@@ -106,6 +93,60 @@ def dev_predictions(run_dir: str, task, dev, batch_size: int = 64) -> np.ndarray
             "folder does not hold the checkpoint the run scored (a resumed or copied run?). Retrain that run."
         )
     return preds
+
+
+def predictions_path(results_dir: str, task: str, start: str, arm: str) -> str:
+    return os.path.join(f"{results_dir}_predictions", f"{task}__{start}__{arm}.json")
+
+
+def _encode(preds: np.ndarray) -> str:
+    """Class predictions as one digit each: a line of 1,043 characters for CoLA, not 1,043 lines of JSON."""
+    if preds.dtype.kind not in "iu" or preds.size and not 0 <= preds.min() <= preds.max() <= 9:
+        raise ValueError("only class labels 0-9 are stored (the study's tasks are classification tasks)")
+    return "".join(map(str, preds.tolist()))
+
+
+def arm_predictions(arm_json: dict, arm_dir: str, data_dir: str, results_dir: str | None = None,
+                    names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The dev predictions of an arm's runs (``names``, default all), by run name (``"single"`` for a single-run arm).
+
+    Read from the arm's predictions file where it holds them for the score the arm summary records and the same
+    start; otherwise scored from the run folders below ``arm_dir`` (``dev_predictions``) and added to the file.
+    Raises ``FileNotFoundError`` naming the first run that is in neither place."""
+    task_name, start, arm = arm_json["task"], arm_json["model"], arm_json["arm"]
+    path = predictions_path(results_dir or RESULTS_DIR, task_name, start, arm)
+    stored = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+    if stored.get("start") != arm_json.get("start"):  # a start name reused for other weights: nothing stored holds
+        stored = {}
+    stored = {"task": task_name, "start": arm_json.get("start"), "arm": arm, "runs": stored.get("runs", {})}
+    scores = {r["name"]: r["score"] for r in arm_json["runs"]}
+    found, devs, changed = {}, {}, False
+    for name in names or list(scores):
+        entry = stored["runs"].get(name)
+        if entry is None or entry["score"] != scores[name]:
+            run_dir = arm_dir if arm_json["summary"] == "single run" else os.path.join(arm_dir, name)
+            lacking = [f for f in NEEDED if not os.path.exists(os.path.join(run_dir, f))]
+            if lacking:
+                raise FileNotFoundError(
+                    f"{run_dir} lacks {' and '.join(lacking)}, and {path} holds no predictions of it for the score "
+                    f"its arm recorded ({scores[name]:.6f}): the run was trained where this runs/ folder is not")
+            with open(os.path.join(run_dir, "results.json")) as f:
+                recipe = json.load(f).get("recipe", {})
+            subset = (recipe.get("max_eval_samples"), recipe.get("seed", 42))
+            if subset not in devs:
+                devs[subset] = dev_set(task_name, data_dir, *subset)
+            task, dev = devs[subset]
+            print(f"[dev] {task_name} {start} {arm} {name}", flush=True)
+            entry = {"score": scores[name], "weights": start_identity(os.path.join(run_dir, "best"))["content_sha256"],
+                     "predictions": _encode(dev_predictions(run_dir, task, dev))}
+            stored["runs"][name], changed = entry, True
+        found[name] = np.array([int(c) for c in entry["predictions"]])
+    if changed:
+        write_json_atomic(path, stored)
+    return found
 
 
 def metric_per_resample(counts: np.ndarray, preds: np.ndarray, labels: np.ndarray, metric: str) -> np.ndarray:
@@ -148,11 +189,15 @@ def bootstrap(a: np.ndarray, b: np.ndarray, labels: np.ndarray, metric: str, res
 
 def chosen_runs(arm_json: dict) -> list[tuple[str, ...]]:
     """The runs an arm's summary is made of, as paths below the arm's folder: its two best (mean_top2), its best, or
-    its single run (the arm's folder itself). Ties keep the arm's order (the paired SE can depend on which tied run is
-    taken; the difference does not)."""
+    its single run (the arm's folder itself). The runs the GLUE command's grid summary named where the arm recorded
+    them (``summary_runs``); else ranked as it ranks them, NaN last, ties in the arm's order (the paired SE can depend
+    on which tied run is taken; the difference does not)."""
     if arm_json["summary"] == "single run":
         return [()]
-    runs = sorted(arm_json["runs"], key=lambda r: -r["score"])
+    if arm_json.get("summary_runs"):
+        return [(name,) for name in arm_json["summary_runs"]]
+    runs = sorted(arm_json["runs"], key=lambda r: -math.inf if r["score"] is None or math.isnan(r["score"])
+                  else r["score"], reverse=True)
     return [(r["name"],) for r in runs[: 2 if arm_json["summary"] == "mean_top2" else 1]]
 
 
@@ -166,27 +211,30 @@ def load_arm(task: str, start: str, arm: str) -> dict | None:
 
 def top_lrs_arm(task: str, start: str, schedule: str, seed: int) -> str | None:
     """The arm holding ``schedule``'s runs at the two top LRs for ``seed``, as glue_study's ``top_points`` reads them:
-    ``<schedule>_top_lrs[_seedN]``, or for seed 0 the full grid that contains both points."""
-    suffix = f"_seed{seed}" if seed else ""
+    ``<schedule>_top_lrs[_seedN]`` if it exists, else for seed 0 the full grid; ``None`` unless it has both points."""
     grids = {"paper": "paper", "dense_transfer": "dense_transfer_paper_lrs"} if not seed else {}
-    for arm in (f"{schedule}_top_lrs{suffix}", grids.get(schedule)):
-        r = load_arm(task, start, arm) if arm else None
-        if r and set(TOP_POINTS) <= {run["name"] for run in r["runs"]}:
-            return arm
-    return None
+    arm = f"{schedule}_top_lrs{f'_seed{seed}' if seed else ''}"
+    if load_arm(task, start, arm) is None:
+        arm = grids.get(schedule)
+    r = load_arm(task, start, arm) if arm else None
+    return arm if r and set(TOP_POINTS) <= {run["name"] for run in r["runs"]} else None
 
 
 def comparisons(tasks: list[str]) -> list[dict]:
     """Every comparison the results page reads whose arm summaries exist: the schedules at equal LRs per seed and
-    over all seeds together, and grid against grid. Each side is a list of run folders, ``(start, arm, *point)``."""
+    over all seeds together, and grid against grid. Each side is a list of run folders, ``(start, arm, *point)``.
+    A comparison with one side recorded and the other not is said, not dropped in silence."""
     found = []
     starts = sorted({name.split("__")[1] for name in os.listdir(RESULTS_DIR) if name.endswith(".json")})
     for task in tasks:
         for start in starts:
             pooled_a, pooled_b, seeds = [], [], []
-            for seed in SEEDS:
+            for seed in (0, *SEEDS):
                 arms = {s: top_lrs_arm(task, start, s, seed) for s in ("paper", "dense_transfer", "extended")}
                 if not arms["paper"] or not arms["dense_transfer"]:
+                    if arms["paper"] or arms["dense_transfer"]:
+                        print(f"[skip] {task} {start} equal LRs, seed {seed}: only "
+                              f"{arms['paper'] or arms['dense_transfer']} has both points")
                     continue
                 a, b = ([(start, arms[s], p) for p in TOP_POINTS] for s in ("paper", "dense_transfer"))
                 found.append({"task": task, "start": start, "what": f"equal LRs, seed {seed}: paper - dense transfer",
@@ -210,6 +258,8 @@ def comparisons(tasks: list[str]) -> list[dict]:
                 elif a and b:
                     what = f"{arm_a} ({a['summary']}) - {arm_b} ({b['summary']})"
                 else:
+                    if a and start_b is None:  # a start's own grids: the other grid not (yet) run there
+                        print(f"[skip] {task} {start} {arm_a} - {arm_b}: no {arm_b} arm at {start}")
                     continue
                 found.append({"task": task, "start": start, "what": what,
                               "a": [(start, arm_a, *r) for r in chosen_runs(a)],
@@ -233,27 +283,33 @@ def main(argv=None) -> None:
     for task_name in args.tasks:
         todo = comparisons([task_name])
         if not todo:
+            print(f"[skip] {task_name}: no comparison has both sides recorded")
             continue
         task, dev = dev_set(task_name, args.data_dir)
         labels, metric = np.asarray(dev["label"]), task.metrics[0]
-        cache: dict[tuple, np.ndarray] = {}
+        preds: dict[tuple, np.ndarray] = {}
         for c in todo:
-            missing = [r for r in c["a"] + c["b"]
-                       if not all(os.path.exists(os.path.join(args.runs, task_name, *r, f)) for f in NEEDED)]
-            if missing:
-                print(f"[skip] {task_name} {c['start']} {c['what']}: {os.path.join(args.runs, task_name, *missing[0])} "
-                      f"lacks {' or '.join(NEEDED)} (the runs were trained where this runs/ folder is not?)")
+            try:
+                for r in c["a"] + c["b"]:
+                    if r not in preds:
+                        start, arm, *point = r
+                        preds[r] = arm_predictions(
+                            load_arm(task_name, start, arm), os.path.join(args.runs, task_name, start, arm),
+                            args.data_dir, names=[point[0] if point else "single"])[point[0] if point else "single"]
+            except FileNotFoundError as e:
+                print(f"[skip] {task_name} {c['start']} {c['what']}: {e}")
                 continue
-            for r in c["a"] + c["b"]:
-                if r not in cache:
-                    print(f"[dev] {task_name} {'/'.join(r)}", flush=True)
-                    cache[r] = dev_predictions(os.path.join(args.runs, task_name, *r), task, dev)
-            stats = bootstrap(np.stack([cache[r] for r in c["a"]]), np.stack([cache[r] for r in c["b"]]), labels,
+            subsets = [r for r in c["a"] + c["b"] if preds[r].size != labels.size]
+            if subsets:  # a run scored on part of the dev set (--max_eval_samples): not the same sentences
+                print(f"[skip] {task_name} {c['start']} {c['what']}: {'/'.join(subsets[0])} was scored on "
+                      f"{preds[subsets[0]].size} of the {labels.size} dev examples (--max_eval_samples)")
+                continue
+            stats = bootstrap(np.stack([preds[r] for r in c["a"]]), np.stack([preds[r] for r in c["b"]]), labels,
                               metric, args.resamples)
             rows.append({**c, **stats, "metric": metric, "dev_examples": int(labels.size)})
             print(row_line(rows[-1]), flush=True)
     if not rows:
-        print("no comparison had its run folders here; the results files are left as they were")
+        print("no comparison had its predictions or run folders here; the results files are left as they were")
         return
     print(f"wrote {write_results(rows)}")
 
@@ -281,17 +337,16 @@ def write_results(rows: list[dict]) -> str:
     text = "\n".join([
         "# The GLUE study's differences, paired on the dev sentences", "",
         "Generated by `python benchmarks/paired_dev.py --data-dir ../shared/data/glue` from each run's reloaded best "
-        "checkpoint (predictions checked against the score the run recorded). Bootstrap over the dev sentences, "
-        f"{rows[0]['resamples']} resamples, the same sentences for every run; in points. Not in these SEs: the "
+        "checkpoint (predictions checked against the score the run recorded, kept in `glue_study_predictions/`). "
+        "Bootstrap over the dev sentences, "
+        f"{' or '.join(str(n) for n in sorted({r['resamples'] for r in rows}))} resamples, the same sentences for "
+        "every run; in points. Not in these SEs: the "
         "training seed's spread (the study's \"Across seeds\" table), and the choices made on the same dev sentences "
         "(each run's best epoch, a grid's two best runs, the sweep's best of 21), which the bootstrap holds fixed and "
         "which favour the side that chose among more.", "",
         "| task | start | difference | runs | observed | paired SE | paired 95% interval | share of resamples <= 0 "
         "| unpaired SE |", "|---|---|---|---|---:|---:|---|---:|---:|", *map(row_line, rows), ""])
-    tmp = f"{out}.md.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, f"{out}.md")
+    write_text_atomic(f"{out}.md", text)
     return f"{out}.md"
 
 

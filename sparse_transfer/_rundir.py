@@ -84,14 +84,19 @@ def plain(value: Any) -> Any:
     return str(getattr(value, "value", value))
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Writes JSON to a temporary file and renames it, so a reader sees the whole file or none (the temporary name
-    is the process's own: two processes writing the same file, such as grid shards, never share it)."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` to a temporary file and renames it, so a reader sees the whole file or none (the temporary
+    name is the process's own: two processes writing the same file, such as grid shards, never share it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(plain(obj), indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """``write_text_atomic`` of ``obj`` as JSON."""
+    write_text_atomic(path, json.dumps(plain(obj), indent=2, allow_nan=True) + "\n")
 
 
 #: Held (an OS file lock) while a process trains into a run folder.

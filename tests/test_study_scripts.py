@@ -143,7 +143,12 @@ def fake_model_dir(path: Path, weights: bytes = b"weights") -> Path:
 
 
 def fake_glue(study, commands: list):
-    """Stands in for the GLUE command: a single run finishes; a grid's other shard never does."""
+    """Stands in for the GLUE command: a single run finishes; a grid's other shard never does. The runs have no
+    checkpoint to score, so the dev predictions an arm records (``record_predictions``, tested with a real run in
+    the paired_dev tests) are noted in ``study.predictions_recorded``, with the summary they were recorded for."""
+    study.predictions_recorded = []
+    study.record_predictions = lambda opts, summary, run_dir: study.predictions_recorded.append((summary, run_dir))
+
     def run(command, **kwargs):
         commands.append(command)
         run_dir = Path(command[command.index("--output_dir") + 1])
@@ -177,6 +182,17 @@ def test_glue_study_grid_shards_share_grids_and_split_single_runs(tmp_path, monk
     assert capsys.readouterr().out.count("[waiting]") == 4
     written = sorted(p.name for p in (tmp_path / "results").iterdir())
     assert written == ["rte__90__dense_transfer_single.json", "rte__90__paper_single.json"]
+    # Each written arm recorded its runs' dev predictions, for the summary it wrote; a waiting grid, none yet.
+    assert sorted((s["arm"], s["summary_runs"], Path(d).name) for s, d in study.predictions_recorded) == [
+        ("dense_transfer_single", ["single"], "dense_transfer_single"), ("paper_single", ["single"], "paper_single")]
+
+    def unreproducible(opts, summary, run_dir):
+        raise RuntimeError("does not hold the checkpoint the run scored")
+
+    study.record_predictions = unreproducible  # predictions that do not reproduce the run: no summary either
+    with pytest.raises(RuntimeError, match="does not hold"):
+        study.run_arms(study.parse_args([*argv, "--arms", "extended_single"]))
+    assert not (tmp_path / "results" / "rte__90__extended_single.json").exists()
 
 
 def test_upstream_levers_are_valid_recipes_at_every_budget():
@@ -404,6 +420,12 @@ def test_paired_dev_bootstrap_pairs_the_dev_sentences():
     assert np.allclose(mcc, [matthews_corrcoef(labels, p) for p in a])
     assert np.allclose(paired.metric_per_resample(full, a, labels, "accuracy")[0], (a == labels).mean(1))
     assert paired.metric_per_resample(full, np.ones((1, 400), int), labels, "matthews_correlation")[0, 0] == 0
+    # On a resample each sentence counts as often as it was drawn: sklearn's metrics with those counts as weights.
+    counts = rng.multinomial(400, np.full(400, 1 / 400), size=3)
+    mcc = paired.metric_per_resample(counts, a, labels, "matthews_correlation")
+    assert np.allclose(mcc, [[matthews_corrcoef(labels, p, sample_weight=c) for p in a] for c in counts])
+    accuracy = paired.metric_per_resample(counts, a, labels, "accuracy")
+    assert np.allclose(accuracy, [[np.average(p == labels, weights=c) for p in a] for c in counts])
     for metric in ("accuracy", "matthews_correlation"):
         same = paired.bootstrap(a, a, labels, metric, resamples=2000)
         assert same["difference"] == 0 and same["paired_se"] == 0 and same["unpaired_se"] > 1
@@ -422,35 +444,101 @@ def test_paired_dev_bootstrap_pairs_the_dev_sentences():
     assert f"{tie['difference']:+.2f}" == "+0.00"
 
 
-def test_paired_dev_checks_the_checkpoint_against_the_recorded_score(tmp_path):
+def split_start(tmp_path):
+    """Tiny CoLA data, and a start whose predictions split the dev set (a tiny model trained for seconds predicts
+    one class, MCC 0 for any input handling): its classifier's bias at the median logit difference. Trained with a
+    learning rate too small to move it, a run records a non-zero score for paired_dev to reproduce."""
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    from sparse_transfer.glue.metrics import glue_metrics
-
     from .glue.conftest import make_glue_dir, make_tiny_model_dir
 
-    paired = load_script("paired_dev")
-    data_dir = make_glue_dir(tmp_path / "glue", tasks=("cola",))
+    data_dir = make_glue_dir(tmp_path / "glue", tasks=("cola",), n_train=32, n_dev=64)
     base = make_tiny_model_dir(tmp_path / "base")
-    run = tmp_path / "run"
     torch.manual_seed(0)
-    BertForSequenceClassification.from_pretrained(base, num_labels=2).save_pretrained(run / "best")
-    AutoTokenizer.from_pretrained(base).save_pretrained(run / "best")
-    task, dev = paired.dev_set("cola", str(data_dir))
-    # A run that recorded another score than its best/ folder gives: a clear error, not a silent comparison.
-    (run / "results.json").write_text(json.dumps({"best": {"score": 2.0}, "recipe": {"max_seq_length": 64}}))
+    model, tokenizer = BertForSequenceClassification.from_pretrained(base, num_labels=2).eval(), AutoTokenizer.from_pretrained(base)
+    sentences = [line.split("\t")[3] for line in (data_dir / "CoLA" / "dev.tsv").read_text().splitlines()]
+    with torch.no_grad():
+        logits = model(**tokenizer(sentences, padding=True, return_tensors="pt")).logits
+        model.classifier.bias[1] -= (logits[:, 1] - logits[:, 0]).median()
+    model.save_pretrained(tmp_path / "start")
+    tokenizer.save_pretrained(tmp_path / "start")
+    return data_dir, tmp_path / "start"
+
+
+def still_run(data_dir, start, run, *extra):
+    from sparse_transfer.glue.__main__ import main as glue
+
+    assert glue(["--task", "cola", "--model", str(start), "--data_dir", str(data_dir), "--output_dir", str(run),
+                 "--recipe", "dense_transfer", "--epochs", "1", "--learning_rate", "1e-9", "--max_seq_length", "64",
+                 "--disable_tqdm", "true", *extra]) == 0
+    return json.loads((run / "results.json").read_text())
+
+
+def test_paired_dev_keeps_predictions_that_reproduce_the_runs_score(tmp_path):
+    import shutil
+
+    from sklearn.metrics import matthews_corrcoef
+
+    paired = load_script("paired_dev")
+    data_dir, start = split_start(tmp_path)
+    run = tmp_path / "runs" / "cola" / "s" / "paper_single"
+    results = still_run(data_dir, start, run)
+    recorded = results["best"]["score"]
+    assert recorded > 0.1
+    arm = {"task": "cola", "model": "s", "arm": "paper_single", "summary": "single run", "start": results["start"],
+           "runs": [{"name": "single", "score": recorded}]}
+    out = tmp_path / "results" / "glue_study"
+    preds = paired.arm_predictions(arm, str(run), str(data_dir), results_dir=str(out))["single"]
+    labels = [int(line.split("\t")[1]) for line in (data_dir / "CoLA" / "dev.tsv").read_text().splitlines()]
+    assert preds.shape == (64,) and matthews_corrcoef(labels, preds) == pytest.approx(recorded, abs=1e-9)
+    stored = json.loads((tmp_path / "results" / "glue_study_predictions" / "cola__s__paper_single.json").read_text())
+    assert stored["start"] == results["start"] and stored["runs"]["single"]["predictions"] == "".join(map(str, preds))
+    assert len(stored["runs"]["single"]["weights"]) == 64
+    # The run folder gone (a replaced machine): the stored predictions serve, for the score the arm recorded only.
+    shutil.move(run, tmp_path / "away")
+    assert np.array_equal(paired.arm_predictions(arm, str(run), str(data_dir), results_dir=str(out))["single"], preds)
+    for other in ({**arm, "runs": [{"name": "single", "score": recorded + 0.1}]},  # the arm trained again
+                  {**arm, "start": {"content_sha256": "0" * 64}}):  # the name given to other weights
+        with pytest.raises(FileNotFoundError, match="lacks .*holds no predictions of it"):
+            paired.arm_predictions(other, str(run), str(data_dir), results_dir=str(out))
+    # A run whose best/ does not give the score it recorded (a copied or resumed folder): a clear error, not a
+    # silent comparison, and nothing stored.
+    shutil.move(tmp_path / "away", run)
+    results["best"]["score"] = recorded + 0.1
+    (run / "results.json").write_text(json.dumps(results))
     with pytest.raises(RuntimeError, match="does not hold the checkpoint the run scored"):
-        paired.dev_predictions(str(run), task, dev)
-    cached = json.loads((run / "dev_predictions.json").read_text())
-    preds = np.asarray(cached["predictions"])
-    assert preds.shape == (len(dev),)
-    score = glue_metrics(task, preds, dev["label"], use_evaluate=False)["matthews_correlation"]
-    (run / "results.json").write_text(json.dumps({"best": {"score": score}, "recipe": {"max_seq_length": 64}}))
-    assert np.array_equal(paired.dev_predictions(str(run), task, dev), preds)
-    # The cache is keyed by the weights: other predictions under another key are recomputed, not trusted.
-    (run / "dev_predictions.json").write_text(json.dumps({"model_sha256": "0" * 64, "predictions": [1] * len(dev)}))
-    assert np.array_equal(paired.dev_predictions(str(run), task, dev), preds)
+        paired.arm_predictions({**arm, "runs": [{"name": "single", "score": recorded + 0.1}]}, str(run),
+                               str(data_dir), results_dir=str(out))
+    stored_now = json.loads((tmp_path / "results" / "glue_study_predictions" / "cola__s__paper_single.json").read_text())
+    assert stored_now == stored
+
+
+def test_paired_dev_compares_runs_on_the_same_dev_sentences_only(tmp_path, monkeypatch, capsys):
+    paired = load_script("paired_dev")
+    data_dir, start = split_start(tmp_path)
+    monkeypatch.setattr(paired, "RESULTS_DIR", str(tmp_path / "results" / "glue_study"))
+    monkeypatch.setattr(paired, "GRID_PAIRS", [("paper_single", "dense_transfer_single", None),
+                                               ("paper_single", "extended_single", None)])
+    runs = tmp_path / "runs"
+    for arm, extra in (("paper_single", []), ("dense_transfer_single", ["--dropout", "0.2"]),
+                       ("extended_single", ["--max_eval_samples", "40"])):
+        results = still_run(data_dir, start, runs / "cola" / "s" / arm, *extra)
+        (tmp_path / "results" / "glue_study").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "results" / "glue_study" / f"cola__s__{arm}.json").write_text(json.dumps(
+            {"task": "cola", "model": "s", "arm": arm, "summary": "single run", "start": results["start"],
+             "runs": [{"name": "single", "score": results["best"]["score"]}]}))
+    paired.main(["--data-dir", str(data_dir), "--runs", str(runs), "--tasks", "cola", "--resamples", "200"])
+    out = capsys.readouterr().out
+    # A run scored on 40 of the 64 dev sentences (--max_eval_samples) is scored on those 40, as it recorded, and not
+    # paired with runs scored on all 64.
+    assert "[skip] cola s paper_single (single run) - extended_single (single run): s/extended_single was scored on 40 " \
+           "of the 64 dev examples" in out
+    rows = json.loads((tmp_path / "results" / "glue_study_paired.json").read_text())
+    assert [r["what"] for r in rows] == ["paper_single (single run) - dense_transfer_single (single run)"]
+    stored = tmp_path / "results" / "glue_study_predictions"
+    assert sorted(p.name for p in stored.iterdir()) == [
+        "cola__s__dense_transfer_single.json", "cola__s__extended_single.json", "cola__s__paper_single.json"]
 
 
 def test_paired_dev_finds_the_comparisons_the_page_reads(tmp_path, monkeypatch):
@@ -504,6 +592,13 @@ def test_paired_dev_finds_the_comparisons_the_page_reads(tmp_path, monkeypatch):
         [("80b", "paper", p) for p in top], [("80b", "dense_transfer_paper_lrs", p) for p in top])
     assert "equal LRs, seed 0: paper - extended (staging and rewind)" not in found  # no extended point at 2e-4
     assert found["paper (mean_top2) - extended_single (single run)"][1] == [("80b", "extended_single")]
+    # The runs a grid's summary named (as the GLUE command ranked them) are the runs compared; without that record,
+    # ranked as the command ranks them: a NaN score last.
+    assert paired.chosen_runs({"summary": "mean_top2", "summary_runs": ["b", "c"], "runs": [
+        {"name": "a", "score": 0.3}, {"name": "b", "score": 0.2}, {"name": "c", "score": 0.1}]}) == [("b",), ("c",)]
+    assert paired.chosen_runs({"summary": "mean_top2", "runs": [
+        {"name": "a", "score": float("nan")}, {"name": "b", "score": 0.2}, {"name": "c", "score": 0.1}]}) == [
+        ("b",), ("c",)]
 
 
 def test_paired_dev_merges_its_results_across_calls(tmp_path, monkeypatch):
