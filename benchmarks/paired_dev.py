@@ -110,9 +110,10 @@ def arm_predictions(arm_json: dict, arm_dir: str, data_dir: str, results_dir: st
                     names: list[str] | None = None) -> dict[str, np.ndarray]:
     """The dev predictions of an arm's runs (``names``, default all), by run name (``"single"`` for a single-run arm).
 
-    Read from the arm's predictions file where it holds them for the score the arm summary records and the same
-    start; otherwise scored from the run folders below ``arm_dir`` (``dev_predictions``) and added to the file.
-    Raises ``FileNotFoundError`` naming the first run that is in neither place."""
+    Read from the arm's predictions file where it holds them for the score the arm summary records, the same start
+    and, where the run folder below ``arm_dir`` is here, the weights in its ``best/`` (the checkpoint, not the record,
+    decides); otherwise scored from the run folder (``dev_predictions``) and added to the file. Raises
+    ``FileNotFoundError`` naming the first run that is in neither place."""
     task_name, start, arm = arm_json["task"], arm_json["model"], arm_json["arm"]
     path = predictions_path(results_dir or RESULTS_DIR, task_name, start, arm)
     stored = {}
@@ -126,9 +127,10 @@ def arm_predictions(arm_json: dict, arm_dir: str, data_dir: str, results_dir: st
     found, devs, changed = {}, {}, False
     for name in names or list(scores):
         entry = stored["runs"].get(name)
-        if entry is None or entry["score"] != scores[name]:
-            run_dir = arm_dir if arm_json["summary"] == "single run" else os.path.join(arm_dir, name)
-            lacking = [f for f in NEEDED if not os.path.exists(os.path.join(run_dir, f))]
+        run_dir = arm_dir if arm_json["summary"] == "single run" else os.path.join(arm_dir, name)
+        lacking = [f for f in NEEDED if not os.path.exists(os.path.join(run_dir, f))]
+        weights = None if lacking else start_identity(os.path.join(run_dir, "best"))["content_sha256"]
+        if entry is None or entry["score"] != scores[name] or weights not in (None, entry["weights"]):
             if lacking:
                 raise FileNotFoundError(
                     f"{run_dir} lacks {' and '.join(lacking)}, and {path} holds no predictions of it for the score "
@@ -140,8 +142,7 @@ def arm_predictions(arm_json: dict, arm_dir: str, data_dir: str, results_dir: st
                 devs[subset] = dev_set(task_name, data_dir, *subset)
             task, dev = devs[subset]
             print(f"[dev] {task_name} {start} {arm} {name}", flush=True)
-            entry = {"score": scores[name], "weights": start_identity(os.path.join(run_dir, "best"))["content_sha256"],
-                     "predictions": _encode(dev_predictions(run_dir, task, dev))}
+            entry = {"score": scores[name], "weights": weights, "predictions": _encode(dev_predictions(run_dir, task, dev))}
             stored["runs"][name], changed = entry, True
         found[name] = np.array([int(c) for c in entry["predictions"]])
     if changed:

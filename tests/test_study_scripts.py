@@ -495,6 +495,12 @@ def test_paired_dev_keeps_predictions_that_reproduce_the_runs_score(tmp_path):
     stored = json.loads((tmp_path / "results" / "glue_study_predictions" / "cola__s__paper_single.json").read_text())
     assert stored["start"] == results["start"] and stored["runs"]["single"]["predictions"] == "".join(map(str, preds))
     assert len(stored["runs"]["single"]["weights"]) == 64
+    # Where the run folder is here, its checkpoint decides: a stored entry for other weights is scored again.
+    record = tmp_path / "results" / "glue_study_predictions" / "cola__s__paper_single.json"
+    wrong = {**stored, "runs": {"single": {**stored["runs"]["single"], "weights": "0" * 64, "predictions": "1" * 64}}}
+    record.write_text(json.dumps(wrong))
+    assert np.array_equal(paired.arm_predictions(arm, str(run), str(data_dir), results_dir=str(out))["single"], preds)
+    assert json.loads(record.read_text()) == stored
     # The run folder gone (a replaced machine): the stored predictions serve, for the score the arm recorded only.
     shutil.move(run, tmp_path / "away")
     assert np.array_equal(paired.arm_predictions(arm, str(run), str(data_dir), results_dir=str(out))["single"], preds)
