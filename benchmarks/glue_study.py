@@ -164,10 +164,16 @@ def summarize(task: str, model: str, arm: str, run_dir: str, command: list[str],
 def record_predictions(opts, summary: dict, run_dir: str) -> None:
     """Keeps the dev predictions of the arm's runs in the repository, beside its summary (``paired_dev.py``; each
     checked to reproduce its run's score): the differences paired on the dev sentences then outlive the run folders,
-    which a replaced machine loses with ``runs/`` (2026-12-02: CoLA's seed-2 runs, finished but never paired)."""
+    which a replaced machine loses with ``runs/`` (2026-12-02: CoLA's seed-2 runs, finished but never paired). Where
+    they cannot be had, says why and goes on: the arm's summary stands without them, and the next arms still run."""
     import paired_dev
 
-    paired_dev.arm_predictions(summary, run_dir, opts.data_dir, results_dir=RESULTS_DIR)
+    try:
+        paired_dev.arm_predictions(summary, run_dir, opts.data_dir, results_dir=RESULTS_DIR)
+    except paired_dev.PredictionsError as e:
+        print(f"[predictions] {summary['task']} {summary['model']} {summary['arm']}: not recorded, so this arm cannot "
+              f"be paired once its run folders are gone (paired_dev.py, run while they exist, records them): {e}",
+              flush=True)
 
 
 def check_start(model: str, model_dir: str) -> None:
@@ -260,8 +266,8 @@ def run_arms(opts) -> None:
                   "one that finishes last writes the arm's summary", flush=True)
             continue
         summary = summarize(task, model, arm, run_dir, command, time.time() - start)
-        record_predictions(opts, summary, run_dir)
         write_json_atomic(out, summary)
+        record_predictions(opts, summary, run_dir)
         print(f"[done] {task} {model} {arm}: {100 * summary['score']:.2f} ({summary['summary']})", flush=True)
 
 

@@ -39,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, ".."), HERE]
 from glue_study import SEEDS, TOP_POINTS  # noqa: E402  (the table's own points and seeds: the same comparisons)
 
-from sparse_transfer._rundir import start_identity, write_json_atomic, write_text_atomic  # noqa: E402
+from sparse_transfer._rundir import start_identity, starts_match, write_json_atomic, write_text_atomic  # noqa: E402
 
 # glue_study.py's arm summaries (the same GLUE_STUDY_RESULTS keeps another study apart); the output beside them
 RESULTS_DIR = os.environ.get("GLUE_STUDY_RESULTS", os.path.join(HERE, "results", "glue_study"))
@@ -90,9 +90,14 @@ def dev_predictions(run_dir: str, task, dev, batch_size: int = 64) -> np.ndarray
     if abs(score - recorded) > 1e-6:
         raise RuntimeError(
             f"{best} scores {score:.6f} on the dev set, but its run recorded {recorded:.6f} for its best epoch: the "
-            "folder does not hold the checkpoint the run scored (a resumed or copied run?). Retrain that run."
+            "folder does not hold the checkpoint the run scored (a resumed or copied run?), or --data-dir is not the "
+            "dev set it was scored on. Retrain that run, or give its data."
         )
     return preds
+
+
+class PredictionsError(Exception):
+    """A run's dev predictions are neither stored for it nor to be had from its run folder here, or do not hold."""
 
 
 def predictions_path(results_dir: str, task: str, start: str, arm: str) -> str:
@@ -106,47 +111,95 @@ def _encode(preds: np.ndarray) -> str:
     return "".join(map(str, preds.tolist()))
 
 
+def _read_stored(path: str) -> dict:
+    fix = (f"restore it (`git checkout -- {path}`), or move it away and run paired_dev.py where the run folders are "
+           "(it scores them again)")
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+        for entry in stored["runs"].values():
+            assert {"score", "weights", "predictions", "dev"} <= set(entry)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError) as e:
+        raise PredictionsError(f"{path} is not a predictions file this script wrote ({type(e).__name__}: {e}): {fix}")
+    return stored
+
+
+def _check_stored(entry: dict, name: str, path: str, task, dev) -> np.ndarray:
+    """A stored entry's predictions, once they give the score they were stored for on ``dev`` (the caller's dev set):
+    a file edited by hand, or another dev set than the one the run was scored on, is an error, not a comparison."""
+    from sparse_transfer.glue.metrics import glue_metrics, glue_score
+
+    text, labels = entry["predictions"], np.asarray(dev["label"])
+    if not (isinstance(text, str) and text.isdigit() and len(text) == labels.size):
+        raise PredictionsError(
+            f"{path}: run {name!r} holds {len(text)} predictions of {'' if str(text).isdigit() else 'not only '}"
+            f"digits, for a dev set of {labels.size}: the file was edited or cut. Restore it (`git checkout -- {path}`).")
+    preds = np.array([int(c) for c in text])
+    score = glue_score(task, glue_metrics(task, preds, labels, use_evaluate=False))
+    if abs(score - entry["score"]) > 1e-6:
+        raise PredictionsError(
+            f"{path}: run {name!r}'s stored predictions score {score:.6f} on this dev set, not the {entry['score']:.6f} "
+            "they were stored for: the --data-dir given is not the dev set the run was scored on, or the file was "
+            f"edited. Give the run's data (GLUE's own files), or restore the file (`git checkout -- {path}`).")
+    return preds
+
+
 def arm_predictions(arm_json: dict, arm_dir: str, data_dir: str, results_dir: str | None = None,
                     names: list[str] | None = None) -> dict[str, np.ndarray]:
     """The dev predictions of an arm's runs (``names``, default all), by run name (``"single"`` for a single-run arm).
 
     Read from the arm's predictions file where it holds them for the score the arm summary records, the same start
     and, where the run folder below ``arm_dir`` is here, the weights in its ``best/`` (the checkpoint, not the record,
-    decides); otherwise scored from the run folder (``dev_predictions``) and added to the file. Raises
-    ``FileNotFoundError`` naming the first run that is in neither place."""
+    decides), and where they give that score on the dev set at ``data_dir``; otherwise scored from the run folder
+    (``dev_predictions``) and added to the file (under a lock: the processes that share a grid, and this script, may
+    write one file at once). Raises ``PredictionsError`` saying what is wrong and what to do."""
+    from filelock import FileLock
+
     task_name, start, arm = arm_json["task"], arm_json["model"], arm_json["arm"]
     path = predictions_path(results_dir or RESULTS_DIR, task_name, start, arm)
-    stored = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
-    if stored.get("start") != arm_json.get("start"):  # a start name reused for other weights: nothing stored holds
-        stored = {}
-    stored = {"task": task_name, "start": arm_json.get("start"), "arm": arm, "runs": stored.get("runs", {})}
-    scores = {r["name"]: r["score"] for r in arm_json["runs"]}
-    found, devs, changed = {}, {}, False
-    for name in names or list(scores):
-        entry = stored["runs"].get(name)
-        run_dir = arm_dir if arm_json["summary"] == "single run" else os.path.join(arm_dir, name)
-        lacking = [f for f in NEEDED if not os.path.exists(os.path.join(run_dir, f))]
-        weights = None if lacking else start_identity(os.path.join(run_dir, "best"))["content_sha256"]
-        if entry is None or entry["score"] != scores[name] or weights not in (None, entry["weights"]):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with FileLock(os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")):
+        stored = _read_stored(path) if os.path.exists(path) else {"runs": {}}
+        recorded, current = stored.get("start"), arm_json.get("start")
+        if stored["runs"] and (recorded or current) and not starts_match(recorded, current or {}):
+            raise PredictionsError(
+                f"{path} holds predictions of runs from another start than the arm {task_name} {start} {arm} records "
+                f"(the name {start!r} was given to other weights): move that file away with the arm's old results.")
+        stored = {"task": task_name, "start": current, "arm": arm, "runs": stored["runs"]}
+        scores = {r["name"]: r["score"] for r in arm_json["runs"]}
+        found, devs, changed = {}, {}, False
+
+        def dev_of(subset):
+            if subset not in devs:
+                devs[subset] = dev_set(task_name, data_dir, *subset)
+            return devs[subset]
+
+        for name in names or list(scores):
+            entry = stored["runs"].get(name)
+            run_dir = arm_dir if arm_json["summary"] == "single run" else os.path.join(arm_dir, name)
+            lacking = [f for f in NEEDED if not os.path.exists(os.path.join(run_dir, f))]
+            weights = None if lacking else start_identity(os.path.join(run_dir, "best"))["content_sha256"]
+            if entry is not None and entry["score"] == scores[name] and weights in (None, entry["weights"]):
+                subset = (entry["dev"].get("max_eval_samples"), entry["dev"].get("seed", 42))
+                found[name] = _check_stored(entry, name, path, *dev_of(subset))
+                continue
             if lacking:
-                raise FileNotFoundError(
-                    f"{run_dir} lacks {' and '.join(lacking)}, and {path} holds no predictions of it for the score "
-                    f"its arm recorded ({scores[name]:.6f}): the run was trained where this runs/ folder is not")
+                raise PredictionsError(
+                    f"{run_dir} lacks {' and '.join(lacking)}, and {path} holds no predictions of it for the score its "
+                    f"arm recorded ({scores[name]:.6f}): the run was trained where this runs/ folder is not")
             with open(os.path.join(run_dir, "results.json")) as f:
                 recipe = json.load(f).get("recipe", {})
             subset = (recipe.get("max_eval_samples"), recipe.get("seed", 42))
-            if subset not in devs:
-                devs[subset] = dev_set(task_name, data_dir, *subset)
-            task, dev = devs[subset]
             print(f"[dev] {task_name} {start} {arm} {name}", flush=True)
-            entry = {"score": scores[name], "weights": weights, "predictions": _encode(dev_predictions(run_dir, task, dev))}
-            stored["runs"][name], changed = entry, True
-        found[name] = np.array([int(c) for c in entry["predictions"]])
-    if changed:
-        write_json_atomic(path, stored)
+            try:
+                preds = dev_predictions(run_dir, *dev_of(subset))
+            except RuntimeError as e:
+                raise PredictionsError(str(e)) from None
+            stored["runs"][name] = {"score": scores[name], "weights": weights, "predictions": _encode(preds),
+                                    "dev": {"max_eval_samples": subset[0], "seed": subset[1], "examples": int(preds.size)}}
+            found[name], changed = preds, True
+        if changed:
+            write_json_atomic(path, stored)
     return found
 
 
@@ -297,7 +350,7 @@ def main(argv=None) -> None:
                         preds[r] = arm_predictions(
                             load_arm(task_name, start, arm), os.path.join(args.runs, task_name, start, arm),
                             args.data_dir, names=[point[0] if point else "single"])[point[0] if point else "single"]
-            except FileNotFoundError as e:
+            except PredictionsError as e:
                 print(f"[skip] {task_name} {c['start']} {c['what']}: {e}")
                 continue
             subsets = [r for r in c["a"] + c["b"] if preds[r].size != labels.size]

@@ -186,13 +186,20 @@ def test_glue_study_grid_shards_share_grids_and_split_single_runs(tmp_path, monk
     assert sorted((s["arm"], s["summary_runs"], Path(d).name) for s, d in study.predictions_recorded) == [
         ("dense_transfer_single", ["single"], "dense_transfer_single"), ("paper_single", ["single"], "paper_single")]
 
-    def unreproducible(opts, summary, run_dir):
-        raise RuntimeError("does not hold the checkpoint the run scored")
+    # Predictions that cannot be had (a run that does not reproduce its score): said, and the arm's summary stands,
+    # and the next arm runs.
+    import paired_dev
 
-    study.record_predictions = unreproducible  # predictions that do not reproduce the run: no summary either
-    with pytest.raises(RuntimeError, match="does not hold"):
-        study.run_arms(study.parse_args([*argv, "--arms", "extended_single"]))
-    assert not (tmp_path / "results" / "rte__90__extended_single.json").exists()
+    def unreproducible(*args, **kwargs):
+        raise paired_dev.PredictionsError("runs/.../best does not hold the checkpoint the run scored")
+
+    study = load_script("glue_study")  # its own record_predictions, not the stand-in
+    monkeypatch.setattr(study, "RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setattr(paired_dev, "arm_predictions", unreproducible)
+    study.run_arms(study.parse_args([*argv, "--arms", "extended_single", "dense_transfer_lr1e-4"]))
+    assert (tmp_path / "results" / "rte__90__extended_single.json").exists()
+    assert (tmp_path / "results" / "rte__90__dense_transfer_lr1e-4.json").exists()
+    assert capsys.readouterr().out.count("[predictions] rte 90 ") == 2
 
 
 def test_upstream_levers_are_valid_recipes_at_every_budget():
@@ -501,23 +508,45 @@ def test_paired_dev_keeps_predictions_that_reproduce_the_runs_score(tmp_path):
     record.write_text(json.dumps(wrong))
     assert np.array_equal(paired.arm_predictions(arm, str(run), str(data_dir), results_dir=str(out))["single"], preds)
     assert json.loads(record.read_text()) == stored
-    # The run folder gone (a replaced machine): the stored predictions serve, for the score the arm recorded only.
+    # The run folder gone (a replaced machine): the stored predictions serve, for the score the arm recorded only,
+    # and a start record that gained its content hash since (match_start_record.py --record) is the same start.
     shutil.move(run, tmp_path / "away")
     assert np.array_equal(paired.arm_predictions(arm, str(run), str(data_dir), results_dir=str(out))["single"], preds)
-    for other in ({**arm, "runs": [{"name": "single", "score": recorded + 0.1}]},  # the arm trained again
-                  {**arm, "start": {"content_sha256": "0" * 64}}):  # the name given to other weights
-        with pytest.raises(FileNotFoundError, match="lacks .*holds no predictions of it"):
-            paired.arm_predictions(other, str(run), str(data_dir), results_dir=str(out))
+    assert paired.arm_predictions({**arm, "start": {**results["start"], "files": ["model.safetensors"]}}, str(run),
+                                  str(data_dir), results_dir=str(out))["single"].size == 64
+    with pytest.raises(paired.PredictionsError, match="lacks .*holds no predictions of it"):  # the arm trained again
+        paired.arm_predictions({**arm, "runs": [{"name": "single", "score": recorded + 0.1}]}, str(run),
+                               str(data_dir), results_dir=str(out))
+    with pytest.raises(paired.PredictionsError, match="another start"):  # the name given to other weights
+        paired.arm_predictions({**arm, "start": {"content_sha256": "0" * 64}}, str(run), str(data_dir),
+                               results_dir=str(out))
+    # Stored predictions are checked against the dev set they are paired on: edited, cut, not JSON, or another dev
+    # set, each is an error that names the file, never a comparison.
+    flipped = "".join("1" if c == "0" else "0" for c in stored["runs"]["single"]["predictions"])
+    for text, match in ((flipped, "score .* not the"), (flipped[:40], "40 predictions"),
+                        ("7" + flipped[1:], "score .* not the"), ("x" + flipped[1:], "not only digits")):
+        record.write_text(json.dumps({**stored, "runs": {"single": {**stored["runs"]["single"], "predictions": text}}}))
+        with pytest.raises(paired.PredictionsError, match=match):
+            paired.arm_predictions(arm, str(run), str(data_dir), results_dir=str(out))
+    record.write_text(json.dumps(stored)[:-10])
+    with pytest.raises(paired.PredictionsError, match="cola__s__paper_single.json is not a predictions file"):
+        paired.arm_predictions(arm, str(run), str(data_dir), results_dir=str(out))
+    record.write_text(json.dumps(stored))
+    dev = data_dir / "CoLA" / "dev.tsv"
+    dev.write_text("\n".join(reversed(dev.read_text().splitlines())))  # the same sentences, other labels in order
+    with pytest.raises(paired.PredictionsError, match="not the dev set the run was scored on"):
+        paired.arm_predictions(arm, str(run), str(data_dir), results_dir=str(out))
+    dev.write_text("\n".join(reversed(dev.read_text().splitlines())))
     # A run whose best/ does not give the score it recorded (a copied or resumed folder): a clear error, not a
     # silent comparison, and nothing stored.
     shutil.move(tmp_path / "away", run)
     results["best"]["score"] = recorded + 0.1
     (run / "results.json").write_text(json.dumps(results))
-    with pytest.raises(RuntimeError, match="does not hold the checkpoint the run scored"):
+    with pytest.raises(paired.PredictionsError, match="does not hold the checkpoint the run scored"):
         paired.arm_predictions({**arm, "runs": [{"name": "single", "score": recorded + 0.1}]}, str(run),
                                str(data_dir), results_dir=str(out))
-    stored_now = json.loads((tmp_path / "results" / "glue_study_predictions" / "cola__s__paper_single.json").read_text())
-    assert stored_now == stored
+    assert json.loads(record.read_text()) == stored
+    assert [p.name for p in record.parent.iterdir() if p.name != record.name] == [f".{record.name}.lock"]
 
 
 def test_paired_dev_compares_runs_on_the_same_dev_sentences_only(tmp_path, monkeypatch, capsys):
@@ -543,7 +572,7 @@ def test_paired_dev_compares_runs_on_the_same_dev_sentences_only(tmp_path, monke
     rows = json.loads((tmp_path / "results" / "glue_study_paired.json").read_text())
     assert [r["what"] for r in rows] == ["paper_single (single run) - dense_transfer_single (single run)"]
     stored = tmp_path / "results" / "glue_study_predictions"
-    assert sorted(p.name for p in stored.iterdir()) == [
+    assert sorted(p.name for p in stored.glob("*.json")) == [
         "cola__s__dense_transfer_single.json", "cola__s__extended_single.json", "cola__s__paper_single.json"]
 
 
