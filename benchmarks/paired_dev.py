@@ -18,7 +18,8 @@ the side that chose among more. Each call merges its rows into the results of ea
 
 Usage::
 
-    python benchmarks/paired_dev.py --data-dir ../shared/data/glue       # every comparison whose runs exist
+    python benchmarks/paired_dev.py --data-dir ../shared/data/glue       # every comparison whose runs' predictions
+                                                                          # are stored, or whose run folders are here
     python benchmarks/paired_dev.py --data-dir ../shared/data/glue --tasks cola --threads 2
 
 Writes ``benchmarks/results/glue_study_paired.md`` and ``.json``, and ``glue_study_predictions/`` (beside
