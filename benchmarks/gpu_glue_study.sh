@@ -6,8 +6,9 @@
 #      sparsity, AC/DC, RigL, GLUE's training sentences as extra text: --study levers), all at once;
 #   2. the study's arms (benchmarks/glue_study.py) in SHARDS parallel processes on the one GPU, round-robin over
 #      tasks x starting points x arms (RTE and CoLA first, SST-2 last); results in benchmarks/results/glue_study_gpu/;
-#   3. everything small that a later session needs, in $OUT/study.tgz: the arms' summaries and dev predictions, every finished run's
-#      results.json (carry them back as runs/glue_study_gpu and those runs are skipped), the upstream summaries, logs.
+#   3. everything small that a later session needs, in $OUT/study.tgz: the arms' summaries and dev predictions,
+#      every finished run's results.json (carry them back as runs/glue_study_gpu and those runs are skipped), the
+#      upstream summaries, logs.
 # Every phase stops at its share of DEADLINE_SECONDS; what finished is kept.
 #
 # Here, once:   python benchmarks/gpu_pack.py pack
@@ -73,6 +74,7 @@ grep -h "\[done\]\|Error" runs/gpu_glue_*.log | cut -c1-300
 echo "== 3. pack, $(left) s left"
 $PY benchmarks/glue_study.py --table 2>/dev/null | head -80
 find runs/glue_study_gpu -name results.json -o -name grid_results.json -o -name recipe.yaml > runs/gpu_files.txt 2>/dev/null
-tar czf "$OUT/study.tgz" "$GLUE_STUDY_RESULTS" "$GLUE_STUDY_RESULTS"_predictions benchmarks/results/upstream "$GLUE_STUDY_RESULTS"_*.png \
+tar czf "$OUT/study.tgz" "$GLUE_STUDY_RESULTS" "$GLUE_STUDY_RESULTS"_predictions benchmarks/results/upstream \
+    "$GLUE_STUDY_RESULTS"_*.png \
     -T runs/gpu_files.txt runs/gpu_*.log 2>/dev/null
 ls -la "$OUT"

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -251,8 +250,9 @@ def chosen_runs(arm_json: dict) -> list[tuple[str, ...]]:
         return [()]
     if arm_json.get("summary_runs"):
         return [(name,) for name in arm_json["summary_runs"]]
-    runs = sorted(arm_json["runs"], key=lambda r: -math.inf if r["score"] is None or math.isnan(r["score"])
-                  else r["score"], reverse=True)
+    from sparse_transfer.glue.run import _score_key  # the GLUE command's own ranking: NaN last
+
+    runs = sorted(arm_json["runs"], key=lambda r: _score_key(r["score"]), reverse=True)
     return [(r["name"],) for r in runs[: 2 if arm_json["summary"] == "mean_top2" else 1]]
 
 

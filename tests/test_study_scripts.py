@@ -567,8 +567,8 @@ def test_paired_dev_compares_runs_on_the_same_dev_sentences_only(tmp_path, monke
     out = capsys.readouterr().out
     # A run scored on 40 of the 64 dev sentences (--max_eval_samples) is scored on those 40, as it recorded, and not
     # paired with runs scored on all 64.
-    assert "[skip] cola s paper_single (single run) - extended_single (single run): s/extended_single was scored on 40 " \
-           "of the 64 dev examples" in out
+    assert ("[skip] cola s paper_single (single run) - extended_single (single run): s/extended_single was scored "
+            "on 40 of the 64 dev examples") in out
     rows = json.loads((tmp_path / "results" / "glue_study_paired.json").read_text())
     assert [r["what"] for r in rows] == ["paper_single (single run) - dense_transfer_single (single run)"]
     stored = tmp_path / "results" / "glue_study_predictions"
