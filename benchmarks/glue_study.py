@@ -306,7 +306,43 @@ def table() -> str:
         se = standard_error(r["metric"], r["score"], r.get("dev_examples"))
         lines.append(f"| {task} | {model} | {arm} | {100 * r['score']:.2f} | {r['summary']} | {gap} | {share} | "
                      f"{100 * se:.2f} | {r.get('train_examples')} / {r.get('dev_examples')} |")
-    return "\n".join(lines + default_vs_grid(rows) + equal_lrs(rows) + grid_runs(rows) + starts(rows))
+    return "\n".join(side_by_side(rows) + ["", "Every arm:", ""] + lines + default_vs_grid(rows) + equal_lrs(rows)
+                     + grid_runs(rows) + starts(rows))
+
+
+# The grids the issue compares, in the paper's order (its Table 5/6): the dense-transfer recipes, then its own; and
+# the diagnosis grid that separates the paper's schedule from its learning rates (dense transfer at the paper's LRs).
+GRID_ARMS = ("dense_transfer", "extended", "rescaled_sweep", "dense_transfer_paper_lrs", "paper")
+
+
+def side_by_side(rows: dict) -> list[str]:
+    """The paper's Table 5/6 in miniature: per task and start, each recipe's grid summary side by side, the paper's
+    grid minus dense transfer's, and the share of the start's dense-transfer gap to the dense model it closes ("-"
+    where an arm has not finished)."""
+    lines = []
+    for task in sorted({t for t, _, _ in rows}):
+        dense = rows.get((task, "dense", "dense_transfer"))
+        models = sorted({m for t, m, a in rows if t == task and a in GRID_ARMS}, key=lambda m: (m != "dense", m))
+        for model in models:
+            grids = {arm: rows.get((task, model, arm)) for arm in GRID_ARMS}
+            cells = [f"{100 * r['score']:.2f}" if r else "-" for r in grids.values()]
+            paper, baseline = grids["paper"], grids["dense_transfer"]
+            difference = f"{100 * (paper['score'] - baseline['score']):+.2f}" if paper and baseline else "-"
+            share = "-"
+            if paper and baseline and dense and model != "dense":
+                gap = dense["score"] - baseline["score"]
+                share = f"{(paper['score'] - baseline['score']) / gap:.0%}" if gap > 0 else "no gap"
+            sparsity = next((r["sparsity"] for r in grids.values() if r and r.get("sparsity") is not None), None)
+            lines.append(f"| {task} | {model} | {'-' if sparsity is None else f'{100 * sparsity:.0f}%'} | "
+                         f"{' | '.join(cells)} | {difference} | {share} |")
+    if not lines:
+        return []
+    return ["The grids side by side (dev score; a grid of 3 or 6 runs: mean of its two best; the rescaled sweep: its "
+            "best of 21; dense transfer at the paper's LRs: its schedule over {1e-4, 2e-4, 3e-4}, a diagnosis; the share: of the start's dense-transfer gap to the dense model's dense-transfer grid, what "
+            "the paper's grid closes):", "",
+            "| task | start | sparsity | dense transfer | extended | rescaled sweep | dense transfer at the paper's LRs | "
+            "paper | paper - dense transfer | share of the gap closed |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", *lines]
 
 
 def top_points(rows: dict, epoch: str = "best") -> dict:

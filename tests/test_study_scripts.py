@@ -23,7 +23,7 @@ def arm_result(task, model, arm, runs, summary="single run"):
     score = scores[0] if summary == "single run" else sum(scores[:2]) / 2
     return {"task": task, "model": model, "arm": arm, "metric": "accuracy", "score": score, "summary": summary,
             "runs": [{"name": name, "score": s} for name, s in runs], "train_examples": 100, "dev_examples": 872,
-            "per_epoch": {name: [s] for name, s in runs}}
+            "per_epoch": {name: [s] for name, s in runs}, "sparsity": {"dense": 0.0, "90": 0.9}.get(model)}
 
 
 def test_glue_study_table_compares_default_and_grid(tmp_path, monkeypatch):
@@ -48,6 +48,13 @@ def test_glue_study_table_compares_default_and_grid(tmp_path, monkeypatch):
     for r in results:
         (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
     text = study.table()
+    # First, the grids side by side: dense transfer, extended, rescaled sweep, dense transfer at the paper's LRs,
+    # the paper's; its difference to dense transfer (78.00 - 71.00) and the share of the gap closed (7 / 12).
+    assert "| sst2 | 90 | 90% | 71.00 | - | - | - | 78.00 | +7.00 | 58% |" in text
+    assert "| sst2 | 80 | - | 83.50 | - | - | - | 84.50 | +1.00 | no gap |" in text
+    assert "| sst2 | dense | 0% | 83.00 | - | - | - | - | - | - |" in text
+    assert text.index("| sst2 | dense | 0% |") < text.index("| sst2 | 80 | - |") < text.index("| sst2 | 90 | 90% |")
+    text = text[text.index("Every arm:"):]
     rows = {}
     for line in text.splitlines():  # the first table's rows (later tables start with the same three cells)
         rows.setdefault(tuple(cell.strip() for cell in line.strip("|").split("|")[:3]), line)
