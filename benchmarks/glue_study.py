@@ -21,8 +21,9 @@ two different models under one name: give the new weights a new name (``90b=DIR`
 
 Every run folder lives under ``--runs`` (outside the repository; the GLUE command caches finished runs and grid
 points, so the study continues across sessions); each finished arm's summary is written to
-``benchmarks/results/glue_study/<task>__<model>__<arm>.json`` and ``--table`` prints the table (score, gap to the
-dense reference, share of the dense-transfer gap the paper's recipe closes, one-seed standard error).
+``benchmarks/results/glue_study/<task>__<model>__<arm>.json`` and ``--table`` prints the tables: the grids side by
+side (the paper's Table 5/6), then every arm (score, gap to the dense reference, share of the dense-transfer gap the
+paper's recipe closes, one-seed standard error), the 1-run defaults against their grids, the schedules at equal LRs.
 
 Usage::
 
@@ -315,17 +316,55 @@ def table() -> str:
 GRID_ARMS = ("dense_transfer", "extended", "rescaled_sweep", "dense_transfer_paper_lrs", "paper")
 
 
+# A start trained again whose new name is very likely the same weights: ``90`` was trained before starts were hashed;
+# ``90b``, its second training (2026-12-02), gave the first's held-out figures to the last digit and repeats its GLUE
+# runs bit for bit. The side-by-side table fills the first name's missing cells from the second's (marked), and only
+# while every arm both names have agrees at every epoch to the last digit; every other table keeps them apart.
+TRAINED_AGAIN = {"90": "90b"}
+
+
+def same_weights(rows: dict, model: str, again: str) -> tuple[int, list[str]]:
+    """How many of ``again``'s runs ``model`` also trained (the same arm's point, or the same run in another arm's
+    folder, ``SAME_RUNS``), and those whose dev score differs at some epoch."""
+    compared, differ = set(), []
+    for (task, m, arm), r in sorted(rows.items()):
+        if m != again:
+            continue
+        for point, curve in r.get("per_epoch", {}).items():
+            key = (arm, None if point == "single" else point)
+            same = next((entry for entry in SAME_RUNS if key in entry), {key}) | {key}
+            for other_arm, other_point in sorted(same, key=str):
+                other = (rows.get((task, model, other_arm)) or {}).get("per_epoch", {}).get(other_point or "single")
+                if other is not None:
+                    compared.add((task, arm, point))
+                    if other != curve:
+                        differ.append(f"{task} {arm} {point}")
+    return len(compared), sorted(set(differ))
+
+
 def side_by_side(rows: dict) -> list[str]:
     """The paper's Table 5/6 in miniature: per task and start, each recipe's grid summary side by side, the paper's
     grid minus dense transfer's, and the share of the start's dense-transfer gap to the dense model it closes ("-"
     where an arm has not finished)."""
-    lines = []
+    lines, notes, merged = [], [], {}
+    for model, again in TRAINED_AGAIN.items():
+        compared, differ = same_weights(rows, model, again)
+        if compared and not differ:
+            merged[again] = (model, compared)
+        elif differ:
+            notes.append(f"`{again}` is not `{model}` trained again bit for bit ({', '.join(differ)} differ): their "
+                         "rows stay apart.")
     for task in sorted({t for t, _, _ in rows}):
         dense = rows.get((task, "dense", "dense_transfer"))
-        models = sorted({m for t, m, a in rows if t == task and a in GRID_ARMS}, key=lambda m: (m != "dense", m))
+        models = sorted({merged[m][0] if m in merged else m for t, m, a in rows if t == task and a in GRID_ARMS},
+                        key=lambda m: (m != "dense", m))
         for model in models:
             grids = {arm: rows.get((task, model, arm)) for arm in GRID_ARMS}
-            cells = [f"{100 * r['score']:.2f}" if r else "-" for r in grids.values()]
+            filled = {arm for arm, r in grids.items()
+                      if r is None and model in TRAINED_AGAIN and rows.get((task, TRAINED_AGAIN[model], arm))
+                      and TRAINED_AGAIN[model] in merged}
+            grids.update({arm: rows[(task, TRAINED_AGAIN[model], arm)] for arm in filled})
+            cells = [f"{100 * r['score']:.2f}{'*' if arm in filled else ''}" if r else "-" for arm, r in grids.items()]
             paper, baseline = grids["paper"], grids["dense_transfer"]
             difference = f"{100 * (paper['score'] - baseline['score']):+.2f}" if paper and baseline else "-"
             share = "-"
@@ -333,16 +372,21 @@ def side_by_side(rows: dict) -> list[str]:
                 gap = dense["score"] - baseline["score"]
                 share = f"{(paper['score'] - baseline['score']) / gap:.0%}" if gap > 0 else "no gap"
             sparsity = next((r["sparsity"] for r in grids.values() if r and r.get("sparsity") is not None), None)
-            lines.append(f"| {task} | {model} | {'-' if sparsity is None else f'{100 * sparsity:.0f}%'} | "
+            label = f"{model} (*: {TRAINED_AGAIN[model]})" if filled else model
+            lines.append(f"| {task} | {label} | {'-' if sparsity is None else f'{100 * sparsity:.0f}%'} | "
                          f"{' | '.join(cells)} | {difference} | {share} |")
     if not lines:
         return []
+    notes += [f"`{again}`'s cells (*) fill `{model}`'s row: `{again}` is `{model}` trained again, and all {n} runs both "
+              "trained have the same dev score at every epoch, to the last digit (every other table keeps them apart)."
+              for again, (model, n) in merged.items()]
     return ["The grids side by side (dev score; a grid of 3 or 6 runs: mean of its two best; the rescaled sweep: its "
-            "best of 21; dense transfer at the paper's LRs: its schedule over {1e-4, 2e-4, 3e-4}, a diagnosis; the share: of the start's dense-transfer gap to the dense model's dense-transfer grid, what "
-            "the paper's grid closes):", "",
+            "best of 21; dense transfer at the paper's LRs: its schedule over {1e-4, 2e-4, 3e-4}, a diagnosis; the "
+            "share: of the start's dense-transfer gap to the dense model's dense-transfer grid, what the paper's grid "
+            "closes):", "",
             "| task | start | sparsity | dense transfer | extended | rescaled sweep | dense transfer at the paper's LRs | "
             "paper | paper - dense transfer | share of the gap closed |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", *lines]
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", *lines, *(["", *notes] if notes else [])]
 
 
 def top_points(rows: dict, epoch: str = "best") -> dict:

@@ -23,7 +23,7 @@ def arm_result(task, model, arm, runs, summary="single run"):
     score = scores[0] if summary == "single run" else sum(scores[:2]) / 2
     return {"task": task, "model": model, "arm": arm, "metric": "accuracy", "score": score, "summary": summary,
             "runs": [{"name": name, "score": s} for name, s in runs], "train_examples": 100, "dev_examples": 872,
-            "per_epoch": {name: [s] for name, s in runs}, "sparsity": {"dense": 0.0, "90": 0.9}.get(model)}
+            "per_epoch": {name: [s] for name, s in runs}, "sparsity": {"dense": 0.0, "90": 0.9, "90b": 0.9}.get(model)}
 
 
 def test_glue_study_table_compares_default_and_grid(tmp_path, monkeypatch):
@@ -658,3 +658,37 @@ def test_paired_dev_merges_its_results_across_calls(tmp_path, monkeypatch):
     assert text.endswith("glue_study_paired.md") and "| cola | 80b | c | 1 vs 1 | +5.00 |" in table
     assert "| sst2 | 80b | s | 1 vs 1 | +0.50 |" in table and "+4.00" not in table
     assert len(json.loads((tmp_path / "glue_study_paired.json").read_text())) == 2
+
+
+def test_glue_study_side_by_side_fills_a_start_from_its_bit_for_bit_retraining(tmp_path, monkeypatch):
+    study = load_script("glue_study")
+    monkeypatch.setattr(study, "RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(study, "TRAINED_AGAIN", {"90": "90b"})
+    paper = [("lr0.0001_dropout0.1", 0.60), ("lr0.0002_dropout0.1", 0.70), ("lr0.0003_dropout0.1", 0.74)]
+    results = [
+        arm_result("rte", "dense", "dense_transfer", [("lr2e-05_dropout0.1", 0.80), ("lr3e-05_dropout0.1", 0.80)],
+                   "mean_top2"),
+        arm_result("rte", "90", "dense_transfer", [("lr2e-05_dropout0.1", 0.60), ("lr3e-05_dropout0.1", 0.60)],
+                   "mean_top2"),
+        arm_result("rte", "90", "paper", paper, "mean_top2"),
+        # The second training's equal-LR arm repeats two of the paper grid's points (SAME_RUNS), and it ran the
+        # extended grid, which the first did not.
+        arm_result("rte", "90b", "paper_top_lrs", paper[1:], "mean_top2"),
+        arm_result("rte", "90b", "extended", [("lr2e-05_dropout0.1", 0.66), ("lr3e-05_dropout0.1", 0.64)],
+                   "mean_top2"),
+    ]
+    for r in results:
+        (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
+    text = study.table()
+    assert "| rte | 90 (*: 90b) | 90% | 60.00 | 65.00* | - | - | 72.00 | +12.00 | 60% |" in text
+    assert "all 2 runs both trained have the same dev score at every epoch" in text
+    assert "| rte | 90b |" not in text.split("Every arm:")[0]
+
+    # One epoch of one shared run differs: the two are not the same weights, and their rows stay apart.
+    again = arm_result("rte", "90b", "paper_top_lrs", [paper[1], ("lr0.0003_dropout0.1", 0.74)], "mean_top2")
+    again["per_epoch"]["lr0.0003_dropout0.1"] = [0.50, 0.74]
+    (tmp_path / "rte__90b__paper_top_lrs.json").write_text(json.dumps(again))
+    text = study.table().split("Every arm:")[0]
+    assert "| rte | 90 | 90% | 60.00 | - | - | - | 72.00 | +12.00 | 60% |" in text
+    assert "| rte | 90b | 90% | - | 65.00 | - | - | - | - | - |" in text
+    assert "`90b` is not `90` trained again bit for bit (rte paper_top_lrs lr0.0003_dropout0.1 differ)" in text
