@@ -324,62 +324,71 @@ TRAINED_AGAIN = {"90": "90b"}
 
 
 def same_weights(rows: dict, model: str, again: str) -> tuple[int, list[str]]:
-    """How many of ``again``'s runs ``model`` also trained (the same arm's point, or the same run in another arm's
-    folder, ``SAME_RUNS``), and those whose dev score differs at some epoch."""
-    compared, differ = set(), []
+    """Of the runs that ``again`` and ``model`` both trained (the same arm's point, or the same run in another arm's
+    folder, ``SAME_RUNS``): how many learned something (a dev score above 0 at some epoch; runs that predict the
+    majority class throughout are alike from any weights, so they prove nothing), and those that differ at some epoch
+    or cannot be compared (no per-epoch scores)."""
+    evidence, differ = set(), set()
     for (task, m, arm), r in sorted(rows.items()):
         if m != again:
             continue
-        for point, curve in r.get("per_epoch", {}).items():
+        for run in r.get("runs", []):
+            point = run["name"]
             key = (arm, None if point == "single" else point)
             same = next((entry for entry in SAME_RUNS if key in entry), {key}) | {key}
+            curve = r.get("per_epoch", {}).get(point)
             for other_arm, other_point in sorted(same, key=str):
-                other = (rows.get((task, model, other_arm)) or {}).get("per_epoch", {}).get(other_point or "single")
-                if other is not None:
-                    compared.add((task, arm, point))
-                    if other != curve:
-                        differ.append(f"{task} {arm} {point}")
-    return len(compared), sorted(set(differ))
+                other_row = rows.get((task, model, other_arm))
+                if not other_row or other_point not in (None, *(o["name"] for o in other_row.get("runs", []))):
+                    continue
+                other = other_row.get("per_epoch", {}).get(other_point or "single")
+                if curve is None or other is None or other != curve:
+                    differ.add(f"{task} {arm} {point}")
+                elif any(curve):
+                    evidence.add((task, min(map(str, same))))  # one run, under however many arm names
+    return len(evidence), sorted(differ)
 
 
 def side_by_side(rows: dict) -> list[str]:
     """The paper's Table 5/6 in miniature: per task and start, each recipe's grid summary side by side, the paper's
     grid minus dense transfer's, and the share of the start's dense-transfer gap to the dense model it closes ("-"
     where an arm has not finished)."""
-    lines, notes, merged = [], [], {}
+    lines, notes, merged, filled_any = [], [], {}, set()
     for model, again in TRAINED_AGAIN.items():
-        compared, differ = same_weights(rows, model, again)
-        if compared and not differ:
-            merged[again] = (model, compared)
+        evidence, differ = same_weights(rows, model, again)
+        if evidence and not differ:
+            merged[again] = (model, evidence)
         elif differ:
-            notes.append(f"`{again}` is not `{model}` trained again bit for bit ({', '.join(differ)} differ): their "
-                         "rows stay apart.")
+            notes.append(f"`{again}` is not shown to be `{model}` trained again bit for bit ({', '.join(differ)} "
+                         "differ or lack per-epoch scores): their rows stay apart.")
     for task in sorted({t for t, _, _ in rows}):
         dense = rows.get((task, "dense", "dense_transfer"))
         models = sorted({merged[m][0] if m in merged else m for t, m, a in rows if t == task and a in GRID_ARMS},
                         key=lambda m: (m != "dense", m))
         for model in models:
+            again = TRAINED_AGAIN.get(model)
             grids = {arm: rows.get((task, model, arm)) for arm in GRID_ARMS}
-            filled = {arm for arm, r in grids.items()
-                      if r is None and model in TRAINED_AGAIN and rows.get((task, TRAINED_AGAIN[model], arm))
-                      and TRAINED_AGAIN[model] in merged}
-            grids.update({arm: rows[(task, TRAINED_AGAIN[model], arm)] for arm in filled})
+            filled = {arm for arm, r in grids.items() if r is None and again in merged and (task, again, arm) in rows}
+            grids.update({arm: rows[(task, again, arm)] for arm in filled})
+            filled_any |= {again} if filled else set()
             cells = [f"{100 * r['score']:.2f}{'*' if arm in filled else ''}" if r else "-" for arm, r in grids.items()]
             paper, baseline = grids["paper"], grids["dense_transfer"]
-            difference = f"{100 * (paper['score'] - baseline['score']):+.2f}" if paper and baseline else "-"
+            mark = "*" if filled & {"paper", "dense_transfer"} else ""  # a figure that reads a filled cell
+            difference = f"{100 * (paper['score'] - baseline['score']):+.2f}{mark}" if paper and baseline else "-"
             share = "-"
             if paper and baseline and dense and model != "dense":
                 gap = dense["score"] - baseline["score"]
-                share = f"{(paper['score'] - baseline['score']) / gap:.0%}" if gap > 0 else "no gap"
+                share = f"{(paper['score'] - baseline['score']) / gap:.0%}{mark}" if gap > 0 else "no gap"
             sparsity = next((r["sparsity"] for r in grids.values() if r and r.get("sparsity") is not None), None)
-            label = f"{model} (*: {TRAINED_AGAIN[model]})" if filled else model
+            label = f"{model} (*: {again})" if filled else model
             lines.append(f"| {task} | {label} | {'-' if sparsity is None else f'{100 * sparsity:.0f}%'} | "
                          f"{' | '.join(cells)} | {difference} | {share} |")
     if not lines:
         return []
-    notes += [f"`{again}`'s cells (*) fill `{model}`'s row: `{again}` is `{model}` trained again, and all {n} runs both "
-              "trained have the same dev score at every epoch, to the last digit (every other table keeps them apart)."
-              for again, (model, n) in merged.items()]
+    notes += [f"`{again}`'s cells (*) fill `{model}`'s row: `{again}` is `{model}` trained again, and every run both "
+              f"trained has the same dev score at every epoch, to the last digit ({n} of them learn something; runs at "
+              "the majority class throughout prove nothing and are not counted). Every other table keeps them apart."
+              for again, (model, n) in merged.items() if again in filled_any]
     return ["The grids side by side (dev score; a grid of 3 or 6 runs: mean of its two best; the rescaled sweep: its "
             "best of 21; dense transfer at the paper's LRs: its schedule over {1e-4, 2e-4, 3e-4}, a diagnosis; the "
             "share: of the start's dense-transfer gap to the dense model's dense-transfer grid, what the paper's grid "

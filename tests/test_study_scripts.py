@@ -681,8 +681,34 @@ def test_glue_study_side_by_side_fills_a_start_from_its_bit_for_bit_retraining(t
         (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
     text = study.table()
     assert "| rte | 90 (*: 90b) | 90% | 60.00 | 65.00* | - | - | 72.00 | +12.00 | 60% |" in text
-    assert "all 2 runs both trained have the same dev score at every epoch" in text
+    assert "every run both trained has the same dev score at every epoch, to the last digit (2 of them" in text
     assert "| rte | 90b |" not in text.split("Every arm:")[0]
+
+    # A figure that reads a filled cell is marked too: dense transfer's grid only at the second training.
+    (tmp_path / "rte__90__dense_transfer.json").unlink()
+    (tmp_path / "rte__90b__dense_transfer.json").write_text(json.dumps({**results[1], "model": "90b"}))
+    text = study.table().split("Every arm:")[0]
+    assert "| rte | 90 (*: 90b) | 90% | 60.00* | 65.00* | - | - | 72.00 | +12.00* | 60%* |" in text
+    (tmp_path / "rte__90b__dense_transfer.json").unlink()
+    (tmp_path / "rte__90__dense_transfer.json").write_text(json.dumps(results[1]))
+
+    # Runs at the majority class throughout are alike from any weights: no evidence, the rows stay apart (and no note
+    # speaks of filled cells).
+    for name, runs in (("rte__90__paper.json", [(p, 0.0) for p, _ in paper]),
+                       ("rte__90b__paper_top_lrs.json", [(p, 0.0) for p, _ in paper[1:]])):
+        (tmp_path / name).write_text(json.dumps(arm_result("rte", name.split("__")[1], name.split("__")[2][:-5], runs,
+                                                           "mean_top2")))
+    text = study.table().split("Every arm:")[0]
+    assert "| rte | 90b | 90% | - | 65.00 |" in text and "fill" not in text
+    (tmp_path / "rte__90__paper.json").write_text(json.dumps(results[2]))
+
+    # A shared run without per-epoch scores cannot be compared: apart, and named.
+    again = arm_result("rte", "90b", "paper_top_lrs", paper[1:], "mean_top2")
+    del again["per_epoch"]["lr0.0003_dropout0.1"]
+    (tmp_path / "rte__90b__paper_top_lrs.json").write_text(json.dumps(again))
+    text = study.table().split("Every arm:")[0]
+    assert "| rte | 90b | 90% |" in text
+    assert "(rte paper_top_lrs lr0.0003_dropout0.1 differ or lack per-epoch scores)" in text
 
     # One epoch of one shared run differs: the two are not the same weights, and their rows stay apart.
     again = arm_result("rte", "90b", "paper_top_lrs", [paper[1], ("lr0.0003_dropout0.1", 0.74)], "mean_top2")
@@ -691,4 +717,4 @@ def test_glue_study_side_by_side_fills_a_start_from_its_bit_for_bit_retraining(t
     text = study.table().split("Every arm:")[0]
     assert "| rte | 90 | 90% | 60.00 | - | - | - | 72.00 | +12.00 | 60% |" in text
     assert "| rte | 90b | 90% | - | 65.00 | - | - | - | - | - |" in text
-    assert "`90b` is not `90` trained again bit for bit (rte paper_top_lrs lr0.0003_dropout0.1 differ)" in text
+    assert "`90b` is not shown to be `90` trained again bit for bit (rte paper_top_lrs lr0.0003_dropout0.1 differ" in text
