@@ -300,10 +300,7 @@ def table() -> str:
         share = "-"
         baseline = rows.get((task, model, order[0])) or rows.get((task, model, order[1]))
         if arm.startswith("paper") and reference and baseline and model != "dense":
-            # A share of a gap is only defined where there is one: a sparse start whose dense-transfer score
-            # reaches the dense model's has nothing to close (the ratio would be a large number of either sign).
-            gap_to_close = reference["score"] - baseline["score"]
-            share = f"{(r['score'] - baseline['score']) / gap_to_close:.0%}" if gap_to_close > 0 else "no gap"
+            share = share_of_gap(r, baseline, reference)
         se = standard_error(r["metric"], r["score"], r.get("dev_examples"))
         lines.append(f"| {task} | {model} | {arm} | {100 * r['score']:.2f} | {r['summary']} | {gap} | {share} | "
                      f"{100 * se:.2f} | {r.get('train_examples')} / {r.get('dev_examples')} |")
@@ -319,7 +316,8 @@ GRID_ARMS = ("dense_transfer", "extended", "rescaled_sweep", "dense_transfer_pap
 # A start trained again whose new name is very likely the same weights: ``90`` was trained before starts were hashed;
 # ``90b``, its second training (2026-12-02), gave the first's held-out figures to the last digit and repeats its GLUE
 # runs bit for bit. The side-by-side table fills the first name's missing cells from the second's (marked), and only
-# while every arm both names have agrees at every epoch to the last digit; every other table keeps them apart.
+# while every run both trained agrees at every epoch to the last digit and one of them learns something
+# (``same_weights``); every other table keeps them apart.
 TRAINED_AGAIN = {"90": "90b"}
 
 
@@ -370,15 +368,16 @@ def side_by_side(rows: dict) -> list[str]:
             grids = {arm: rows.get((task, model, arm)) for arm in GRID_ARMS}
             filled = {arm for arm, r in grids.items() if r is None and again in merged and (task, again, arm) in rows}
             grids.update({arm: rows[(task, again, arm)] for arm in filled})
-            filled_any |= {again} if filled else set()
+            if filled:
+                filled_any.add(again)
             cells = [f"{100 * r['score']:.2f}{'*' if arm in filled else ''}" if r else "-" for arm, r in grids.items()]
             paper, baseline = grids["paper"], grids["dense_transfer"]
             mark = "*" if filled & {"paper", "dense_transfer"} else ""  # a figure that reads a filled cell
             difference = f"{100 * (paper['score'] - baseline['score']):+.2f}{mark}" if paper and baseline else "-"
             share = "-"
             if paper and baseline and dense and model != "dense":
-                gap = dense["score"] - baseline["score"]
-                share = f"{(paper['score'] - baseline['score']) / gap:.0%}{mark}" if gap > 0 else "no gap"
+                share = share_of_gap(paper, baseline, dense)
+                share += mark if share != "no gap" else ""
             sparsity = next((r["sparsity"] for r in grids.values() if r and r.get("sparsity") is not None), None)
             label = f"{model} (*: {again})" if filled else model
             lines.append(f"| {task} | {label} | {'-' if sparsity is None else f'{100 * sparsity:.0f}%'} | "
@@ -396,6 +395,14 @@ def side_by_side(rows: dict) -> list[str]:
             "| task | start | sparsity | dense transfer | extended | rescaled sweep | dense transfer at the paper's LRs | "
             "paper | paper - dense transfer | share of the gap closed |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", *lines, *(["", *notes] if notes else [])]
+
+
+def share_of_gap(paper: dict, baseline: dict, reference: dict) -> str:
+    """The share of the start's gap from ``baseline`` (its dense-transfer score) to ``reference`` (the dense model's)
+    that ``paper`` closes. Only defined where there is a gap: a sparse start whose dense-transfer score reaches the
+    dense model's has nothing to close (the ratio would be a large number of either sign)."""
+    gap = reference["score"] - baseline["score"]
+    return f"{(paper['score'] - baseline['score']) / gap:.0%}" if gap > 0 else "no gap"
 
 
 def top_points(rows: dict, epoch: str = "best") -> dict:

@@ -26,6 +26,12 @@ def arm_result(task, model, arm, runs, summary="single run"):
             "per_epoch": {name: [s] for name, s in runs}, "sparsity": {"dense": 0.0, "90": 0.9, "90b": 0.9}.get(model)}
 
 
+def write_arms(folder, *results):
+    """Each arm's summary where glue_study keeps it (``<task>__<model>__<arm>.json``)."""
+    for r in results:
+        (folder / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
+
+
 def test_glue_study_table_compares_default_and_grid(tmp_path, monkeypatch):
     study = load_script("glue_study")
     monkeypatch.setattr(study, "RESULTS_DIR", str(tmp_path))
@@ -45,8 +51,7 @@ def test_glue_study_table_compares_default_and_grid(tmp_path, monkeypatch):
         arm_result("sst2", "80", "paper", [("lr0.0001_dropout0.1", 0.85), ("lr0.0002_dropout0.1", 0.84)],
                    "mean_top2"),
     ]
-    for r in results:
-        (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
+    write_arms(tmp_path, *results)
     text = study.table()
     # First, the grids side by side: dense transfer, extended, rescaled sweep, dense transfer at the paper's LRs,
     # the paper's; its difference to dense transfer (78.00 - 71.00) and the share of the gap closed (7 / 12).
@@ -102,8 +107,7 @@ def test_glue_study_table_compares_the_schedules_at_equal_lrs_per_seed(tmp_path,
         {**arm_result("cola", "90", "paper_top_lrs", [(top[0], 0.15), (top[1], 0.14)], "mean_top2"), "per_epoch": {}},
         arm_result("cola", "90", "dense_transfer_top_lrs", [(top[0], 0.11), (top[1], 0.12)], "mean_top2"),
     ]
-    for r in results:
-        (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
+    write_arms(tmp_path, *results)
     text = study.table()
     # Seed 0 from the full grids (dropout 0.05 never enters), seed 1 from its own arms.
     # The last column: the last epochs (arm_result's curves are one epoch, the best; the paper's at 80 has two).
@@ -601,8 +605,7 @@ def test_paired_dev_finds_the_comparisons_the_page_reads(tmp_path, monkeypatch):
         arm_result("cola", "dense", "dense_transfer", [("lr2e-05_dropout0.1", 0.16), ("lr5e-05_dropout0.1", 0.26),
                                                        ("lr3e-05_dropout0.1", 0.20)], "mean_top2"),
     ]
-    for r in results:
-        (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
+    write_arms(tmp_path, *results)
     found = {c["what"]: (c["a"], c["b"]) for c in paired.comparisons(["cola"]) if c["start"] == "80b"}
     assert sorted(found) == [
         "equal LRs, seed 0: extended - dense transfer (the 8 epochs)",
@@ -677,8 +680,7 @@ def test_glue_study_side_by_side_fills_a_start_from_its_bit_for_bit_retraining(t
         arm_result("rte", "90b", "extended", [("lr2e-05_dropout0.1", 0.66), ("lr3e-05_dropout0.1", 0.64)],
                    "mean_top2"),
     ]
-    for r in results:
-        (tmp_path / f"{r['task']}__{r['model']}__{r['arm']}.json").write_text(json.dumps(r))
+    write_arms(tmp_path, *results)
     text = study.table()
     assert "| rte | 90 (*: 90b) | 90% | 60.00 | 65.00* | - | - | 72.00 | +12.00 | 60% |" in text
     assert "every run both trained has the same dev score at every epoch, to the last digit (2 of them" in text
@@ -686,26 +688,24 @@ def test_glue_study_side_by_side_fills_a_start_from_its_bit_for_bit_retraining(t
 
     # A figure that reads a filled cell is marked too: dense transfer's grid only at the second training.
     (tmp_path / "rte__90__dense_transfer.json").unlink()
-    (tmp_path / "rte__90b__dense_transfer.json").write_text(json.dumps({**results[1], "model": "90b"}))
+    write_arms(tmp_path, {**results[1], "model": "90b"})
     text = study.table().split("Every arm:")[0]
     assert "| rte | 90 (*: 90b) | 90% | 60.00* | 65.00* | - | - | 72.00 | +12.00* | 60%* |" in text
     (tmp_path / "rte__90b__dense_transfer.json").unlink()
-    (tmp_path / "rte__90__dense_transfer.json").write_text(json.dumps(results[1]))
+    write_arms(tmp_path, results[1])
 
     # Runs at the majority class throughout are alike from any weights: no evidence, the rows stay apart (and no note
     # speaks of filled cells).
-    for name, runs in (("rte__90__paper.json", [(p, 0.0) for p, _ in paper]),
-                       ("rte__90b__paper_top_lrs.json", [(p, 0.0) for p, _ in paper[1:]])):
-        (tmp_path / name).write_text(json.dumps(arm_result("rte", name.split("__")[1], name.split("__")[2][:-5], runs,
-                                                           "mean_top2")))
+    write_arms(tmp_path, arm_result("rte", "90", "paper", [(p, 0.0) for p, _ in paper], "mean_top2"),
+               arm_result("rte", "90b", "paper_top_lrs", [(p, 0.0) for p, _ in paper[1:]], "mean_top2"))
     text = study.table().split("Every arm:")[0]
     assert "| rte | 90b | 90% | - | 65.00 |" in text and "fill" not in text
-    (tmp_path / "rte__90__paper.json").write_text(json.dumps(results[2]))
+    write_arms(tmp_path, results[2])
 
     # A shared run without per-epoch scores cannot be compared: apart, and named.
     again = arm_result("rte", "90b", "paper_top_lrs", paper[1:], "mean_top2")
     del again["per_epoch"]["lr0.0003_dropout0.1"]
-    (tmp_path / "rte__90b__paper_top_lrs.json").write_text(json.dumps(again))
+    write_arms(tmp_path, again)
     text = study.table().split("Every arm:")[0]
     assert "| rte | 90b | 90% |" in text
     assert "(rte paper_top_lrs lr0.0003_dropout0.1 differ or lack per-epoch scores)" in text
@@ -713,7 +713,7 @@ def test_glue_study_side_by_side_fills_a_start_from_its_bit_for_bit_retraining(t
     # One epoch of one shared run differs: the two are not the same weights, and their rows stay apart.
     again = arm_result("rte", "90b", "paper_top_lrs", [paper[1], ("lr0.0003_dropout0.1", 0.74)], "mean_top2")
     again["per_epoch"]["lr0.0003_dropout0.1"] = [0.50, 0.74]
-    (tmp_path / "rte__90b__paper_top_lrs.json").write_text(json.dumps(again))
+    write_arms(tmp_path, again)
     text = study.table().split("Every arm:")[0]
     assert "| rte | 90 | 90% | 60.00 | - | - | - | 72.00 | +12.00 | 60% |" in text
     assert "| rte | 90b | 90% | - | 65.00 | - | - | - | - | - |" in text
