@@ -25,6 +25,31 @@ class TrainingStopped(RuntimeError):
 progress: dict[str, int | bool | None] = {"step": None, "overwrite": False}
 
 
+def check_sequence_length(longest: int, flag: str, value: int, model_name: str, config, tokenizer=None) -> None:
+    """Refuses sequences (of ``longest`` tokens, as ``flag value`` lets through) that ``model_name`` has no positions
+    for, before anything is trained.
+
+    The limit is ``max_position_embeddings`` of its config, or its tokenizer's ``model_max_length`` where that is
+    lower (RoBERTa's config counts two reserved positions). transformers' run_glue.py silently shortens the length to
+    the tokenizer's instead; past the positions, PyTorch would stop at the first long batch with an index error.
+    """
+    limits = []
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limits.append((positions, "max_position_embeddings in its config"))
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and 0 < declared < 1_000_000:  # tokenizers without a limit declare 1e30
+        limits.append((declared, "model_max_length of its tokenizer"))
+    if not limits:
+        return
+    limit, source = min(limits)
+    if longest > limit:
+        raise ValueError(
+            f"{flag} {value} gives sequences of {longest} tokens, longer than {model_name} takes: {limit} tokens "
+            f"({source}). Pass {flag} {limit} or less."
+        )
+
+
 def run_command(body: Callable[[], int]) -> int:
     """Runs a command's body: bad input -> one line on stderr and exit code 2; Ctrl-C -> one line and exit code 130,
     no traceback."""

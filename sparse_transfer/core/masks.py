@@ -332,6 +332,13 @@ class SparseMasks:
         """
         params = select_targets(model, targets)
         _refuse_meta(params, "rank its weights by magnitude")
+        for name, p in params.items():
+            bad = int((~torch.isfinite(p.detach())).sum())
+            if bad:  # topk would rank a NaN above every weight and keep it
+                raise ValueError(
+                    f"{name} holds {bad} NaN or inf weight(s), which have no magnitude to rank: load finite weights "
+                    "(a diverged checkpoint cannot be pruned by magnitude)."
+                )
         scores = {name: p.detach().abs() for name, p in params.items()}
         return cls(compute_masks(scores, sparsity, distribution, **kwargs), model)
 

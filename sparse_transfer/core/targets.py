@@ -6,10 +6,13 @@ selected by the type of the module that owns it and by include/exclude regular e
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, replace
 
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 PRUNABLE_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
@@ -69,6 +72,9 @@ TARGET_PRESETS = {
     "cnn": TargetSpec.cnn,
     "cnn-fld": lambda: TargetSpec.cnn(first_last_dense=True),
 }
+
+
+_warned_tied: set[str] = set()  # tied parameters already named in a warning, once per process
 
 
 def resolve_target_spec(targets: TargetSpec | str | None) -> TargetSpec:
@@ -134,6 +140,12 @@ def select_targets(model: nn.Module, targets: TargetSpec | str | None = None) ->
     matched_patterns: set[str] = set()
     selected: dict[str, nn.Parameter] = {}
     seen: set[int] = _adapter_param_ids(model)
+    # A tensor shared by several modules (an MLM decoder tied to the word embeddings) goes by the name it was first
+    # registered under: the one model.named_parameters() gives, and the one save_pretrained keeps (it drops the
+    # tied copies), so that its mask can be saved and checked against the checkpoint.
+    owner_names: dict[int, str] = {}
+    for param_name, param in model.named_parameters(remove_duplicate=False):
+        owner_names.setdefault(id(param), param_name)
     for module_name, module in model.named_modules():
         if not isinstance(module, spec.module_types):
             continue
@@ -141,16 +153,24 @@ def select_targets(model: nn.Module, targets: TargetSpec | str | None = None) ->
         if not isinstance(param, nn.Parameter) or id(param) in seen:
             continue
         name = f"{module_name}.{spec.parameter_name}" if module_name else spec.parameter_name
-        readable = canonical_name(name)
+        owner = owner_names.get(id(param), name)
+        readable = {canonical_name(name), canonical_name(owner)}
         if include:
-            hits = [p.pattern for p in include if p.search(readable)]
+            hits = [p.pattern for p in include if any(p.search(r) for r in readable)]
             if not hits:
                 continue
             matched_patterns.update(hits)
-        if any(p.search(readable) for p in exclude):
+        if any(p.search(r) for p in exclude for r in readable):
             continue
         seen.add(id(param))
-        selected[name] = param
+        if owner != name and owner not in _warned_tied:
+            _warned_tied.add(owner)
+            logger.warning(
+                "%s is tied to %s: pruning it prunes both, and its mask goes by %s (the name checkpoints keep). To "
+                "keep it dense, exclude it: TargetSpec(exclude=(%r,)) (on the command line, a --targets preset that "
+                "leaves it out, such as 'bert').", name, owner, owner, re.escape(canonical_name(name)) + "$",
+            )
+        selected[owner] = param
     missing = [p.pattern for p in include if p.pattern not in matched_patterns]
     if missing and spec.strict:
         raise ValueError(

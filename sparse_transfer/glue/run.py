@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .._cli import check_sequence_length
 from .._rundir import (
     RECIPE_NAME,
     RESULTS_NAME,
@@ -175,18 +176,22 @@ def pooling_config(glue_args: GlueArguments, config):
     return config
 
 
-def check_pooling(glue_args: GlueArguments) -> None:
-    """Fails before the data is tokenized if ``--pooling`` cannot apply to ``--model`` (reads only its config)."""
+def model_config(glue_args: GlueArguments):
+    """``--model``'s config, as saved (no task head yet)."""
     from transformers import AutoConfig
 
-    if glue_args.pooling is None and glue_args.lora_r is None:
-        return
     try:
-        config = AutoConfig.from_pretrained(glue_args.model, revision=glue_args.model_revision,
-                                            trust_remote_code=glue_args.trust_remote_code)
+        return AutoConfig.from_pretrained(glue_args.model, revision=glue_args.model_revision,
+                                          trust_remote_code=glue_args.trust_remote_code)
     except (OSError, ValueError) as err:
         raise _hub_failure("config", glue_args.model, err) from None
-    pooling_config(glue_args, config)
+
+
+def check_pooling(glue_args: GlueArguments) -> None:
+    """Fails before the data is tokenized if ``--pooling`` cannot apply to ``--model`` (reads only its config)."""
+    if glue_args.pooling is None and glue_args.lora_r is None:
+        return
+    pooling_config(glue_args, model_config(glue_args))
 
 
 def load_model(glue_args: GlueArguments, task: GlueTask, dropout: float | None):
@@ -882,6 +887,11 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
     check_pooling(glue_args)
     start = start_identity(glue_args.model, glue_args.model_revision)  # once: every run of a grid starts there
     data = tokenize_glue(data, tokenizer, glue_args.max_seq_length, glue_args.pad_to_max_length)
+    # The longest tokenized example, not --max_seq_length itself: a model with fewer positions than the default 128
+    # trains fine on data that is shorter.
+    longest = max(max(map(len, ds["input_ids"]), default=0) for ds in (data.train, *data.evals.values()))
+    check_sequence_length(longest, "--max_seq_length", glue_args.max_seq_length, glue_args.model,
+                          model_config(glue_args), tokenizer)
     output_dir = Path(training_args.output_dir)
 
     if not glue_args.grid:

@@ -308,6 +308,12 @@ class SparseTrainingArguments(TrainingArguments):
         return str(self.lr_scheduler_type) == REWIND
 
 
+def _same_model(a: nn.Module, b: nn.Module) -> bool:
+    """Whether ``a`` and ``b`` are one model, either of them possibly wrapped in the other (a peft model around its
+    base): masks bound to one can then be re-bound to the other by name, as both hold the same parameters."""
+    return a is b or any(m is a for m in b.modules()) or any(m is b for m in a.modules())
+
+
 def _check_adapters(model: nn.Module, method: MaskMethod) -> None:
     """What a peft model under SparseTrainer must satisfy: every LoRA on pruned weights masked, and fixed masks (the
     base is frozen, so a method that moves the mask would prune weights under an adapter that cannot follow)."""
@@ -564,7 +570,17 @@ class SparseTrainer(Trainer):
                 f"method must be a sparse_transfer mask method (Constant, GMP, ACDC, RigL, NM), got {type(method).__name__}."
             )
         if method is None:
-            masks = masks if masks is not None else SparseMasks.from_zeros(self.model, args.mask_targets)
+            if masks is None:
+                masks = SparseMasks.from_zeros(self.model, args.mask_targets)
+            elif masks.model is not None and not _same_model(masks.model, self.model):
+                # Re-binding by name would carry another model's pattern over: Constant would zero this model's
+                # weights where the other is pruned and let this model's own pruned weights regrow, and every
+                # check would then pass, as it compares the model with the masks it was given.
+                raise ValueError(
+                    f"The masks are bound to another model ({type(masks.model).__name__} at {id(masks.model):#x}) "
+                    "than the one given to SparseTrainer: build them over this model, e.g. "
+                    "SparseMasks.from_zeros(model), or load a mask file with SparseMasks.load(path, model)."
+                )
             method = Constant(masks.bind(self.model) if masks.model is not self.model else masks)
             if masks.sparsity() == 0.0:
                 logger.warning(
@@ -939,6 +955,21 @@ class SparseTrainer(Trainer):
                 "zero trained weights. Resume from an untouched checkpoint."
             )
 
+    def _refuse_other_fixed_masks(self, saved: dict[str, Tensor], checkpoint: str) -> None:
+        """Fixed masks do not change during a run: other masks in the checkpoint mean another run's checkpoint, or
+        ``masks=`` other than those the run started with, which taking the checkpoint's would silently drop."""
+        current = self.masks.state_dict()
+        differ = sum(int((saved[n].cpu() != current[n].cpu()).sum()) for n in saved if n in current)
+        if saved.keys() == current.keys() and not differ:
+            return
+        kept, total = sum(int(m.sum()) for m in saved.values()), sum(m.numel() for m in saved.values())
+        raise ValueError(
+            f"{checkpoint} was trained with other masks than this trainer's ({1 - kept / total:.2%} vs "
+            f"{self.masks.sparsity():.2%} sparse; {differ:,} weights differ, {len(saved.keys() ^ current.keys())} "
+            "tensors are masked in only one): build the trainer with the masks the run started with, e.g. "
+            f"masks=SparseMasks.load({os.path.join(checkpoint, MASKS_NAME)!r}), or train in another output_dir."
+        )
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
         method_path = os.path.join(resume_from_checkpoint, SPARSE_METHOD_STATE_NAME)
@@ -956,11 +987,13 @@ class SparseTrainer(Trainer):
                             f"{resume_from_checkpoint}: {MASKS_NAME} and {SPARSE_METHOD_STATE_NAME} hold different masks; "
                             "one of them was replaced. Resume from an untouched checkpoint."
                         )
+            if isinstance(self.method, Constant):
+                self._refuse_other_fixed_masks(state["masks"], resume_from_checkpoint)
             self.method.load_state_dict(state)
         elif os.path.isfile(masks_path) and isinstance(self.method, Constant):
             saved = SparseMasks.load(masks_path).state_dict()
             self._check_masks_against_weights(saved, resume_from_checkpoint, MASKS_NAME)
-            self.masks.load_state_dict(saved)
+            self._refuse_other_fixed_masks(saved, resume_from_checkpoint)
         elif isinstance(self.method, Constant):
             logger.warning("%s has no %s; keeping the masks this trainer was built with.", resume_from_checkpoint, MASKS_NAME)
         else:

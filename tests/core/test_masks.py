@@ -151,6 +151,14 @@ def test_from_zeros_reads_the_checkpoint_zeros(tiny_bert):
     assert SparseMasks.from_zeros(tiny_bert, "bert")[query][0, 1]
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_magnitude_pruning_refuses_non_finite_weights(mlp, bad):
+    with torch.no_grad():
+        mlp[0].weight[3, 4] = bad
+    with pytest.raises(ValueError, match=r"0.weight holds 1 NaN or inf weight"):
+        SparseMasks.from_magnitude(mlp, 0.5)
+
+
 def test_update_replaces_masks_and_clears_state(mlp):
     masks = SparseMasks.from_magnitude(mlp, 0.2, "global")
     optimizer = torch.optim.Adam(mlp.parameters(), lr=1e-2)

@@ -62,3 +62,23 @@ def test_tied_parameters_are_selected_once():
     lin = nn.Linear(4, 4)
     model = nn.Sequential(lin, nn.ReLU(), lin)
     assert list(select_targets(model)) == ["0.weight"]
+
+
+def test_a_weight_tied_to_an_embedding_goes_by_the_name_checkpoints_keep(caplog):
+    """BertForMaskedLM's decoder shares the word embeddings: under 'all' it is a target, named as save_pretrained
+    keeps it (the embedding), with a warning that says so and how to leave it dense."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        max_position_embeddings=64)
+    model = BertForMaskedLM(config)
+    embeddings = "bert.embeddings.word_embeddings.weight"
+    with caplog.at_level("WARNING", logger="sparse_transfer.core.targets"):
+        selected = select_targets(model, "all")
+    assert embeddings in selected and "cls.predictions.decoder.weight" not in selected
+    assert selected[embeddings] is model.cls.predictions.decoder.weight
+    assert "tied to bert.embeddings.word_embeddings.weight" in caplog.text
+    # Either name excludes it.
+    for pattern in (r"cls\.predictions\.decoder\.weight$", "word_embeddings"):
+        assert embeddings not in select_targets(model, TargetSpec(exclude=(pattern,)))
+    assert "bert.embeddings.word_embeddings.weight" not in select_targets(model, "bert")

@@ -500,6 +500,15 @@ BAD_INPUTS = {
         "dev.tsv, line 2: label 'neutral' is not in the rte label set: 0 (entailment), 1 (not_entailment)",
     ),
     "empty file": (lambda tmp, m, g: (["--task", "rte"], m, _rte_dir(tmp / "d", dev_content="")), "dev.tsv is empty"),
+    "sequence longer than the model": (
+        lambda tmp, m, g: (["--task", "rte", "--max_seq_length", "1000", "--pad_to_max_length", "true"], m, g),
+        "--max_seq_length 1000 gives sequences of",
+    ),
+    "an example longer than the model": (
+        lambda tmp, m, g: (["--task", "rte", "--max_seq_length", "1000"], m, _rte_dir(
+            tmp / "d", dev_content="index\tsentence1\tsentence2\tlabel\n0\t" + "the cat sat " * 30 + "\tthe cat\tentailment\n")),
+        "--max_seq_length 1000 gives sequences of 95 tokens, longer than",
+    ),
     "model without weights": (
         lambda tmp, m, g: (["--task", "rte"], _model_without_weights(tmp / "noweights", m), g),
         "has no weights (expected one of model.safetensors",
@@ -514,7 +523,8 @@ def test_bad_input_ends_with_a_clear_error(case, tiny_model_dir, glue_dir, tmp_p
     out = tmp_path / "out"
     assert main([*flags, *fast_args(model_dir, data_dir, out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    last_line = err.rstrip("\n").split("\n")[-1].split("\r")[-1]  # after any tokenizing progress bar
+    assert last_line.startswith("error: ") and message in last_line and "Traceback" not in err
     assert not out.exists()  # nothing written, so no partial results.json
 
 

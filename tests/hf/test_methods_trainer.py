@@ -195,6 +195,34 @@ def test_a_method_over_another_model_is_an_error(tmp_path):
         SparseTrainer(model=make_sparse_bert(), args=make_args(tmp_path), method=build("gmp", make_tiny_bert()))
 
 
+def test_masks_over_another_model_are_an_error_not_rebound(tmp_path):
+    """Re-binding another model's masks by name would zero this model where the other is pruned and let its own
+    pruned weights regrow, with every check passing: it must be refused, as for method=..."""
+    model, other = make_sparse_bert(), make_sparse_bert(seed=1)
+    assert not torch.equal(SparseMasks.from_zeros(model, "bert").state_dict()["bert.encoder.layer.0.intermediate.dense.weight"],
+                           SparseMasks.from_zeros(other, "bert").state_dict()["bert.encoder.layer.0.intermediate.dense.weight"])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="bound to another model .*SparseMasks.from_zeros\\(model\\)"):
+        SparseTrainer(model=model, args=make_args(tmp_path), masks=SparseMasks.from_zeros(other, "bert"))
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing zeroed on the way
+
+
+def test_unbound_masks_and_masks_of_the_wrapped_model_are_bound(tmp_path):
+    from peft import get_peft_model
+
+    from sparse_transfer.lora import SparseLoraConfig
+
+    model = make_sparse_bert()
+    unbound = SparseMasks(SparseMasks.from_zeros(model, "bert").state_dict())
+    trainer = SparseTrainer(model=model, args=make_args(tmp_path), masks=unbound)
+    assert trainer.masks.model is model
+    base = make_sparse_bert()
+    masks = SparseMasks.from_zeros(base, "bert")  # over the base, then the base is wrapped: the same parameters
+    wrapped = get_peft_model(base, SparseLoraConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    trainer = SparseTrainer(model=wrapped, args=make_args(tmp_path), masks=masks)
+    assert trainer.masks.model is wrapped and trainer.masks.violations() == 0
+
+
 def test_fsdp1_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="FSDP1 .* Use FSDP2"):
         SparseTrainer(model=make_sparse_bert(), args=make_args(tmp_path, fsdp="full_shard", fsdp_config={"fsdp_version": 1}))

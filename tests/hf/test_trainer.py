@@ -289,6 +289,20 @@ def test_resume_mid_stage_is_bit_identical(tmp_path):
     assert resumed_lrs == full_lrs
 
 
+def test_resume_with_other_masks_than_the_run_started_with_is_an_error(tmp_path):
+    """masks= at another sparsity on resume would otherwise be replaced by the checkpoint's without a word."""
+    common = dict(stage_steps=1, max_steps=4, save_strategy="steps", save_steps=2)
+    run(tmp_path / "first", **common)
+    checkpoint = tmp_path / "first" / "checkpoint-2"
+    model = make_sparse_bert()
+    masks = SparseMasks.from_magnitude(model, 0.75, "uniform", targets="bert")
+    with pytest.raises(ValueError, match=r"trained with other masks than this trainer's \(50.00% vs 75.00% sparse"):
+        run(tmp_path / "resumed", model, masks=masks, resume=str(checkpoint), **common)
+    resumed = run(tmp_path / "again", make_sparse_bert(), masks=SparseMasks.load(checkpoint / MASKS_NAME),
+                  resume=str(checkpoint), **common)
+    assert resumed.state.global_step == 4 and resumed.masks.violations() == 0
+
+
 def test_checkpoint_loads_in_plain_transformers(tmp_path):
     trainer = run(tmp_path, stage_steps=1, max_steps=4, save_strategy="steps", save_steps=4)
     reloaded = BertForSequenceClassification.from_pretrained(tmp_path / "checkpoint-4")

@@ -140,6 +140,22 @@ def test_output_is_exactly_sparse_and_loads_in_transformers(tiny_dirs, tmp_path,
     assert inspected["report"]["target_sparsity"] == pytest.approx(zeros / total, abs=1e-9)
 
 
+def test_targets_all_on_an_mlm_with_tied_embeddings_saves_and_reloads_exact(tiny_dirs, tmp_path):
+    """'all' takes the MLM decoder, which is the word embeddings: it is pruned and saved under the embeddings' name
+    (the tied decoder is not in the checkpoint), and the reloaded model holds every zero in both."""
+    from transformers import AutoModelForMaskedLM
+
+    out = tmp_path / "out"
+    assert main(base_argv(tiny_dirs, "mlm", out, "--sparsity", "0.5", "--targets", "all", "--max-steps", "4",
+                          "--prune-end-step", "2", "--train-embeddings")) == 0
+    masks = SparseMasks.load(out / "sparse_masks.safetensors")
+    assert "bert.embeddings.word_embeddings.weight" in masks and "cls.predictions.decoder.weight" not in masks
+    model = AutoModelForMaskedLM.from_pretrained(out)
+    masks.bind(model)
+    assert masks.violations() == 0 and masks.sparsity() == pytest.approx(0.5, abs=1e-3)
+    assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
+
+
 @pytest.mark.parametrize(
     "method, events",
     [("acdc", {"compress", "decompress"}), ("rigl", {"drop_grow"}), ("gmp", {"prune"})],
@@ -246,6 +262,9 @@ def test_bad_inputs_give_clear_errors(tiny_dirs, tmp_path, capsys):
     assert "needs a masked-LM head" in error(base_argv(tiny_dirs, "base", out, "--sparsity", "0.5", "--mlm-weight", "1"))
     assert "Could not load the model" in error(base_argv(tiny_dirs, "base", out, "--sparsity", "0.5") [:1] + [str(tmp_path / "no-model")]
                                                + base_argv(tiny_dirs, "base", out, "--sparsity", "0.5")[2:])
+
+    longer = error(base_argv(tiny_dirs, "base", out, "--sparsity", "0.5", "--block-size", "65"))
+    assert "--block_size 65 gives sequences of 65 tokens, longer than" in longer and "64 tokens" in longer and "--block_size 64 or less" in longer
 
     no_blocks = tmp_path / "no-blocks"
     tokenizer = make_tokenizer(no_blocks)
