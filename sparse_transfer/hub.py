@@ -811,7 +811,8 @@ def push_sparse_to_hub(
             (output_dir / name).exists() for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)):
         record = verify_sparse_adapter(output_dir)
         return _upload(output_dir, repo_id, token, private,
-                       commit_message or f"Upload masked LoRA adapter ({len(record)} layers) with sparse_transfer")
+                       commit_message or f"Upload masked LoRA adapter ({len(record)} layers) with sparse_transfer",
+                       checked={ADAPTER_WEIGHTS_NAME})
     if (output_dir / MASKS_NAME).is_symlink():
         raise ValueError(f"{output_dir / MASKS_NAME} is a link, which a push does not follow: copy the file into the folder.")
     if not (output_dir / MASKS_NAME).is_file():
@@ -822,11 +823,30 @@ def push_sparse_to_hub(
         )
     masks = verify_checkpoint_sparsity(output_dir)
     return _upload(output_dir, repo_id, token, private,
-                   commit_message or f"Upload {masks.sparsity():.1%} sparse model with sparse_transfer")
+                   commit_message or f"Upload {masks.sparsity():.1%} sparse model with sparse_transfer",
+                   checked={MASKS_NAME, *_weight_files(output_dir)})
 
 
-def _upload(output_dir: Path, repo_id: str, token: str | None, private: bool, message: str) -> str:
+def _weight_files(directory: Path) -> list[str]:
+    """The safetensors files that :func:`load_state_dict_from_checkpoint` (and so the check before a push) reads."""
+    if (directory / SAFE_WEIGHTS_NAME).is_file():
+        return [SAFE_WEIGHTS_NAME]
+    index_path = directory / SAFE_WEIGHTS_INDEX_NAME
+    if index_path.is_file():
+        return sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+    return []
+
+
+def _upload(output_dir: Path, repo_id: str, token: str | None, private: bool, message: str, checked: set[str]) -> str:
     files = files_to_upload(output_dir)
+    unchecked = [name for name in files if name.endswith(".safetensors") and name not in checked]
+    if unchecked:
+        # A push publishes only what it checked: a stale shard of an earlier save, or another model's weights, would
+        # go up beside the checked ones and could be what a user loads.
+        raise ValueError(
+            f"{output_dir} holds safetensors file(s) that are not the weights the push checked: {unchecked[:5]} (it "
+            f"checked {sorted(checked)}). Move them out of the folder and push again."
+        )
     import huggingface_hub
 
     refuse_secrets(output_dir, files, [token, huggingface_hub.get_token()])

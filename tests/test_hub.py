@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import huggingface_hub
 import pytest
@@ -347,6 +348,17 @@ def test_push_uploads_an_allow_list_never_a_pickle_or_a_token(saved_bert, monkey
                                       "trainer_state.json", "vocab.txt"])
 
 
+@pytest.mark.parametrize("stray", ["model-00001-of-00002.safetensors", "dense_copy.safetensors"])
+def test_push_refuses_safetensors_it_did_not_check(saved_bert, monkeypatch, stray):
+    """A stale shard of an earlier save, or another model's weights, would go up unchecked beside the checked ones."""
+    model, _, out = saved_bert
+    save_file({n: p.detach().clone() for n, p in model.named_parameters()}, out / stray, metadata={"format": "pt"})
+    hub = _FakeHub(monkeypatch)
+    with pytest.raises(ValueError, match=re.escape(f"not the weights the push checked: ['{stray}']")):
+        push_sparse_to_hub(out, "me/tiny-sparse-bert")
+    assert hub.created == [] and hub.uploads == []
+
+
 @pytest.mark.parametrize("where", ["config.json", "README.md", "model.safetensors"])
 def test_push_refuses_a_file_holding_a_token(saved_bert, monkeypatch, capsys, where):
     _, _, out = saved_bert
@@ -431,7 +443,9 @@ def test_push_refuses_the_token_in_other_forms(saved_bert, monkeypatch, form):
     elif form == "json-escaped":
         (out / "results.json").write_text('{"t": "hf\\u005f' + "Q" * 34 + '"}')
     else:
-        save_file({"secret": torch.frombuffer(bytearray(token.encode()), dtype=torch.uint8)}, out / "extra.safetensors")
+        weights = load_file(out / "model.safetensors")  # in the checked weights: an extra file is refused anyway
+        weights["secret"] = torch.frombuffer(bytearray(token.encode()), dtype=torch.uint8)
+        save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     hub = _FakeHub(monkeypatch)
     with pytest.raises(ValueError, match="contains a Hugging Face access token"):
         push_sparse_to_hub(out, "me/x", token=token)
