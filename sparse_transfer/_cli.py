@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from torch import nn
+
 EXIT_PUSH_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_NOT_FINITE = 3
@@ -25,17 +27,27 @@ class TrainingStopped(RuntimeError):
 progress: dict[str, int | bool | None] = {"step": None, "overwrite": False}
 
 
-def check_sequence_length(longest: int, flag: str, value: int, model_name: str, config, tokenizer=None) -> None:
+def check_sequence_length(longest: int, flag: str, value: int, model_name: str, model, tokenizer=None) -> None:
     """Refuses sequences (of ``longest`` tokens, as ``flag value`` lets through) that ``model_name`` has no positions
     for, before anything is trained.
 
-    The limit is ``max_position_embeddings`` of its config, or its tokenizer's ``model_max_length`` where that is
-    lower (RoBERTa's config counts two reserved positions). transformers' run_glue.py silently shortens the length to
-    the tokenizer's instead; past the positions, PyTorch would stop at the first long batch with an index error.
+    The limit is what its position embeddings hold (RoBERTa-family models reserve the first ``padding_idx + 1`` of
+    them: 514 hold 512 tokens), else ``max_position_embeddings`` of its config, or its tokenizer's
+    ``model_max_length`` where that is lower. transformers' run_glue.py silently shortens the length to the
+    tokenizer's instead; past the positions, PyTorch would stop at the first long batch with an index error.
+
+    Args:
+        model: The model, possibly on the meta device (only its modules and config are read).
     """
     limits = []
-    positions = getattr(config, "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
+    table = next((m for n, m in model.named_modules() if n.endswith("position_embeddings") and isinstance(m, nn.Embedding)),
+                 None)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if table is not None:
+        reserved = 0 if table.padding_idx is None else table.padding_idx + 1
+        limits.append((table.num_embeddings - reserved, "its position embeddings" + (
+            f", {reserved} of them reserved for padding" if reserved else "")))
+    elif isinstance(positions, int) and positions > 0:
         limits.append((positions, "max_position_embeddings in its config"))
     declared = getattr(tokenizer, "model_max_length", None)
     if isinstance(declared, int) and 0 < declared < 1_000_000:  # tokenizers without a limit declare 1e30

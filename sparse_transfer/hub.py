@@ -17,6 +17,7 @@ import fnmatch
 import glob
 import inspect as _inspect
 import json
+import logging
 import mmap
 import os
 import re
@@ -32,6 +33,8 @@ from ._rundir import plain as _plain
 from .core import MASKS_NAME, SparseMasks, SparsityReport, select_targets, sparsity_report
 from .core.masks import weights_fingerprint
 from .core.targets import BERT_ENCODER_PATTERNS, TargetSpec
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "PushFailed",
@@ -225,6 +228,19 @@ def shipped_masks(model: nn.Module, checkpoint: str | os.PathLike, revision: str
         renamed = SparseMasks({f"{prefix}.{n}": m for n, m in loaded.items()})
         renamed.saved_model_fingerprint, renamed._source = loaded.saved_model_fingerprint, masks_path
         loaded = renamed
+    heads = [n for n in loaded if n not in names and prefix and not n.startswith(f"{prefix}.")]
+    if heads and len(heads) < len(loaded):
+        # The checkpoint's own head (an MLM head pruned with targets beyond the encoder): transformers does not load
+        # it into this model either. The file's fingerprint covers it, so the file is checked against the checkpoint's
+        # weights, and the masks of what this model loads against the model.
+        verify_checkpoint_sparsity(path, revision)
+        logger.warning(
+            "%s masks %d tensor(s) that %s does not load (e.g. %s: the checkpoint's own head); their masks are dropped.",
+            masks_path, len(heads), type(model).__name__, heads[0],
+        )
+        kept = SparseMasks({n: m for n, m in loaded.items() if n not in heads})
+        kept._source = masks_path
+        loaded = kept
     loaded.bind(model)
     try:
         check_sparsity(model, loaded)

@@ -85,3 +85,31 @@ def test_glue_help_hides_the_refused_spellings():
 
     help_text = make_parser().format_help()
     assert "--num_train_epochs NUM" not in help_text and "--hub_model_id HUB" not in help_text
+
+
+@pytest.mark.parametrize(
+    "family, positions, tokenizer_limit, limit",
+    [("bert", 64, None, 64), ("roberta", 66, None, 64), ("bert", 64, 32, 32)],
+    ids=["bert", "roberta-reserves-padding-positions", "tokenizer-declares-less"],
+)
+def test_sequences_longer_than_the_model_takes_are_refused(family, positions, tokenizer_limit, limit):
+    """The limit is what a sequence of that length can index without an error: RoBERTa's positions start after
+    padding_idx, so 66 position embeddings with pad 1 take 64 tokens."""
+    import torch
+    from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+
+    from sparse_transfer._cli import check_sequence_length
+
+    config_class, model_class = (BertConfig, BertModel) if family == "bert" else (RobertaConfig, RobertaModel)
+    config = config_class(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=positions, pad_token_id=1)
+    model = model_class(config).eval()
+    tokenizer = type("Tokenizer", (), {"model_max_length": tokenizer_limit or int(1e30)})()
+    check_sequence_length(limit, "--max_seq_length", 128, "tiny", model, tokenizer)
+    if tokenizer_limit is None:  # the model really takes `limit` tokens, and not one more
+        model(torch.full((1, limit), 5))
+        with pytest.raises((IndexError, RuntimeError)):
+            model(torch.full((1, limit + 1), 5))
+    with pytest.raises(ValueError, match=f"--max_seq_length 128 gives sequences of {limit + 1} tokens, longer than "
+                                         f"tiny takes: {limit} tokens .*Pass --max_seq_length {limit} or less"):
+        check_sequence_length(limit + 1, "--max_seq_length", 128, "tiny", model, tokenizer)

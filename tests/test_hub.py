@@ -416,6 +416,38 @@ def test_shipped_masks_are_the_record_and_must_agree_with_the_weights(saved_bert
         shipped_masks(model, out)
 
 
+def test_shipped_masks_of_a_head_the_model_does_not_load_are_dropped_after_checking_the_file(tmp_path, caplog):
+    """An MLM checkpoint pruned with 'all' masks its own head (cls.predictions.transform.dense); a classifier loaded
+    from it has no such tensor. Its masks are dropped, the rest (the tied word embeddings among them) bind, and the
+    file is still checked against the checkpoint's weights."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
+
+    from sparse_transfer.hub import shipped_masks
+
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM(config)
+    masks = SparseMasks.from_magnitude(mlm, 0.5, targets="all")
+    masks.apply_()
+    out = tmp_path / "mlm-all"
+    save_sparse_pretrained(mlm, out, masks=masks)
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    with caplog.at_level("WARNING", logger="sparse_transfer.hub"):
+        loaded = shipped_masks(model, out)
+    assert "cls.predictions.transform.dense.weight" in caplog.text and "dropped" in caplog.text
+    assert "cls.predictions.transform.dense.weight" not in loaded and "bert.embeddings.word_embeddings.weight" in loaded
+    assert loaded.model is model and loaded.violations() == 0
+    assert all(torch.equal(loaded[n], masks[n]) for n in loaded)
+    # a pruned weight revived in the checkpoint's head is still caught, by the check against the checkpoint's file
+    weights = load_file(out / "model.safetensors")
+    head = weights["cls.predictions.transform.dense.weight"]
+    head[~masks["cls.predictions.transform.dense.weight"]] = 1.0
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="cls.predictions.transform.dense.weight"):
+        shipped_masks(AutoModelForSequenceClassification.from_pretrained(out), out)
+
+
 def test_inspect_reports_a_damaged_mask_file_instead_of_crashing(saved_bert, capsys):
     from sparse_transfer.inspect import main as inspect_main
 

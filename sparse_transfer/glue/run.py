@@ -187,6 +187,15 @@ def model_config(glue_args: GlueArguments):
         raise _hub_failure("config", glue_args.model, err) from None
 
 
+def _meta_model(glue_args: GlueArguments):
+    """``--model``'s encoder on the meta device (no weights read, no memory): what its modules are, before training."""
+    import torch
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        return AutoModel.from_config(model_config(glue_args), trust_remote_code=glue_args.trust_remote_code)
+
+
 def check_pooling(glue_args: GlueArguments) -> None:
     """Fails before the data is tokenized if ``--pooling`` cannot apply to ``--model`` (reads only its config)."""
     if glue_args.pooling is None and glue_args.lora_r is None:
@@ -891,7 +900,7 @@ def run_glue(glue_args: GlueArguments, training_args, recipe_file: str | None = 
     # trains fine on data that is shorter.
     longest = max(max(map(len, ds["input_ids"]), default=0) for ds in (data.train, *data.evals.values()))
     check_sequence_length(longest, "--max_seq_length", glue_args.max_seq_length, glue_args.model,
-                          model_config(glue_args), tokenizer)
+                          _meta_model(glue_args), tokenizer)
     output_dir = Path(training_args.output_dir)
 
     if not glue_args.grid:

@@ -308,10 +308,24 @@ class SparseTrainingArguments(TrainingArguments):
         return str(self.lr_scheduler_type) == REWIND
 
 
-def _same_model(a: nn.Module, b: nn.Module) -> bool:
-    """Whether ``a`` and ``b`` are one model, either of them possibly wrapped in the other (a peft model around its
-    base): masks bound to one can then be re-bound to the other by name, as both hold the same parameters."""
-    return a is b or any(m is a for m in b.modules()) or any(m is b for m in a.modules())
+def _check_same_tensors(masks: SparseMasks, model: nn.Module) -> None:
+    """Refuses masks bound to a model other than ``model`` unless binding them to ``model`` by name finds the very
+    tensors they guard (the base of a peft model, or the peft model around it). Re-binding another model's masks by
+    name would carry its pattern over: ``Constant`` would zero ``model``'s weights where the other is pruned and let
+    ``model``'s own pruned weights regrow, and every check would pass, as it compares ``model`` with these masks."""
+    probe = SparseMasks(masks.state_dict())
+    try:
+        probe.bind(model)
+        same = [id(p) for p in probe.params.values()] == [id(p) for p in masks.params.values()]
+    except ValueError:
+        same = False
+    if not same:
+        raise ValueError(
+            f"The masks are bound to another model ({type(masks.model).__name__}) than the one given to SparseTrainer, "
+            "whose parameters of the same names are other tensors (or other names): build them over this model, e.g. "
+            "SparseMasks.from_zeros(model), or, to carry these masks over by name on purpose, pass "
+            "SparseMasks(masks.state_dict())."
+        )
 
 
 def _check_adapters(model: nn.Module, method: MaskMethod) -> None:
@@ -572,15 +586,8 @@ class SparseTrainer(Trainer):
         if method is None:
             if masks is None:
                 masks = SparseMasks.from_zeros(self.model, args.mask_targets)
-            elif masks.model is not None and not _same_model(masks.model, self.model):
-                # Re-binding by name would carry another model's pattern over: Constant would zero this model's
-                # weights where the other is pruned and let this model's own pruned weights regrow, and every
-                # check would then pass, as it compares the model with the masks it was given.
-                raise ValueError(
-                    f"The masks are bound to another model ({type(masks.model).__name__} at {id(masks.model):#x}) "
-                    "than the one given to SparseTrainer: build them over this model, e.g. "
-                    "SparseMasks.from_zeros(model), or load a mask file with SparseMasks.load(path, model)."
-                )
+            elif masks.model is not None and masks.model is not self.model:
+                _check_same_tensors(masks, self.model)
             method = Constant(masks.bind(self.model) if masks.model is not self.model else masks)
             if masks.sparsity() == 0.0:
                 logger.warning(
@@ -778,6 +785,14 @@ class SparseTrainer(Trainer):
                 )
         if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
             check_checkpoint_untouched(resume_from_checkpoint)
+        else:
+            with torch.no_grad():
+                bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(local_tensor(p)).all())]
+            if bad:
+                raise ValueError(
+                    f"{len(bad)} parameter(s) of the model hold NaN or inf before training (e.g. {bad[0]}): load finite "
+                    "weights (the checkpoint may come from a diverged run)."
+                )
         self._nonfinite_step = None
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 

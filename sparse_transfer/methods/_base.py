@@ -83,6 +83,9 @@ class MaskMethod:
         active: Whether the masks are imposed from the start.
     """
 
+    #: The attributes that define the method's schedule: a checkpoint resumes only under the same values.
+    settings_names: tuple[str, ...] = ()
+
     def __init__(self, masks: SparseMasks, active: bool):
         if not masks.params:
             raise ValueError("The masks must be bound to the model being trained: SparseMasks(..., model) or masks.bind(model).")
@@ -163,17 +166,36 @@ class MaskMethod:
         self.masks.update_(new_masks, inner_optimizer(optimizer) if optimizer is not None else None)
 
     def magnitude_scores(self) -> dict[str, Tensor]:
-        """``|w|`` of every masked weight, as full tensors (gathered when sharded)."""
-        return {name: full_tensor(p.detach()).abs() for name, p in self.masks.params.items()}
+        """``|w|`` of every masked weight, as full tensors (gathered when sharded).
+
+        Raises:
+            TrainingStopped: if a weight is NaN or inf: a mask ranked by magnitude would keep it as the largest.
+        """
+        from .._cli import TrainingStopped
+
+        scores = {name: full_tensor(p.detach()).abs() for name, p in self.masks.params.items()}
+        bad = [name for name, s in scores.items() if not bool(torch.isfinite(s).all())]
+        if bad:
+            raise TrainingStopped(
+                f"{type(self).__name__} cannot rank weights by magnitude: {len(bad)} target(s) hold NaN or inf (e.g. "
+                f"{bad[0]}). Training diverged: try a lower learning_rate, a max_grad_norm or bf16 instead of fp16; "
+                "then resume from the last checkpoint."
+            )
+        return scores
 
     def sparsity(self) -> float:
         """Sparsity of the imposed mask (0.0 while no mask is imposed)."""
         return self.masks.sparsity() if self.active else 0.0
 
     # -------------------------------------------------------------------------------------------- state
+    def settings(self) -> dict[str, Any]:
+        """The method's schedule settings (:attr:`settings_names`), as saved with its state."""
+        return {name: getattr(self, name) for name in self.settings_names}
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "method": type(self).__name__,
+            "settings": self.settings(),
             "masks": self.masks.state_dict(),
             "active": self.active,
             "last_iou": self.last_iou,
@@ -184,6 +206,15 @@ class MaskMethod:
         saved = state.get("method", type(self).__name__)
         if saved != type(self).__name__:
             raise ValueError(f"This state was saved by {saved}, not {type(self).__name__}: resume with the same method.")
+        saved_settings = state.get("settings")  # absent from states saved before it was recorded
+        if saved_settings is not None and saved_settings != self.settings():
+            changed = ", ".join(f"{k}={saved_settings.get(k)!r} there, {v!r} here" for k, v in self.settings().items()
+                                if saved_settings.get(k) != v)
+            raise ValueError(
+                f"This state was saved by {saved} with other settings ({changed}): resuming would go on under another "
+                "schedule than the one the run followed. Resume with the same settings, or train in another output "
+                "folder."
+            )
         self.active = bool(state["active"])
         self.masks.load_state_dict(state["masks"])  # applied only while active: released masks keep the weights
         self.last_iou = state["last_iou"]

@@ -102,6 +102,9 @@ class ACDC(MaskMethod):
         reset_momentum: Zero all SGD momentum buffers right after each decompression.
     """
 
+    settings_names = ("sparsity_target", "decompressed_sparsity", "steps_per_epoch", "total_epochs", "warmup_epochs",
+                      "phase_epochs", "final_epochs", "distribution", "reset_momentum")
+
     def __init__(
         self,
         masks: SparseMasks,

@@ -51,6 +51,8 @@ class GMP(MaskMethod):
         distribution: ``"global"``, ``"uniform"`` or ``"erk"`` (see :func:`compute_masks`).
     """
 
+    settings_names = ("final_sparsity", "initial_sparsity", "start_step", "end_step", "interval", "distribution")
+
     def __init__(
         self,
         masks: SparseMasks,

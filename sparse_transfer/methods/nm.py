@@ -39,6 +39,8 @@ class NM(MaskMethod):
         prune_step: The optimizer step at which the pattern is cut.
     """
 
+    settings_names = ("n", "m", "prune_step")
+
     def __init__(self, masks: SparseMasks, n: int, m: int, prune_step: int = 0):
         super().__init__(masks, active=False)
         if not 0 < n < m:

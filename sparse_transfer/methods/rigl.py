@@ -75,6 +75,8 @@ class RigL(MaskMethod):
         end_fraction: Updates stop at ``end_fraction * total_steps`` (T_end).
     """
 
+    settings_names = ("total_steps", "update_interval", "alpha", "end_step")
+
     def __init__(self, masks: SparseMasks, total_steps: int, update_interval: int = 100, alpha: float = 0.3, end_fraction: float = 0.75):
         super().__init__(masks, active=True)
         if total_steps <= 0:

@@ -145,7 +145,7 @@ def run_upstream(args: UpstreamArguments) -> dict[str, Any]:
 
     set_seed(args.seed)  # weights missing from the checkpoint (e.g. a pooler) are initialized the same way every run
     model, tokenizer = load_model_and_tokenizer(args)
-    check_sequence_length(args.block_size, "--block_size", args.block_size, args.model, model.config, tokenizer)
+    check_sequence_length(args.block_size, "--block_size", args.block_size, args.model, model, tokenizer)
     if not starts_match(start_weights, start_identity(args.model)):
         raise ValueError(f"{args.model} changed while this command loaded it; start it again once the folder is no "
                          "longer being written.")

@@ -533,7 +533,13 @@ def train(args: VisionArguments) -> dict[str, Any]:
                 loss = criterion(model(x), y)
             accelerator.backward(loss)
             if method is not None:
-                event = method.step(step, optimizer)
+                try:
+                    event = method.step(step, optimizer)
+                except _cli.TrainingStopped:  # NaN weights the method cannot rank: say when the loss became NaN
+                    bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), torch.full_like(bad_step, step),
+                                           bad_step)
+                    _stop_if_not_finite(int(bad_step), unwrapped, epoch)
+                    raise
                 if event is not None:
                     events.append(event)
                     explored = _explore(explored, _current_mask(method), args.sparsity)

@@ -207,6 +207,16 @@ def test_masks_over_another_model_are_an_error_not_rebound(tmp_path):
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # nothing zeroed on the way
 
 
+def test_masks_of_a_submodule_whose_names_collide_are_an_error(tmp_path):
+    """A model that holds another as a submodule: masks bound to the inner model find the outer model's tensors of
+    the same names; masks bound to the outer model, the inner one's. Neither may be re-bound."""
+    inner, outer = make_sparse_bert(seed=1, sparsity=0.9), make_sparse_bert()
+    outer.add_module("teacher", inner)
+    for masks, model in ((SparseMasks.from_zeros(inner, "bert"), outer), (SparseMasks.from_zeros(outer, "bert"), inner)):
+        with pytest.raises(ValueError, match="bound to another model"):
+            SparseTrainer(model=model, args=make_args(tmp_path), masks=masks)
+
+
 def test_unbound_masks_and_masks_of_the_wrapped_model_are_bound(tmp_path):
     from peft import get_peft_model
 

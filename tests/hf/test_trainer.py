@@ -303,6 +303,15 @@ def test_resume_with_other_masks_than_the_run_started_with_is_an_error(tmp_path)
     assert resumed.state.global_step == 4 and resumed.masks.violations() == 0
 
 
+def test_a_model_with_nan_weights_is_refused_before_training(tmp_path):
+    model = make_sparse_bert()
+    with torch.no_grad():
+        model.bert.encoder.layer[0].intermediate.dense.weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"1 parameter\(s\) of the model hold NaN or inf before training \(e.g. "
+                                         r"bert.encoder.layer.0.intermediate.dense.weight\)"):
+        run(tmp_path, model, max_steps=2)
+
+
 def test_checkpoint_loads_in_plain_transformers(tmp_path):
     trainer = run(tmp_path, stage_steps=1, max_steps=4, save_strategy="steps", save_steps=4)
     reloaded = BertForSequenceClassification.from_pretrained(tmp_path / "checkpoint-4")

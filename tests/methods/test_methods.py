@@ -97,6 +97,47 @@ def test_resume_is_bit_identical(name, tmp_path):
     assert method_a.active == method_c.active
 
 
+@pytest.mark.parametrize(
+    "name, other",
+    [("gmp", lambda m: GMP(dense_masks(m, "cnn"), 0.5, start_step=2, end_step=10, interval=3)),
+     ("acdc", lambda m: ACDC(dense_masks(m, "cnn"), 0.8, STEPS_PER_EPOCH, total_epochs=10, warmup_epochs=1,
+                             phase_epochs=1, final_epochs=2)),
+     ("rigl", lambda m: RigL.from_model(m, 0.8, 16, distribution="erk", targets="cnn", update_interval=4, alpha=0.3,
+                                        end_fraction=0.75))],
+)
+def test_resume_under_other_settings_is_an_error(name, other):
+    """A GMP run saved at final sparsity 0.8 would otherwise go on to 0.5 without a word."""
+    model, opt, method = setup(name, 16)
+    run(model, method, opt, 0, 5)
+    state = method.state_dict()
+    with pytest.raises(ValueError, match=r"saved by .* with other settings \(.*there, .* here\)"):
+        other(tiny_cnn()).load_state_dict(state)
+    make(name, tiny_cnn(), 16).load_state_dict(state)  # the same settings resume
+    legacy = {k: v for k, v in state.items() if k != "settings"}  # a state saved before settings were recorded
+    other(tiny_cnn()).load_state_dict(legacy)
+
+
+@pytest.mark.parametrize("name", ["gmp", "acdc", "nm"])
+def test_a_nan_weight_stops_magnitude_ranking(name):
+    """A NaN has no magnitude; topk would rank it above every weight and keep it in the mask."""
+    from sparse_transfer._cli import TrainingStopped
+    from sparse_transfer.methods import NM
+
+    model = tiny_cnn()
+    masks = dense_masks(model, "cnn")
+    method = {  # each cuts at step 0, before the NaN spreads
+        "gmp": lambda: GMP(masks, 0.8, start_step=0, end_step=4, interval=1),
+        "acdc": lambda: ACDC(masks, 0.8, STEPS_PER_EPOCH, total_epochs=8, warmup_epochs=0, phase_epochs=1, final_epochs=2),
+        "nm": lambda: NM(masks, 2, 4, prune_step=0),
+    }[name]()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    method.attach(optimizer)
+    with torch.no_grad():
+        model[3].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(TrainingStopped, match=r"cannot rank weights by magnitude: 1 target\(s\) hold NaN or inf \(e.g. 3.weight\)"):
+        run(model, method, optimizer, 0, 3, check_zeros=False)
+
+
 @pytest.mark.parametrize("name", ["constant", "gmp", "acdc", "rigl"])
 def test_final_model_exactly_sparse(name):
     model, opt, method = setup(name, 16)
