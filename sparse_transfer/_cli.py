@@ -31,10 +31,10 @@ def check_sequence_length(longest: int, flag: str, value: int, model_name: str, 
     """Refuses sequences (of ``longest`` tokens, as ``flag value`` lets through) that ``model_name`` has no positions
     for, before anything is trained.
 
-    The limit is what its position embeddings hold (RoBERTa-family models reserve the first ``padding_idx + 1`` of
-    them: 514 hold 512 tokens), else ``max_position_embeddings`` of its config, or its tokenizer's
-    ``model_max_length`` where that is lower. transformers' run_glue.py silently shortens the length to the
-    tokenizer's instead; past the positions, PyTorch would stop at the first long batch with an index error.
+    The limit is the lowest of what its position embeddings hold (RoBERTa-family models reserve the first
+    ``padding_idx + 1`` of them: 514 hold 512 tokens), ``max_position_embeddings`` of its config and its tokenizer's
+    ``model_max_length``. transformers' run_glue.py silently shortens the length to the tokenizer's instead; past
+    the positions, PyTorch would stop at the first long batch with an index error.
 
     Args:
         model: The model, possibly on the meta device (only its modules and config are read).
@@ -47,7 +47,7 @@ def check_sequence_length(longest: int, flag: str, value: int, model_name: str, 
         reserved = 0 if table.padding_idx is None else table.padding_idx + 1
         limits.append((table.num_embeddings - reserved, "its position embeddings" + (
             f", {reserved} of them reserved for padding" if reserved else "")))
-    elif isinstance(positions, int) and positions > 0:
+    if isinstance(positions, int) and positions > 0:  # also with a table: Nystromformer's has 2 rows more than it uses
         limits.append((positions, "max_position_embeddings in its config"))
     declared = getattr(tokenizer, "model_max_length", None)
     if isinstance(declared, int) and 0 < declared < 1_000_000:  # tokenizers without a limit declare 1e30

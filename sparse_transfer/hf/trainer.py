@@ -316,8 +316,10 @@ def _check_same_tensors(masks: SparseMasks, model: nn.Module) -> None:
     probe = SparseMasks(masks.state_dict())
     try:
         probe.bind(model)
-        same = [id(p) for p in probe.params.values()] == [id(p) for p in masks.params.values()]
-    except ValueError:
+        # The tensors the masks' own model holds now (a parameter replaced since they were bound is followed by name).
+        bound = [id(masks.model.get_parameter(name)) for name in masks]
+        same = [id(p) for p in probe.params.values()] == bound
+    except (ValueError, AttributeError):
         same = False
     if not same:
         raise ValueError(

@@ -33,6 +33,7 @@ Attribution:
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -72,6 +73,11 @@ def acdc_boundaries(total_epochs: int, warmup_epochs: int = 10, phase_epochs: in
         if not out or out[-1][1] != phase:
             out.append((epoch, phase))
     return out
+
+
+def _number(value) -> int | float:
+    """``value`` as a plain Python ``int`` if it is a whole number of that type (numpy's too), else a ``float``."""
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def _check_schedule(total, warmup, phase, final) -> None:
@@ -129,10 +135,12 @@ class ACDC(MaskMethod):
             raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}.")
         _check_schedule(total_epochs, warmup_epochs, phase_epochs, final_epochs)
         self.steps_per_epoch = int(steps_per_epoch)
-        self.total_epochs, self.warmup_epochs = total_epochs, warmup_epochs
-        self.phase_epochs, self.final_epochs = phase_epochs, final_epochs
-        self.distribution = distribution
-        self.reset_momentum = reset_momentum
+        # Plain Python numbers: the state (settings included) is read back with torch.load(weights_only=True).
+        # (Fractional epochs are allowed: an int stays an int, anything else becomes a float.)
+        self.total_epochs, self.warmup_epochs = _number(total_epochs), _number(warmup_epochs)
+        self.phase_epochs, self.final_epochs = _number(phase_epochs), _number(final_epochs)
+        self.distribution = str(distribution)
+        self.reset_momentum = bool(reset_momentum)
         self.phase = "warmup"
         self._pending_min_mask = False  # decompressed with a minimum sparsity: cut after the first dense step
 

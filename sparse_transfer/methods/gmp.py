@@ -71,7 +71,7 @@ class GMP(MaskMethod):
         if interval <= 0:
             raise ValueError(f"GMP interval must be a positive number of steps, got {interval}.")
         self.start_step, self.end_step, self.interval = int(start_step), int(end_step), int(interval)
-        self.distribution = distribution
+        self.distribution = str(distribution)
 
     def is_update_step(self, step: int) -> bool:
         """Pruning steps: the regular grid from ``start_step``, plus ``end_step`` itself (so s_f is always met)."""

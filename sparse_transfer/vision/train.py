@@ -76,6 +76,13 @@ def create_model(args: VisionArguments, num_classes: int) -> nn.Module:
     model.new_head = []  # classifier parameters re-created for this run's classes (dense, outside any mask)
     if args.init_checkpoint:
         model.new_head = load_init_checkpoint(model, args.init_checkpoint, name)
+    with torch.no_grad():
+        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:  # training would stop at the end of the first epoch, and again at every rerun
+        raise ValueError(
+            f"{len(bad)} parameter(s) of {args.init_checkpoint or name} hold NaN or inf (e.g. {bad[0]}): start from "
+            "finite weights (the checkpoint may come from a diverged run)."
+        )
     return model
 
 
@@ -395,6 +402,12 @@ def train(args: VisionArguments) -> dict[str, Any]:
     from accelerate.utils import gather_object
 
     args.validate()
+    if args.push_to_hub and args.method == "dense":
+        raise ValueError(
+            "--push-to-hub publishes a sparse checkpoint with its mask file, checked before upload; --method dense "
+            "trains without masks, so there would be nothing to check. Push a dense model with huggingface_hub "
+            "(model.push_to_hub), or train a sparse one."
+        )
     if args.push_to_hub:
         from ..hub import check_push_target
 

@@ -231,6 +231,12 @@ def test_unbound_masks_and_masks_of_the_wrapped_model_are_bound(tmp_path):
     wrapped = get_peft_model(base, SparseLoraConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS"))
     trainer = SparseTrainer(model=wrapped, args=make_args(tmp_path), masks=masks)
     assert trainer.masks.model is wrapped and trainer.masks.violations() == 0
+    # the base's parameters replaced (assign=True) after the masks were bound, then wrapped: the live tensors count
+    base = make_sparse_bert()
+    masks = SparseMasks.from_zeros(base, "bert")
+    base.load_state_dict({k: v.clone() for k, v in base.state_dict().items()}, assign=True)
+    wrapped = get_peft_model(base, SparseLoraConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    assert SparseTrainer(model=wrapped, args=make_args(tmp_path), masks=masks).masks.model is wrapped
 
 
 def test_fsdp1_is_refused_before_training(tmp_path):

@@ -117,6 +117,17 @@ def test_resume_under_other_settings_is_an_error(name, other):
     other(tiny_cnn()).load_state_dict(legacy)
 
 
+def test_settings_given_as_numpy_numbers_save_as_plain_ones(tmp_path):
+    """The state is read back with weights_only=True, which refuses numpy scalars."""
+    import numpy as np
+
+    method = ACDC(dense_masks(tiny_cnn(), "cnn"), np.float64(0.8), np.int64(STEPS_PER_EPOCH), total_epochs=np.int64(8),
+                  warmup_epochs=np.int64(1), phase_epochs=np.float64(1.5), final_epochs=2, reset_momentum=np.bool_(True))
+    torch.save(method.state_dict(), tmp_path / "state.pt")
+    settings = torch.load(tmp_path / "state.pt", weights_only=True)["settings"]
+    assert settings["total_epochs"] == 8 and settings["phase_epochs"] == 1.5 and settings["reset_momentum"] is True
+
+
 @pytest.mark.parametrize("name", ["gmp", "acdc", "nm"])
 def test_a_nan_weight_stops_magnitude_ranking(name):
     """A NaN has no magnitude; topk would rank it above every weight and keep it in the mask."""

@@ -295,6 +295,24 @@ def test_push_refuses_checkpoint_with_nonzero_pruned_weights(tmp_path, image_fol
         push_checkpoint(str(last), VisionArguments(**{**args.to_dict(), "push_to_hub": "u/x"}))
 
 
+def test_dense_with_push_and_a_nan_start_are_refused_before_training(tmp_path, image_folder, monkeypatch):
+    import huggingface_hub
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda *a, **k: pytest.fail("must not reach the Hub"))
+    with pytest.raises(ValueError, match="--method dense trains without masks"):
+        run(tmp_path / "a", image_folder, "dense", push_to_hub="u/x")
+    assert not (tmp_path / "a").exists()
+    run(tmp_path / "b", image_folder, "dense", epochs=1)
+    weights = load_file(str(tmp_path / "b" / "dense" / "last" / "model.safetensors"))
+    first = next(n for n in weights if n.endswith("weight") and weights[n].dim() > 1)
+    weights[first].view(-1)[0] = float("nan")
+    save_file(weights, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(ValueError, match=r"1 parameter\(s\) of .*nan.safetensors hold NaN or inf"):
+        run(tmp_path / "c", image_folder, "gmp", init_checkpoint=str(tmp_path / "nan.safetensors"))
+    assert not (tmp_path / "c" / "gmp" / "state").exists()
+
+
 def test_push_to_hub_flag_takes_the_repo_id():
     with pytest.raises(ValueError, match="needs the repository USER/NAME"):
         parse_args(["--push-to-hub", "tiny", "--data", "x"])
