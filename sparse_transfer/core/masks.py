@@ -225,6 +225,19 @@ def _through_wrappers(masks: Mapping[str, Tensor], model: nn.Module, named: Mapp
     return renamed
 
 
+def magnitudes(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``|w|`` of each tensor, to rank weights by; ``ValueError`` if one holds NaN or inf, which topk would rank
+    above every weight and keep."""
+    for name, p in params.items():
+        bad = int((~torch.isfinite(p.detach())).sum())
+        if bad:
+            raise ValueError(
+                f"{name} holds {bad} NaN or inf weight(s), which have no magnitude to rank: load finite weights "
+                "(a diverged checkpoint cannot be pruned by magnitude)."
+            )
+    return {name: p.detach().abs() for name, p in params.items()}
+
+
 def _refuse_fsdp1(model: nn.Module) -> None:
     for module in model.modules():
         if type(module).__name__ == "FullyShardedDataParallel":
@@ -332,15 +345,7 @@ class SparseMasks:
         """
         params = select_targets(model, targets)
         _refuse_meta(params, "rank its weights by magnitude")
-        for name, p in params.items():
-            bad = int((~torch.isfinite(p.detach())).sum())
-            if bad:  # topk would rank a NaN above every weight and keep it
-                raise ValueError(
-                    f"{name} holds {bad} NaN or inf weight(s), which have no magnitude to rank: load finite weights "
-                    "(a diverged checkpoint cannot be pruned by magnitude)."
-                )
-        scores = {name: p.detach().abs() for name, p in params.items()}
-        return cls(compute_masks(scores, sparsity, distribution, **kwargs), model)
+        return cls(compute_masks(magnitudes(params), sparsity, distribution, **kwargs), model)
 
     # ------------------------------------------------------------------------------------------ binding
     def bind(self, model: nn.Module) -> SparseMasks:

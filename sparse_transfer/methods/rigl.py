@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..core import SparseMasks, TargetSpec, compute_masks, validate_sparsity
-from ..core.masks import _local_mask, local_tensor
+from ..core.masks import _local_mask, local_tensor, magnitudes
 from ._base import MaskMethod, dense_masks, full_tensor, zero_state_at_
 
 
@@ -111,7 +111,7 @@ class RigL(MaskMethod):
             raise ValueError(f"RigL init must be 'random' or 'magnitude', got {init!r}.")
         masks = dense_masks(model, targets)
         if init == "magnitude":
-            scores = {name: p.detach().abs() for name, p in masks.params.items()}
+            scores = magnitudes(masks.params)
         else:
             gen = torch.Generator().manual_seed(seed)
             scores = {name: torch.rand(p.shape, generator=gen) for name, p in masks.params.items()}

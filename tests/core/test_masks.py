@@ -157,6 +157,10 @@ def test_magnitude_pruning_refuses_non_finite_weights(mlp, bad):
         mlp[0].weight[3, 4] = bad
     with pytest.raises(ValueError, match=r"0.weight holds 1 NaN or inf weight"):
         SparseMasks.from_magnitude(mlp, 0.5)
+    from sparse_transfer.methods import RigL
+
+    with pytest.raises(ValueError, match=r"0.weight holds 1 NaN or inf weight"):
+        RigL.from_model(mlp, 0.5, total_steps=10, distribution="uniform", init="magnitude")
 
 
 def test_update_replaces_masks_and_clears_state(mlp):
