@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from torch import nn
+import torch
 
 EXIT_PUSH_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -40,12 +40,14 @@ def check_sequence_length(longest: int, flag: str, value: int, model_name: str, 
         model: The model, possibly on the meta device (only its modules and config are read).
     """
     limits = []
-    table = next((m for n, m in model.named_modules() if n.endswith("position_embeddings") and isinstance(m, nn.Embedding)),
-                 None)
+    # Duck-typed: I-BERT's table is a QuantEmbedding, with a weight and a padding_idx but no num_embeddings.
+    table = next((m for n, m in model.named_modules() if n.endswith("position_embeddings")
+                  and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2), None)
     positions = getattr(model.config, "max_position_embeddings", None)
     if table is not None:
-        reserved = 0 if table.padding_idx is None else table.padding_idx + 1
-        limits.append((table.num_embeddings - reserved, "its position embeddings" + (
+        padding_idx = getattr(table, "padding_idx", None)
+        reserved = 0 if padding_idx is None else padding_idx + 1
+        limits.append((table.weight.shape[0] - reserved, "its position embeddings" + (
             f", {reserved} of them reserved for padding" if reserved else "")))
     if isinstance(positions, int) and positions > 0:  # also with a table: Nystromformer's has 2 rows more than it uses
         limits.append((positions, "max_position_embeddings in its config"))

@@ -89,20 +89,27 @@ def test_glue_help_hides_the_refused_spellings():
 
 @pytest.mark.parametrize(
     "family, positions, tokenizer_limit, limit",
-    [("bert", 64, None, 64), ("roberta", 66, None, 64), ("bert", 64, 32, 32)],
-    ids=["bert", "roberta-reserves-padding-positions", "tokenizer-declares-less"],
+    [("bert", 64, None, 64), ("roberta", 66, None, 64), ("ibert", 64, None, 62), ("nystromformer", 64, None, 64),
+     ("bert", 64, 32, 32)],
+    ids=["bert", "roberta-reserves-padding-positions", "ibert-quantized-table", "nystromformer-table-has-more-rows",
+         "tokenizer-declares-less"],
 )
 def test_sequences_longer_than_the_model_takes_are_refused(family, positions, tokenizer_limit, limit):
     """The limit is what a sequence of that length can index without an error: RoBERTa's positions start after
     padding_idx, so 66 position embeddings with pad 1 take 64 tokens."""
     import torch
-    from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+    import transformers
 
     from sparse_transfer._cli import check_sequence_length
 
-    config_class, model_class = (BertConfig, BertModel) if family == "bert" else (RobertaConfig, RobertaModel)
-    config = config_class(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                          intermediate_size=64, max_position_embeddings=positions, pad_token_id=1)
+    config_class, model_class = {
+        "bert": ("BertConfig", "BertModel"), "roberta": ("RobertaConfig", "RobertaModel"),
+        "ibert": ("IBertConfig", "IBertModel"), "nystromformer": ("NystromformerConfig", "NystromformerModel"),
+    }[family]
+    config = getattr(transformers, config_class)(vocab_size=99, hidden_size=32, num_hidden_layers=1,
+                                                 num_attention_heads=4, intermediate_size=64,
+                                                 max_position_embeddings=positions, pad_token_id=1)
+    model_class = getattr(transformers, model_class)
     model = model_class(config).eval()
     tokenizer = type("Tokenizer", (), {"model_max_length": tokenizer_limit or int(1e30)})()
     check_sequence_length(limit, "--max_seq_length", 128, "tiny", model, tokenizer)
