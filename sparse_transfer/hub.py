@@ -139,10 +139,10 @@ def check_sparsity(model: nn.Module | Mapping[str, Tensor], masks: SparseMasks) 
             f"{total:,} pruned weight(s) are non-zero in {len(revived)} tensor(s): {listed}{more}"
         )
     if problems:
-        raise ValueError(
-            "Sparsity check failed: " + "; ".join(problems) + ". The weights no longer match the masks: enforce them "
-            "during training with `masks.attach(optimizer)`, or call `masks.apply_()` before saving."
-        )
+        fix = (" The weights no longer match the masks: enforce them during training with `masks.attach(optimizer)`, "
+               "or call `masks.apply_()` before saving." if revived else
+               " The masks were made for another model (or under other names): use the masks of these weights.")
+        raise ValueError("Sparsity check failed: " + "; ".join(problems) + "." + fix)
 
 
 def verify_checkpoint_sparsity(checkpoint: str | os.PathLike, revision: str | None = None) -> SparseMasks | None:
