@@ -726,24 +726,32 @@ def _load_file(path: Path) -> dict[str, Tensor]:
     raise ValueError(f"Unsupported weights file {path.name}: use a .safetensors, .bin, .pt or .pth file.")
 
 
-def _load_dir(directory: Path) -> dict[str, Tensor]:
+def _weight_files(directory: Path) -> list[str]:
+    """The files a checkpoint folder's weights are read from (:func:`load_state_dict_from_checkpoint`, and so the
+    check before a push): ``model.safetensors``, else the shards an index lists, else ``pytorch_model.bin``."""
     for index_name in (SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME):
         index_path = directory / index_name
         if index_path.is_file() and not (directory / SAFE_WEIGHTS_NAME).is_file():
-            weight_map = json.loads(index_path.read_text())["weight_map"]
-            state_dict: dict[str, Tensor] = {}
-            for shard in sorted(set(weight_map.values())):
-                state_dict.update(_load_file(directory / shard))
-            return state_dict
+            return sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
     for name in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME):
         if (directory / name).is_file():
-            return _load_file(directory / name)
-    present = sorted(p.name for p in directory.iterdir())[:10]
-    raise FileNotFoundError(
-        f"No weights in {directory}: expected {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} or {WEIGHTS_NAME}; "
-        f"found {present or 'nothing'}. Pass the folder that save_pretrained / save_sparse_pretrained wrote, "
-        "or a weights file."
-    )
+            return [name]
+    return []
+
+
+def _load_dir(directory: Path) -> dict[str, Tensor]:
+    files = _weight_files(directory)
+    if not files:
+        present = sorted(p.name for p in directory.iterdir())[:10]
+        raise FileNotFoundError(
+            f"No weights in {directory}: expected {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} or {WEIGHTS_NAME}; "
+            f"found {present or 'nothing'}. Pass the folder that save_pretrained / save_sparse_pretrained wrote, "
+            "or a weights file."
+        )
+    state_dict: dict[str, Tensor] = {}
+    for name in files:
+        state_dict.update(_load_file(directory / name))
+    return state_dict
 
 
 def _looks_like_repo_id(text: str) -> bool:
@@ -841,16 +849,6 @@ def push_sparse_to_hub(
     return _upload(output_dir, repo_id, token, private,
                    commit_message or f"Upload {masks.sparsity():.1%} sparse model with sparse_transfer",
                    checked={MASKS_NAME, *_weight_files(output_dir)})
-
-
-def _weight_files(directory: Path) -> list[str]:
-    """The safetensors files that :func:`load_state_dict_from_checkpoint` (and so the check before a push) reads."""
-    if (directory / SAFE_WEIGHTS_NAME).is_file():
-        return [SAFE_WEIGHTS_NAME]
-    index_path = directory / SAFE_WEIGHTS_INDEX_NAME
-    if index_path.is_file():
-        return sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
-    return []
 
 
 def _upload(output_dir: Path, repo_id: str, token: str | None, private: bool, message: str, checked: set[str]) -> str:

@@ -155,6 +155,16 @@ def local_tensor(tensor: Tensor) -> Tensor:
     return tensor.to_local() if is_dtensor(tensor) else tensor
 
 
+def nonfinite_names(tensors: Mapping[str, Tensor]) -> list[str]:
+    """Names of the tensors that hold a NaN or inf (of a DTensor, this process's shard), read with one
+    synchronization."""
+    flags = [torch.isfinite(local_tensor(t.detach())).all() for t in tensors.values()]
+    if not flags:
+        return []
+    finite = torch.stack([f.to(flags[0].device) for f in flags]).tolist()
+    return [name for name, ok in zip(tensors, finite) if not ok]
+
+
 def _bits(tensor: Tensor) -> Tensor:
     """``tensor``'s memory as integers of the same width (no copy); integer tensors are returned as they are."""
     if tensor.is_floating_point():
@@ -228,14 +238,15 @@ def _through_wrappers(masks: Mapping[str, Tensor], model: nn.Module, named: Mapp
 def magnitudes(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``|w|`` of each tensor, to rank weights by; ``ValueError`` if one holds NaN or inf, which topk would rank
     above every weight and keep."""
-    for name, p in params.items():
-        bad = int((~torch.isfinite(p.detach())).sum())
-        if bad:
-            raise ValueError(
-                f"{name} holds {bad} NaN or inf weight(s), which have no magnitude to rank: load finite weights "
-                "(a diverged checkpoint cannot be pruned by magnitude)."
-            )
-    return {name: p.detach().abs() for name, p in params.items()}
+    scores = {name: p.detach().abs() for name, p in params.items()}
+    bad = nonfinite_names(scores)
+    if bad:
+        count = int((~torch.isfinite(scores[bad[0]])).sum())
+        raise ValueError(
+            f"{bad[0]} holds {count} NaN or inf weight(s), which have no magnitude to rank: load finite weights "
+            "(a diverged checkpoint cannot be pruned by magnitude)."
+        )
+    return scores
 
 
 def _refuse_fsdp1(model: nn.Module) -> None:

@@ -53,7 +53,7 @@ from transformers.trainer_utils import SchedulerType
 
 from .. import _cli
 from ..core import MASKS_NAME, SparseMasks
-from ..core.masks import is_dtensor, local_tensor, weights_fingerprint
+from ..core.masks import is_dtensor, nonfinite_names, weights_fingerprint
 from ..methods import Constant, MaskMethod
 from ..core.schedules import rewind_lr_factor
 from .unfreeze import UNFREEZE_MODES, GradualUnfreezer, unfreeze_stage
@@ -788,12 +788,14 @@ class SparseTrainer(Trainer):
         if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
             check_checkpoint_untouched(resume_from_checkpoint)
         else:
-            with torch.no_grad():
-                bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(local_tensor(p)).all())]
-            if bad:
+            bad = nonfinite_names(dict(self.model.named_parameters()))
+            # Summed over the processes: a shard's NaN would otherwise stop one rank and leave the others waiting.
+            anywhere = int(self.accelerator.reduce(torch.tensor(len(bad), device=self.args.device), reduction="sum"))
+            if anywhere:
                 raise ValueError(
-                    f"{len(bad)} parameter(s) of the model hold NaN or inf before training (e.g. {bad[0]}): load finite "
-                    "weights (the checkpoint may come from a diverged run)."
+                    f"{anywhere} parameter(s) of the model hold NaN or inf before training (e.g. "
+                    f"{bad[0] if bad else 'on another process'}): load finite weights (the checkpoint may come from a "
+                    "diverged run)."
                 )
         self._nonfinite_step = None
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
@@ -842,9 +844,7 @@ class SparseTrainer(Trainer):
                 "over an earlier checkpoint. Try a lower learning_rate, a max_grad_norm, bf16 instead of fp16, or check "
                 "the inputs of that step; then resume from the last checkpoint."
             )
-        params = list(self.model.named_parameters())
-        finite = torch.stack([torch.isfinite(local_tensor(p)).all() for _, p in params]) if params else None
-        bad = [] if finite is None or bool(finite.all()) else [n for (n, _), ok in zip(params, finite.tolist()) if not ok]
+        bad = nonfinite_names(dict(self.model.named_parameters()))
         if bad:
             raise _cli.TrainingStopped(
                 f"{len(bad)} parameter(s) hold NaN or inf at step {self.state.global_step} (e.g. {bad[0]}); stopped "

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import SparseMasks, TargetSpec, select_targets
-from ..core.masks import _local_mask, is_dtensor, local_tensor
+from ..core.masks import _local_mask, is_dtensor, local_tensor, nonfinite_names
 
 
 def dense_masks(model: nn.Module, targets: TargetSpec | str | None = None) -> SparseMasks:
@@ -174,7 +174,7 @@ class MaskMethod:
         from .._cli import TrainingStopped
 
         scores = {name: full_tensor(p.detach()).abs() for name, p in self.masks.params.items()}
-        bad = [name for name, s in scores.items() if not bool(torch.isfinite(s).all())]
+        bad = nonfinite_names(scores)
         if bad:
             raise TrainingStopped(
                 f"{type(self).__name__} cannot rank weights by magnitude: {len(bad)} target(s) hold NaN or inf (e.g. "

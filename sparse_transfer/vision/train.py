@@ -41,6 +41,7 @@ from .._rundir import (
     write_recipe,
 )
 from ..core import MASKS_NAME, SparseMasks, sparsity_report
+from ..core.masks import nonfinite_names
 from ..methods import ACDC, GMP, Constant, MaskMethod, RigL, dense_masks
 from .config import VisionArguments
 from .data import build_datasets, check_first_image, progressive_size, subset, timm_transforms
@@ -76,8 +77,7 @@ def create_model(args: VisionArguments, num_classes: int) -> nn.Module:
     model.new_head = []  # classifier parameters re-created for this run's classes (dense, outside any mask)
     if args.init_checkpoint:
         model.new_head = load_init_checkpoint(model, args.init_checkpoint, name)
-    with torch.no_grad():
-        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    bad = nonfinite_names(dict(model.named_parameters()))
     if bad:  # training would stop at the end of the first epoch, and again at every rerun
         raise ValueError(
             f"{len(bad)} parameter(s) of {args.init_checkpoint or name} hold NaN or inf (e.g. {bad[0]}): start from "
@@ -658,7 +658,7 @@ def train(args: VisionArguments) -> dict[str, Any]:
 def _stop_if_not_finite(bad_step: int, model: nn.Module, epoch: int) -> None:
     """Stops at the end of an epoch, before its checkpoints are written over the previous ones, if a step's loss or a
     weight is not finite."""
-    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    bad = nonfinite_names(dict(model.named_parameters()))
     if bad_step < 0 and not bad:
         return
     what = f"the training loss became NaN or inf at step {bad_step}" if bad_step >= 0 else (

@@ -91,3 +91,12 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         if name.endswith("attention.self.key.bias"):
             continue  # its exact gradient is 0 (softmax ignores a per-query constant): AdamW amplifies rounding noise
         torch.testing.assert_close(ranks[0][name], single[name], rtol=1e-4, atol=5e-5, msg=name)
+
+
+def test_a_nan_start_on_one_process_stops_every_process_before_training(tmp_path):
+    """The check is summed over the processes: the rank without the NaN stops too, instead of waiting for the other
+    at DDP's first collective."""
+    launch_module("tests.hf.ddp_nan_start", [str(tmp_path)], processes=2, timeout=180)
+    for rank, where in ((0, "on another process"), (1, "classifier.weight")):
+        outcome = (tmp_path / f"rank{rank}.txt").read_text()
+        assert "1 parameter(s) of the model hold NaN or inf before training" in outcome and where in outcome, outcome
