@@ -12,7 +12,7 @@ from transformers import BertForSequenceClassification
 
 from sparse_transfer.core import MASKS_NAME, SparseMasks
 
-from ..hf.test_ddp import launch_module
+from ..torchrun import torchrun
 from .fsdp_train import STEPS, train
 
 METHODS = ["constant", "gmp", "rigl"]
@@ -24,7 +24,7 @@ def runs(tmp_path_factory):
     for name in METHODS:
         os.makedirs(root / "one" / name)
         train(str(root / "one" / name), name)  # the reference: one process, no sharding, in this one
-    launch_module("tests.core.fsdp_train", [str(root / "two"), "--methods", *METHODS], processes=2)
+    torchrun("tests.core.fsdp_train", [str(root / "two"), "--methods", *METHODS], fresh=[str(root / "two")])
     return root
 
 

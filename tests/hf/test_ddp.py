@@ -4,54 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from sparse_transfer.core import select_targets
 
+from ..torchrun import torchrun
 from .conftest import make_sparse_bert
 from .ddp_train import train
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port() -> int:
-    # torchrun's --master_port 0 hangs with the static rendezvous: ask the OS for a free port instead.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch(output_dir, per_device_batch: int, processes: int, timeout: float = 300) -> None:
     os.makedirs(output_dir, exist_ok=True)
-    launch_module("tests.hf.ddp_train", [str(output_dir), "--per-device-batch", str(per_device_batch)], processes, timeout)
-
-
-def launch_module(module: str, arguments: list[str], processes: int, timeout: float = 300) -> None:
-    """Runs ``python -m module arguments`` under torchrun with ``processes`` CPU workers; fails the test on error."""
-    script = ["-m", module, *arguments]
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *script,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": REPO}
-    # A session of its own, so that a hang is cleaned up with every worker torchrun started.
-    process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"{' '.join(command)} did not finish in {timeout} s:\n{stdout[-3000:]}\n{stderr[-5000:]}")
-    assert process.returncode == 0, f"{' '.join(command)} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}"
+    arguments = [str(output_dir), "--per-device-batch", str(per_device_batch)]
+    torchrun("tests.hf.ddp_train", arguments, processes, timeout, fresh=[str(output_dir)])
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
@@ -96,7 +63,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 def test_a_nan_start_on_one_process_stops_every_process_before_training(tmp_path):
     """The check is summed over the processes: the rank without the NaN stops too, instead of waiting for the other
     at DDP's first collective."""
-    launch_module("tests.hf.ddp_nan_start", [str(tmp_path)], processes=2, timeout=180)
+    torchrun("tests.hf.ddp_nan_start", [str(tmp_path)], processes=2, timeout=180, fresh=[str(tmp_path)])
     for rank, where in ((0, "on another process"), (1, "classifier.weight")):
         outcome = (tmp_path / f"rank{rank}.txt").read_text()
         assert "1 parameter(s) of the model hold NaN or inf before training" in outcome and where in outcome, outcome

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ..torchrun import torchrun
 
 COMMON = [
     "--model", "test_resnet", "--epochs", "2", "--batch_size", "4", "--lr", "0.1", "--lr_warmup_epochs", "1",
@@ -25,21 +21,11 @@ CASES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("name", ["rigl", pytest.param("acdc", marks=pytest.mark.slow)])
 def test_two_process_ddp_keeps_ranks_identical(tmp_path, image_folder, name):
     out = tmp_path / name
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "sparse_transfer.vision", *COMMON, *CASES[name],
-           "--data", image_folder, "--output_dir", str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    arguments = [*COMMON, *CASES[name], "--data", image_folder, "--output_dir", str(out)]
+    torchrun("sparse_transfer.vision", arguments, timeout=240, fresh=[str(out)])
     results = json.loads((out / "results.json").read_text())
     assert results["complete"] and results["num_processes"] == 2
     # 36 images / (4 per device x 2 processes): the data really was split between the ranks
