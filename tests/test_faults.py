@@ -113,6 +113,32 @@ def test_a_non_finite_loss_stops_training_before_anything_is_saved(tmp_path):
     assert all(torch.isfinite(t).all() for t in load_file(out / "checkpoint-2" / "model.safetensors").values())
 
 
+def test_a_refused_checkpoint_save_leaves_no_half_written_folder(tmp_path):
+    """A pruned weight revived outside the optimizer step: the save is refused, and its folder goes with it."""
+    from transformers import TrainerCallback
+
+    from sparse_transfer import Constant, SparseMasks
+
+    from .hf.conftest import make_sparse_bert
+
+    class Revive(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 4:  # after the step's masked update, before its save
+                with torch.no_grad():
+                    weight = model.bert.encoder.layer[0].attention.self.query.weight
+                    weight[weight == 0] = 1.0
+
+    model = make_sparse_bert()
+    out = tmp_path / "out"
+    args = make_args(out, unfreeze="none", max_steps=STEPS, save_strategy="steps", save_steps=2, logging_steps=100)
+    trainer = SparseTrainer(model=model, args=args, train_dataset=make_dataset(16), callbacks=[Revive()],
+                            method=Constant(SparseMasks.from_zeros(model, "bert")))
+    with pytest.raises(RuntimeError, match=r"Refusing to save .*checkpoint-4.*: \d+ pruned weights are non-zero"):
+        trainer.train()
+    assert sorted(os.listdir(out)) == ["checkpoint-2"]
+    assert last_complete_checkpoint(out).endswith("checkpoint-2")
+
+
 def test_resume_refuses_a_weights_file_swapped_for_another_of_the_same_size(tmp_path):
     """Sizes cannot see this swap; the mask file's weights fingerprint does."""
     import shutil

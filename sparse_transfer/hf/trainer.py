@@ -42,6 +42,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 
 import torch
@@ -903,14 +904,25 @@ class SparseTrainer(Trainer):
         completion marker, written last, covers them."""
 
     def _save_checkpoint(self, model, trial) -> None:
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        run_dir = self._get_output_dir(trial=trial)
+        output_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        self.check_finite("saving a checkpoint")
+        # A save refused midway (pruned weights that are not zero, a full disk, Ctrl-C) leaves no half-written folder
+        # of its own: resume would skip it (it has no completion marker), but a user would find a checkpoint that is not.
+        created = self.args.should_save and not os.path.exists(output_dir)
+        try:
+            self._write_checkpoint(model, trial, run_dir, output_dir)
+        except BaseException:
+            if created:
+                shutil.rmtree(output_dir, ignore_errors=True)
+            raise
+
+    def _write_checkpoint(self, model, trial, run_dir: str, output_dir: str) -> None:
         # Written before the parent's checkpoint files, so that a checkpoint with a trainer_state.json (what
         # resume looks for, written last by the parent) always has ours too.
         if self.args.should_save:
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-            output_dir = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            )
             os.makedirs(output_dir, exist_ok=True)
             # Saving into an existing folder (a run resumed from an earlier step saves this step again): its old marker
             # goes first, or a kill during this save would leave old and new files under a marker of the old ones.
@@ -930,7 +942,6 @@ class SparseTrainer(Trainer):
             with open(path + ".tmp", "w") as f:
                 json.dump(state, f, indent=2)
             os.replace(path + ".tmp", path)
-        self.check_finite("saving a checkpoint")
         # The parent writes the checkpoint's files one by one and then deletes old checkpoints beyond
         # save_total_limit: rotation waits until the completion marker of the new one is written, so a kill at any
         # point leaves at least one complete checkpoint, and resume only ever takes a complete one.
@@ -941,10 +952,9 @@ class SparseTrainer(Trainer):
         finally:
             self.args.save_total_limit = limit
         if self.args.should_save:
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+            from transformers.trainer_utils import rotate_checkpoints
 
-            run_dir = self._get_output_dir(trial=trial)
-            mark_checkpoint_complete(os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"))
+            mark_checkpoint_complete(output_dir)
             if limit:
                 rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
                                    best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
