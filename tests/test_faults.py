@@ -139,6 +139,24 @@ def test_a_refused_checkpoint_save_leaves_no_half_written_folder(tmp_path):
     assert last_complete_checkpoint(out).endswith("checkpoint-2")
 
 
+def test_a_failure_after_a_checkpoint_is_complete_keeps_it(tmp_path, monkeypatch):
+    """Only the half-written folder of a failed save goes: an error while deleting older checkpoints keeps the new one."""
+    import transformers.trainer_utils
+
+    def rotation_fails(**kwargs):
+        raise PermissionError("cannot delete an old checkpoint")
+
+    monkeypatch.setattr(transformers.trainer_utils, "rotate_checkpoints", rotation_fails)
+    model = make_tiny_bert()
+    out = tmp_path / "out"
+    args = make_args(out, unfreeze="none", max_steps=STEPS, save_strategy="steps", save_steps=2, save_total_limit=1)
+    trainer = SparseTrainer(model=model, args=args, train_dataset=make_dataset(16),
+                            method=GMP(dense_masks(model, "bert"), 0.8, 0, 6, 2))
+    with pytest.raises(PermissionError, match="cannot delete an old checkpoint"):
+        trainer.train()
+    assert last_complete_checkpoint(out).endswith("checkpoint-2")
+
+
 def test_resume_refuses_a_weights_file_swapped_for_another_of_the_same_size(tmp_path):
     """Sizes cannot see this swap; the mask file's weights fingerprint does."""
     import shutil

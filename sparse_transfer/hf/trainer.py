@@ -912,14 +912,26 @@ class SparseTrainer(Trainer):
         # A save refused midway (pruned weights that are not zero, a full disk, Ctrl-C) leaves no half-written folder
         # of its own: resume would skip it (it has no completion marker), but a user would find a checkpoint that is not.
         created = self.args.should_save and not os.path.exists(output_dir)
+        # The parent deletes old checkpoints beyond save_total_limit right after writing the new one's files: rotation
+        # waits until the new one's completion marker is written, so a kill at any point leaves at least one complete
+        # checkpoint, and resume only ever takes a complete one.
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
         try:
-            self._write_checkpoint(model, trial, run_dir, output_dir)
+            self._write_checkpoint(model, trial, output_dir)
         except BaseException:
             if created:
                 shutil.rmtree(output_dir, ignore_errors=True)
             raise
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save and limit:
+            from transformers.trainer_utils import rotate_checkpoints
 
-    def _write_checkpoint(self, model, trial, run_dir: str, output_dir: str) -> None:
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+    def _write_checkpoint(self, model, trial, output_dir: str) -> None:
         # Written before the parent's checkpoint files, so that a checkpoint with a trainer_state.json (what
         # resume looks for, written last by the parent) always has ours too.
         if self.args.should_save:
@@ -942,22 +954,9 @@ class SparseTrainer(Trainer):
             with open(path + ".tmp", "w") as f:
                 json.dump(state, f, indent=2)
             os.replace(path + ".tmp", path)
-        # The parent writes the checkpoint's files one by one and then deletes old checkpoints beyond
-        # save_total_limit: rotation waits until the completion marker of the new one is written, so a kill at any
-        # point leaves at least one complete checkpoint, and resume only ever takes a complete one.
-        limit = self.args.save_total_limit
-        self.args.save_total_limit = None
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self.args.save_total_limit = limit
+        super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            from transformers.trainer_utils import rotate_checkpoints
-
             mark_checkpoint_complete(output_dir)
-            if limit:
-                rotate_checkpoints(output_dir=run_dir, save_total_limit=limit,
-                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
     @torch.no_grad()
     def _check_masks_against_weights(self, masks: dict[str, Tensor], checkpoint: str, source: str) -> None:
