@@ -64,6 +64,8 @@ logger = logging.getLogger(__name__)
 SPARSE_TRAINER_STATE_NAME = "sparse_trainer_state.json"
 SPARSE_METHOD_STATE_NAME = "sparse_method_state.pt"
 CHECKPOINT_COMPLETE_NAME = "checkpoint_complete.json"
+# transformers' push_to_hub card arguments -> this package's model card fields (hub.model_card)
+_CARD_FIELDS = {"model_name": "title", "finetuned_from": "base_model", "tags": "tags", "license": "license"}
 REWIND = "rewind"
 
 
@@ -572,6 +574,14 @@ class SparseTrainer(Trainer):
                 "FSDP1 (fsdp_config version 1) flattens parameters into shared buffers, so the masks cannot address "
                 "them by name and pruned weights would go unenforced. Use FSDP2: fsdp_config={'fsdp_version': 2}."
             )
+        if args.push_to_hub:
+            raise ValueError(
+                "push_to_hub=True lets transformers upload the output folder at every save, before its zeros are "
+                "checked, with training_args.bin (a pickle that holds hub_token) and, under hub_strategy='checkpoint', "
+                "the optimizer state. Train with push_to_hub=False, then call trainer.push_to_hub(repo_id='USER/NAME') "
+                "(the saved zeros checked, an allow-list of files), or run python -m sparse_transfer.push OUTPUT_DIR "
+                "USER/NAME."
+            )
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         if args.fsdp and not self.is_fsdp_enabled:
             logger.warning(
@@ -899,6 +909,70 @@ class SparseTrainer(Trainer):
             elif os.path.isfile(path):  # the mask is released (training dense): no mask describes these weights
                 os.remove(path)
 
+    def push_to_hub(
+        self,
+        commit_message: str | None = None,
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        *,
+        repo_id: str | None = None,
+        **card_fields,
+    ) -> str:
+        """Saves the model to ``args.output_dir`` and uploads it with :func:`~sparse_transfer.push_sparse_to_hub`.
+
+        Replaces transformers' ``Trainer.push_to_hub``, which uploads the output folder as it is, pickles included:
+        here the saved weights are checked against the saved mask file first, and only an allow-list of files goes
+        up (weights, masks, configs, tokenizer files, the model card), never ``training_args.bin``. A peft model
+        uploads its adapter. The card is this package's (sparsity, masks, usage); the upload always blocks.
+
+        Args:
+            commit_message: Default: a message stating the sparsity.
+            token: Hub token; default ``args.hub_token``, else the stored login. Never printed or saved.
+            repo_id: ``USER/NAME``; default ``args.hub_model_id``.
+            **card_fields: transformers' card arguments ``model_name``, ``finetuned_from``, ``tags``, ``license``.
+
+        Returns:
+            The repository's URL (an empty string on processes other than the main one).
+        """
+        from ..hub import push_sparse_to_hub
+
+        repo_id = repo_id or self.args.hub_model_id
+        if not repo_id:
+            raise ValueError("Name the repository: trainer.push_to_hub(repo_id='USER/NAME'), or set hub_model_id.")
+        unsupported = ["revision"] * (revision is not None) + sorted(set(card_fields) - set(_CARD_FIELDS))
+        if unsupported:
+            raise ValueError(
+                f"SparseTrainer.push_to_hub does not take {unsupported}: it uploads the checked model to the main "
+                f"branch. It takes commit_message, token, repo_id and the card fields {sorted(_CARD_FIELDS)}."
+            )
+        self.save_model(self.args.output_dir)
+        if not self.is_world_process_zero():
+            return ""
+        if not hasattr(self.accelerator.unwrap_model(self.model), "peft_config"):
+            card = {_CARD_FIELDS[name]: value for name, value in card_fields.items() if value is not None}
+            self._write_card(self.args.output_dir, card)
+        return push_sparse_to_hub(
+            self.args.output_dir, repo_id, token=token or self.args.hub_token,
+            private=bool(self.args.hub_private_repo), commit_message=commit_message,
+        )
+
+    def _write_card(self, folder: str, card: dict) -> None:
+        """The model card of the weights just saved in ``folder``, read back from the file (what the push uploads)."""
+        from ..core import sparsity_report
+        from ..hub import CARD_NAME, load_state_dict_from_checkpoint, model_card
+
+        masks = self.masks if self.method.active else None
+        state = load_state_dict_from_checkpoint(folder)
+        report = sparsity_report(state, list(masks) if masks is not None else self.args.mask_targets)
+        card = {"title": f"Sparse {type(self.accelerator.unwrap_model(self.model)).__name__}",
+                "method": type(self.method).__name__, **card}
+        text = model_card(report, card=card, masks=masks, library="transformers", location=folder)
+        path = os.path.join(folder, CARD_NAME)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+
     def _write_checkpoint_extras(self, output_dir: str) -> None:
         """Writes a subclass's own files into a checkpoint folder, before the parent's (main process only); the
         completion marker, written last, covers them."""
@@ -910,7 +984,7 @@ class SparseTrainer(Trainer):
         output_dir = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
         self.check_finite("saving a checkpoint")
         # A save refused midway (pruned weights that are not zero, a full disk, Ctrl-C) leaves no half-written folder
-        # of its own: resume would skip it (it has no completion marker), but a user would find a checkpoint that is not.
+        # of its own: resume would skip it (no completion marker), but a user would take it for a checkpoint.
         created = self.args.should_save and not os.path.exists(output_dir)
         # The parent deletes old checkpoints beyond save_total_limit right after writing the new one's files: rotation
         # waits until the new one's completion marker is written, so a kill at any point leaves at least one complete

@@ -1,0 +1,74 @@
+"""SparseTrainer and the Hub: transformers' push (the output folder as it is, pickles included) is replaced by the
+checked, allow-listed push of sparse_transfer.hub."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sparse_transfer import SparseTrainer
+from sparse_transfer.core import MASKS_NAME
+
+from ..test_hub import _FakeHub
+from .conftest import make_args, make_dataset, make_sparse_bert
+
+TOKEN = "hf_" + "S" * 34
+
+
+def test_push_to_hub_in_the_arguments_is_refused_before_anything_is_created(tmp_path, monkeypatch):
+    hub = _FakeHub(monkeypatch)
+    args = make_args(tmp_path, push_to_hub=True, hub_model_id="me/sparse")
+    with pytest.raises(ValueError, match=r"push_to_hub=True .*training_args.bin .*trainer.push_to_hub\(repo_id='USER/NAME'\)"):
+        SparseTrainer(model=make_sparse_bert(), args=args, train_dataset=make_dataset(8))
+    assert hub.created == [] and not (tmp_path / "training_args.bin").exists()
+
+
+def test_trainer_push_to_hub_uploads_the_checked_files_only(tmp_path, monkeypatch):
+    hub = _FakeHub(monkeypatch)
+    model = make_sparse_bert()
+    pruned = {name: p.detach() == 0 for name, p in model.named_parameters() if "encoder" in name and p.dim() == 2}
+    args = make_args(tmp_path, max_steps=2, hub_token=TOKEN, hub_private_repo=True)
+    trainer = SparseTrainer(model=model, args=args, train_dataset=make_dataset(8))
+    assert sum(int(mask.sum()) for mask in pruned.values()) > 0
+    trainer.train()
+    url = trainer.push_to_hub(repo_id="me/sparse", model_name="Tiny sparse BERT", tags=["glue"])
+    assert url == "https://huggingface.co/me/sparse"
+    assert hub.created == [dict(repo_id="me/sparse", token=TOKEN, private=True, exist_ok=True)]
+    (upload,) = hub.uploads
+    assert upload["files"] == sorted(["README.md", "config.json", "model.safetensors", MASKS_NAME])
+    assert (tmp_path / "training_args.bin").exists()  # written by save_model, never uploaded
+    card = (tmp_path / "README.md").read_text()
+    assert "Tiny sparse BERT" in card and "glue" in card and TOKEN not in card
+    saved = load_file(tmp_path / "model.safetensors")
+    assert all(torch.all(saved[name][mask] == 0) for name, mask in pruned.items())
+
+
+def test_trainer_push_to_hub_of_a_lora_run_uploads_the_adapter(tmp_path, monkeypatch):
+    from .test_lora_trainer import lora_model
+
+    hub = _FakeHub(monkeypatch)
+    trainer = SparseTrainer(lora_model(make_sparse_bert(sparsity=0.9)), make_args(tmp_path, max_steps=1),
+                            train_dataset=make_dataset(8))
+    trainer.train()
+    trainer.push_to_hub(repo_id="me/adapter")
+    (upload,) = hub.uploads
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(upload["files"])
+    assert not any(name.endswith((".bin", ".pt")) for name in upload["files"])
+
+
+def test_trainer_push_to_hub_refuses_revived_weights_and_unknown_arguments(tmp_path, monkeypatch):
+    hub = _FakeHub(monkeypatch)
+    model = make_sparse_bert()
+    trainer = SparseTrainer(model=model, args=make_args(tmp_path, max_steps=1), train_dataset=make_dataset(8))
+    trainer.train()
+    with pytest.raises(ValueError, match=r"does not take \['revision'\]"):
+        trainer.push_to_hub(repo_id="me/sparse", revision="dev")
+    with pytest.raises(ValueError, match="Name the repository"):
+        trainer.push_to_hub()
+    with torch.no_grad():
+        weight = model.bert.encoder.layer[0].attention.self.query.weight
+        weight[weight == 0] = 1.0
+    with pytest.raises(RuntimeError, match=r"Refusing to save .*pruned weights are non-zero"):
+        trainer.push_to_hub(repo_id="me/sparse")
+    assert hub.created == [] and hub.uploads == []
