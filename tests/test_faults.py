@@ -157,6 +157,26 @@ def test_a_failure_after_a_checkpoint_is_complete_keeps_it(tmp_path, monkeypatch
     assert last_complete_checkpoint(out).endswith("checkpoint-2")
 
 
+def test_an_interrupt_just_after_the_marker_keeps_the_checkpoint(tmp_path, monkeypatch):
+    import sparse_transfer.hf.trainer as trainer_module
+
+    mark = trainer_module.mark_checkpoint_complete
+
+    def mark_then_interrupt(folder):
+        mark(folder)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "mark_checkpoint_complete", mark_then_interrupt)
+    model = make_tiny_bert()
+    out = tmp_path / "out"
+    args = make_args(out, unfreeze="none", max_steps=STEPS, save_strategy="steps", save_steps=2)
+    trainer = SparseTrainer(model=model, args=args, train_dataset=make_dataset(16),
+                            method=GMP(dense_masks(model, "bert"), 0.8, 0, 6, 2))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert last_complete_checkpoint(out).endswith("checkpoint-2")
+
+
 def test_resume_refuses_a_weights_file_swapped_for_another_of_the_same_size(tmp_path):
     """Sizes cannot see this swap; the mask file's weights fingerprint does."""
     import shutil

@@ -41,3 +41,10 @@ def test_worker_signals_reads_torchrun_summary():
     assert worker_signals(summary) == [6, 15]
     assert worker_signals(summary.replace("-15", "1")) is None
     assert worker_signals("no summary at all") is None
+    # torchrun's log line before the summary is not a worker's record
+    assert worker_signals("E1203 api.py:1002] failed (exitcode: -6) local_rank: 1\n" + summary) == [6, 15]
+    torchrun_traceback = "Traceback (most recent call last):\n  ...\nerrors.ChildFailedError: \n"
+    assert worker_signals(torchrun_traceback + summary) == [6, 15]
+    # a worker raised, then torchrun SIGTERM'd it when the other died of a signal: the exception is the failure
+    worker_traceback = "Traceback (most recent call last):\n  ...\nRuntimeError: a real bug\n"
+    assert worker_signals(worker_traceback + torchrun_traceback + summary) is None

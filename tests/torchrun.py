@@ -34,9 +34,13 @@ def free_port() -> int:
 
 def worker_signals(stderr: str) -> list[int] | None:
     """The signals the failed workers died of, from torchrun's error summary; ``None`` if one of them exited with a
-    status of its own (a Python exception, an ``exit(1)``), which is the code's failure, not the machine's."""
-    codes = [int(code) for code in re.findall(r"exitcode\s*:\s*(-?\d+)", stderr)]
+    status of its own (a Python exception, an ``exit(1)``), which is the code's failure, not the machine's, or if a
+    worker printed a Python traceback before torchrun stopped it with SIGTERM (torchrun then records -15 for it)."""
+    codes = [int(code) for code in re.findall(r"^\s*exitcode\s*:\s*(-?\d+)", stderr, flags=re.MULTILINE)]
     if not codes or any(code >= 0 for code in codes):
+        return None
+    # torchrun's own traceback (it raises ChildFailedError) is the only one a run lost to signals prints.
+    if stderr.count("Traceback (most recent call last):") > ("ChildFailedError" in stderr):
         return None
     return [-code for code in codes]
 
@@ -72,8 +76,9 @@ def torchrun(
 
     A run whose workers all died of a signal (gloo on CPU has aborted a worker once in many CI runs, with no error of
     ours before it; PyTorch's own gloo tests have such aborts, e.g. pytorch/pytorch#65237) is run once more, after deleting the folders in ``fresh`` (its outputs, so the second run starts
-    as the first did), with a warning that keeps what the first printed. A worker that raised, a wrong result and a
-    hang (the symptom of ranks that disagree on their collectives) fail at once.
+    as the first did), with a warning that keeps what the first printed. A worker that raised (even one that torchrun
+    then stopped with SIGTERM), a wrong result and a hang (the symptom of ranks that disagree on their collectives)
+    fail at once.
     """
     env = {
         **os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": REPO,

@@ -994,7 +994,7 @@ class SparseTrainer(Trainer):
         try:
             self._write_checkpoint(model, trial, output_dir)
         except BaseException:
-            if created:
+            if created and not checkpoint_is_complete(output_dir):  # (a Ctrl-C after the marker keeps the checkpoint)
                 shutil.rmtree(output_dir, ignore_errors=True)
             raise
         finally:
@@ -1029,6 +1029,9 @@ class SparseTrainer(Trainer):
                 json.dump(state, f, indent=2)
             os.replace(path + ".tmp", path)
         super()._save_checkpoint(model, trial)
+        # Every process writes its own rng_state_{rank}.pth into the folder: the marker, which lists the folder's
+        # files, waits for all of them (else a slower rank's file would be "added after the save" and refused).
+        self.accelerator.wait_for_everyone()
         if self.args.should_save:
             mark_checkpoint_complete(output_dir)
 

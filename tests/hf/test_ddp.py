@@ -67,3 +67,13 @@ def test_a_nan_start_on_one_process_stops_every_process_before_training(tmp_path
     for rank, where in ((0, "on another process"), (1, "classifier.weight")):
         outcome = (tmp_path / f"rank{rank}.txt").read_text()
         assert "1 parameter(s) of the model hold NaN or inf before training" in outcome and where in outcome, outcome
+
+
+def test_a_checkpoint_is_marked_complete_after_every_process_wrote_into_it(tmp_path):
+    from sparse_transfer.hf.trainer import check_checkpoint_untouched, checkpoint_is_complete
+
+    torchrun("tests.hf.ddp_checkpoint", [str(tmp_path)], processes=2, timeout=180, fresh=[str(tmp_path)])
+    checkpoint = tmp_path / "checkpoint-2"
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(os.listdir(checkpoint))
+    assert checkpoint_is_complete(checkpoint)
+    check_checkpoint_untouched(checkpoint)  # raises if a file was added after the marker
