@@ -803,7 +803,7 @@ def push_sparse_to_hub(
     output_dir: str | os.PathLike,
     repo_id: str,
     token: str | None = None,
-    private: bool = False,
+    private: bool | None = None,
     commit_message: str | None = None,
 ) -> str:
     """Uploads a folder written by :func:`save_sparse_pretrained` to the Hugging Face Hub.
@@ -818,7 +818,7 @@ def push_sparse_to_hub(
         output_dir: The saved folder.
         repo_id: ``namespace/name`` on the Hub; created if it does not exist.
         token: Hub token; by default the one ``huggingface-cli login`` stored. Never printed or saved.
-        private: Create the repository as private.
+        private: Create the repository as private (``None``: the Hub's default for the namespace).
         commit_message: Defaults to a message stating the sparsity.
 
     Returns:
@@ -851,7 +851,7 @@ def push_sparse_to_hub(
                    checked={MASKS_NAME, *_weight_files(output_dir)})
 
 
-def _upload(output_dir: Path, repo_id: str, token: str | None, private: bool, message: str, checked: set[str]) -> str:
+def _upload(output_dir: Path, repo_id: str, token: str | None, private: bool | None, message: str, checked: set[str]) -> str:
     files = files_to_upload(output_dir)
     unchecked = [name for name in files if name.endswith(".safetensors") and name not in checked]
     if unchecked:

@@ -44,6 +44,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,9 @@ SPARSE_TRAINER_STATE_NAME = "sparse_trainer_state.json"
 SPARSE_METHOD_STATE_NAME = "sparse_method_state.pt"
 CHECKPOINT_COMPLETE_NAME = "checkpoint_complete.json"
 # transformers' push_to_hub card arguments -> this package's model card fields (hub.model_card)
-_CARD_FIELDS = {"model_name": "title", "finetuned_from": "base_model", "tags": "tags", "license": "license"}
+_CARD_FIELDS = {"model_name": "title", "finetuned_from": "base_model", "tags": "tags", "license": "license",
+                "dataset_tags": "datasets", "dataset": "data"}
+_PUSH_FOLDER = ".push"  # inside output_dir: SparseTrainer.push_to_hub saves here what it uploads (hidden: never uploaded)
 REWIND = "rewind"
 
 
@@ -110,6 +113,17 @@ def _remove_checkpoint_marker(folder: str) -> None:
             os.remove(os.path.join(folder, name))
         except FileNotFoundError:
             pass
+
+
+def _refuse_transformers_push(args: TrainingArguments, always: bool = False) -> None:
+    if always or args.push_to_hub:
+        raise ValueError(
+            "push_to_hub=True lets transformers upload the output folder at every save, before its zeros are "
+            "checked, with training_args.bin (a pickle that holds hub_token) and, under hub_strategy='checkpoint', "
+            "the optimizer state. Train with push_to_hub=False, then call trainer.push_to_hub(repo_id='USER/NAME') "
+            "(the saved zeros checked, an allow-list of files), or run python -m sparse_transfer.push OUTPUT_DIR "
+            "USER/NAME."
+        )
 
 
 def mark_checkpoint_complete(folder: str) -> None:
@@ -574,14 +588,7 @@ class SparseTrainer(Trainer):
                 "FSDP1 (fsdp_config version 1) flattens parameters into shared buffers, so the masks cannot address "
                 "them by name and pruned weights would go unenforced. Use FSDP2: fsdp_config={'fsdp_version': 2}."
             )
-        if args.push_to_hub:
-            raise ValueError(
-                "push_to_hub=True lets transformers upload the output folder at every save, before its zeros are "
-                "checked, with training_args.bin (a pickle that holds hub_token) and, under hub_strategy='checkpoint', "
-                "the optimizer state. Train with push_to_hub=False, then call trainer.push_to_hub(repo_id='USER/NAME') "
-                "(the saved zeros checked, an allow-list of files), or run python -m sparse_transfer.push OUTPUT_DIR "
-                "USER/NAME."
-            )
+        _refuse_transformers_push(args)
         super().__init__(model, args, *trainer_args, **trainer_kwargs)
         if args.fsdp and not self.is_fsdp_enabled:
             logger.warning(
@@ -767,6 +774,7 @@ class SparseTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------------ training
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        _refuse_transformers_push(self.args)  # also when set after construction
         if self.unfreezer is not None:
             # Everything requires grad while the optimizer and DDP are built (DDP only syncs parameters that do at
             # construction); GradualUnfreezeCallback freezes the first stage in on_train_begin.
@@ -917,57 +925,85 @@ class SparseTrainer(Trainer):
         revision: str | None = None,
         *,
         repo_id: str | None = None,
+        private: bool | None = None,
         **card_fields,
     ) -> str:
         """Saves the model to ``args.output_dir`` and uploads it with :func:`~sparse_transfer.push_sparse_to_hub`.
 
         Replaces transformers' ``Trainer.push_to_hub``, which uploads the output folder as it is, pickles included:
-        here the saved weights are checked against the saved mask file first, and only an allow-list of files goes
-        up (weights, masks, configs, tokenizer files, the model card), never ``training_args.bin``. A peft model
-        uploads its adapter. The card is this package's (sparsity, masks, usage); the upload always blocks.
+        here the model is saved again into a folder of its own (so files that earlier runs left in ``output_dir``, an
+        old tokenizer, adapter or mask file, never go up), the saved weights are checked against the saved mask
+        file, and only an allow-list of files is uploaded (weights, masks, configs, tokenizer files, this package's
+        model card), never ``training_args.bin``. A peft model uploads its adapter. The upload always blocks.
 
         Args:
             commit_message: Default: a message stating the sparsity.
             token: Hub token; default ``args.hub_token``, else the stored login. Never printed or saved.
-            repo_id: ``USER/NAME``; default ``args.hub_model_id``.
-            **card_fields: transformers' card arguments ``model_name``, ``finetuned_from``, ``tags``, ``license``.
+            repo_id: ``USER/NAME``; default ``args.hub_model_id``, else the name of ``output_dir`` (as transformers).
+            private: Create the repository private; default ``args.hub_private_repo`` (``None``: the Hub's default).
+            **card_fields: transformers' card arguments ``model_name``, ``finetuned_from``, ``tags``, ``license``,
+                ``dataset_tags`` (Hub dataset ids), ``dataset`` (a name for the card's text).
 
         Returns:
             The repository's URL (an empty string on processes other than the main one).
         """
         from ..hub import push_sparse_to_hub
 
-        repo_id = repo_id or self.args.hub_model_id
-        if not repo_id:
-            raise ValueError("Name the repository: trainer.push_to_hub(repo_id='USER/NAME'), or set hub_model_id.")
         unsupported = ["revision"] * (revision is not None) + sorted(set(card_fields) - set(_CARD_FIELDS))
         if unsupported:
             raise ValueError(
                 f"SparseTrainer.push_to_hub does not take {unsupported}: it uploads the checked model to the main "
-                f"branch. It takes commit_message, token, repo_id and the card fields {sorted(_CARD_FIELDS)}."
+                f"branch. It takes commit_message, token, repo_id, private and the card fields {sorted(_CARD_FIELDS)}."
             )
-        self.save_model(self.args.output_dir)
+        peft = hasattr(self.accelerator.unwrap_model(self.model), "peft_config")
+        if not peft and not self.method.active:
+            raise ValueError(
+                f"{type(self.method).__name__}'s masks are released (a dense phase, or pruning not started yet), so no "
+                "mask describes these weights and the push has nothing to check them against: push a model trained "
+                "to the end of its schedule."
+            )
+        repo_id = repo_id or self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        self.save_model(self.args.output_dir, _internal_call=True)  # as transformers: the output folder holds it too
+        staging = os.path.join(self.args.output_dir, _PUSH_FOLDER)
+        if self.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)  # left by a push that was killed
+        self.save_model(staging, _internal_call=True)  # every process: under FSDP the weights are gathered
         if not self.is_world_process_zero():
             return ""
-        if not hasattr(self.accelerator.unwrap_model(self.model), "peft_config"):
-            card = {_CARD_FIELDS[name]: value for name, value in card_fields.items() if value is not None}
-            self._write_card(self.args.output_dir, card)
-        return push_sparse_to_hub(
-            self.args.output_dir, repo_id, token=token or self.args.hub_token,
-            private=bool(self.args.hub_private_repo), commit_message=commit_message,
-        )
+        try:
+            card = {}
+            for name, value in card_fields.items():
+                if value is not None:
+                    card[_CARD_FIELDS[name]] = f"Fine-tuned on {value}." if name == "dataset" else value
+            self._write_card(self.args.output_dir, dict(card), peft)
+            self._write_card(staging, card, peft)
+            return push_sparse_to_hub(
+                staging, repo_id, token=token or self.args.hub_token,
+                private=private if private is not None else self.args.hub_private_repo, commit_message=commit_message,
+            )
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
-    def _write_card(self, folder: str, card: dict) -> None:
-        """The model card of the weights just saved in ``folder``, read back from the file (what the push uploads)."""
+    def init_hf_repo(self, token: str | None = None) -> None:
+        _refuse_transformers_push(self.args, always=True)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        _refuse_transformers_push(self.args, always=True)
+
+    def _write_card(self, folder: str, card: dict, peft: bool) -> None:
+        """The model card of the model just saved in ``folder``, from the saved files (what the push uploads)."""
         from ..core import sparsity_report
-        from ..hub import CARD_NAME, load_state_dict_from_checkpoint, model_card
+        from ..hub import CARD_NAME, adapter_card, load_state_dict_from_checkpoint, model_card
 
-        masks = self.masks if self.method.active else None
-        state = load_state_dict_from_checkpoint(folder)
-        report = sparsity_report(state, list(masks) if masks is not None else self.args.mask_targets)
-        card = {"title": f"Sparse {type(self.accelerator.unwrap_model(self.model)).__name__}",
-                "method": type(self.method).__name__, **card}
-        text = model_card(report, card=card, masks=masks, library="transformers", location=folder)
+        name = type(self.accelerator.unwrap_model(self.model)).__name__
+        if peft:
+            card.pop("data", None)  # the adapter's card has no free text
+            text = adapter_card(folder, {"title": f"Masked LoRA adapter ({name})", **card})
+        else:
+            report = sparsity_report(load_state_dict_from_checkpoint(folder), list(self.masks))
+            card = {"title": f"Sparse {name}", "method": type(self.method).__name__, **card}
+            text = model_card(report, card=card, masks=self.masks, library="transformers",
+                              location=Path(folder).resolve())
         path = os.path.join(folder, CARD_NAME)
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write(text)

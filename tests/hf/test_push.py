@@ -3,6 +3,8 @@ checked, allow-listed push of sparse_transfer.hub."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -51,9 +53,12 @@ def test_trainer_push_to_hub_of_a_lora_run_uploads_the_adapter(tmp_path, monkeyp
     trainer = SparseTrainer(lora_model(make_sparse_bert(sparsity=0.9)), make_args(tmp_path, max_steps=1),
                             train_dataset=make_dataset(8))
     trainer.train()
-    trainer.push_to_hub(repo_id="me/adapter")
+    (tmp_path / "README.md").write_text("# An earlier full model's card")
+    trainer.push_to_hub(repo_id="me/adapter", model_name="Tiny adapter", tags="rte")
     (upload,) = hub.uploads
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(upload["files"])
+    assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= set(upload["files"])
+    card = (tmp_path / "README.md").read_text()
+    assert "# Tiny adapter" in card and "- rte" in card and "earlier" not in card
     assert not any(name.endswith((".bin", ".pt")) for name in upload["files"])
 
 
@@ -64,11 +69,65 @@ def test_trainer_push_to_hub_refuses_revived_weights_and_unknown_arguments(tmp_p
     trainer.train()
     with pytest.raises(ValueError, match=r"does not take \['revision'\]"):
         trainer.push_to_hub(repo_id="me/sparse", revision="dev")
-    with pytest.raises(ValueError, match="Name the repository"):
-        trainer.push_to_hub()
     with torch.no_grad():
         weight = model.bert.encoder.layer[0].attention.self.query.weight
         weight[weight == 0] = 1.0
     with pytest.raises(RuntimeError, match=r"Refusing to save .*pruned weights are non-zero"):
         trainer.push_to_hub(repo_id="me/sparse")
     assert hub.created == [] and hub.uploads == []
+
+
+def test_trainer_push_to_hub_defaults_as_transformers_and_pushes_only_what_it_saved(tmp_path, monkeypatch):
+    """No hub_model_id: the output folder's name (the Hub puts it under the token's user); hub_private_repo unset:
+    the Hub's default, not an explicit public; files an earlier run left in output_dir stay local."""
+    import huggingface_hub
+
+    hub = _FakeHub(monkeypatch)
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: hub.create_repo(f"me/{repo_id}", **kw))
+    uploaded_cards = []
+
+    def upload_folder(**kwargs):
+        uploaded_cards.append((Path(kwargs["folder_path"]) / "README.md").read_text())
+        hub.upload_folder(**kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    out = tmp_path / "my-run"
+    out.mkdir()
+    for stale in ("adapter_config.json", "vocab.txt", "all_results.json"):
+        (out / stale).write_text("{}")  # an earlier run's
+    model = make_sparse_bert()
+    trainer = SparseTrainer(model=model, args=make_args(out, max_steps=1), train_dataset=make_dataset(8))
+    trainer.train()
+    trainer.push_to_hub(dataset="a tiny test set", dataset_tags="glue")
+    assert hub.created == [dict(repo_id="me/my-run", token=None, private=None, exist_ok=True)]
+    (upload,) = hub.uploads
+    assert upload["files"] == sorted(["README.md", "config.json", "model.safetensors", MASKS_NAME])
+    assert not (out / ".push").exists() and (out / "vocab.txt").exists()
+    card = (out / "README.md").read_text()
+    assert "Fine-tuned on a tiny test set." in card and "- glue" in card
+    assert f'from_pretrained("{out.resolve()}")' in card  # the local card loads from the folder...
+    assert 'from_pretrained("me/my-run")' in uploaded_cards[0] and str(tmp_path) not in uploaded_cards[0]  # ...the Hub's from the repo
+
+
+def test_transformers_own_push_is_refused_when_switched_on_after_construction(tmp_path, monkeypatch):
+    hub = _FakeHub(monkeypatch)
+    trainer = SparseTrainer(model=make_sparse_bert(), args=make_args(tmp_path, max_steps=1), train_dataset=make_dataset(8))
+    trainer.args.push_to_hub = True
+    for call in (trainer.train, trainer.init_hf_repo, lambda: trainer._push_from_checkpoint(str(tmp_path))):
+        with pytest.raises(ValueError, match=r"push_to_hub=True lets transformers upload"):
+            call()
+    assert hub.created == [] and hub.uploads == []
+
+
+def test_trainer_push_to_hub_refuses_released_masks(tmp_path, monkeypatch):
+    from sparse_transfer import GMP, dense_masks
+
+    hub = _FakeHub(monkeypatch)
+    model = make_sparse_bert()
+    method = GMP(dense_masks(model, "bert"), 0.8, start_step=10, end_step=20, interval=2)  # not started after 1 step
+    trainer = SparseTrainer(model=model, args=make_args(tmp_path, max_steps=1), train_dataset=make_dataset(8),
+                            method=method)
+    trainer.train()
+    with pytest.raises(ValueError, match=r"GMP's masks are released .*nothing to check"):
+        trainer.push_to_hub(repo_id="me/sparse")
+    assert hub.created == [] and not (tmp_path / "model.safetensors").exists()
