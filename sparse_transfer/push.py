@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         from .hub import check_push_target, push_or_explain
 
         check_push_target(args.repo_id, flag="repository")
-        print(push_or_explain(args.folder, args.repo_id, private=args.private))
+        print(push_or_explain(args.folder, args.repo_id, private=args.private or None))
         return 0
 
     return run_command(body)

@@ -287,6 +287,15 @@ class _FakeHub:
         self.uploads.append(dict(repo_id=repo_id, files=sent, message=commit_message, token=token))
 
 
+def test_push_command_leaves_visibility_to_the_hub_unless_private_is_asked(saved_bert, monkeypatch, capsys, hub_login):
+    from sparse_transfer.push import main as push_main
+
+    _, _, out = saved_bert
+    hub = _FakeHub(monkeypatch)
+    assert push_main([str(out), "me/a"]) == 0 and push_main([str(out), "me/b", "--private"]) == 0
+    assert [c["private"] for c in hub.created] == [None, True]  # None: the namespace's default, as transformers
+
+
 def test_push_uploads_the_sparse_files(saved_bert, monkeypatch, capsys):
     _, _, out = saved_bert
     (out / "checkpoint-5").mkdir()

@@ -1013,5 +1013,5 @@ def push_best(checkpoint: str, repo_id: str, training_args) -> str:
     """Uploads a best checkpoint (its zeros checked against its mask first) with its model card."""
     from ..hub import push_or_explain
 
-    return push_or_explain(checkpoint, repo_id, token=training_args.hub_token, private=bool(training_args.hub_private_repo))
+    return push_or_explain(checkpoint, repo_id, token=training_args.hub_token, private=training_args.hub_private_repo)
 

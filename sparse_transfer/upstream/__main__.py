@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             from ..hub import push_or_explain
 
             parts.append("pushed to " + push_or_explain(results["output_dir"], args.push_to_hub,
-                                                        private=args.hub_private_repo))
+                                                        private=args.hub_private_repo or None))
         print(summary_line("upstream", parts, os.path.join(results["output_dir"], RESULTS_NAME)))
         return 0
 

@@ -341,7 +341,7 @@ def push_checkpoint(directory: str, args: VisionArguments) -> str:
     from ..hub import push_or_explain
 
     message = f"sparse_transfer: {args.model} {args.method}" + (f" {args.sparsity:.0%}" if args.sparsity else "")
-    return push_or_explain(directory, args.push_to_hub, private=args.hub_private_repo, commit_message=message)
+    return push_or_explain(directory, args.push_to_hub, private=args.hub_private_repo or None, commit_message=message)
 
 
 @torch.no_grad()
