@@ -117,6 +117,10 @@ def test_transformers_own_push_is_refused_when_switched_on_after_construction(tm
         with pytest.raises(ValueError, match=r"push_to_hub=True lets transformers upload"):
             call()
     assert hub.created == [] and hub.uploads == []
+    # transformers' save_model pushes when the flag is on: through this package's checked push, once
+    trainer.args.hub_model_id = "me/sparse"
+    trainer.save_model()
+    assert [u["files"] for u in hub.uploads] == [sorted(["README.md", "config.json", "model.safetensors", MASKS_NAME])]
 
 
 def test_trainer_push_to_hub_refuses_released_masks(tmp_path, monkeypatch):
