@@ -75,8 +75,9 @@ def torchrun(
     """Runs ``python -m module arguments`` under torchrun with ``processes`` CPU workers; fails the test on error.
 
     A run whose workers all died of a signal (gloo on CPU has aborted a worker once in many CI runs, with no error of
-    ours before it; PyTorch's own gloo tests have such aborts, e.g. pytorch/pytorch#65237) is run once more, after deleting the folders in ``fresh`` (its outputs, so the second run starts
-    as the first did), with a warning that keeps what the first printed. A worker that raised (even one that torchrun
+    ours before it; PyTorch's own gloo tests have such aborts, e.g. pytorch/pytorch#65237) is run once more, after
+    deleting the folders in ``fresh`` (its outputs, so the second run starts as the first did), with a warning that
+    keeps what the first printed. A worker that raised (even one that torchrun
     then stopped with SIGTERM), a wrong result and a hang (the symptom of ranks that disagree on their collectives)
     fail at once.
     """
