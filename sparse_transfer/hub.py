@@ -413,6 +413,8 @@ def adapter_card(folder: str | os.PathLike, card: dict | None = None) -> str:
     if base and _looks_like_repo_id(str(base)) and not os.path.exists(str(base)):
         front["base_model"] = str(base)
     front["tags"] = ["sparse", "sparse_transfer", "lora", "masked-lora", *[str(t) for t in _as_list(card.get("tags"))]]
+    if card.get("language"):
+        front["language"] = card["language"]
     if card.get("datasets"):
         front["datasets"] = [str(d) for d in _as_list(card["datasets"])]
     title = card.get("title") or "Masked LoRA adapter"
@@ -559,7 +561,7 @@ def model_card(
 
     card = dict(card or {})
     known = {"title", "base_model", "recipe", "results", "eval", "method", "datasets", "data", "usage", "example",
-             "tags", "license"}
+             "tags", "license", "language", "pipeline_tag"}
     unknown = set(card) - known
     if unknown:
         raise ValueError(f"Unknown model card field(s) {sorted(unknown)}; use {', '.join(sorted(known))}.")
@@ -589,8 +591,10 @@ def model_card(
         tags=tags,
         model_name=title if eval_results else None,
         eval_results=eval_results,
-        pipeline_tag={"sequence-classification": "text-classification", "timm": "image-classification",
-                      "sequence-classification-mean-pooling": "text-classification"}.get(card.get("usage")),
+        language=card.get("language"),
+        pipeline_tag=card.get("pipeline_tag") or {
+            "sequence-classification": "text-classification", "timm": "image-classification",
+            "sequence-classification-mean-pooling": "text-classification"}.get(card.get("usage")),
     )
 
     lines = [f"# {title}", ""]

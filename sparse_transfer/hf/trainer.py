@@ -67,7 +67,8 @@ SPARSE_METHOD_STATE_NAME = "sparse_method_state.pt"
 CHECKPOINT_COMPLETE_NAME = "checkpoint_complete.json"
 # transformers' push_to_hub card arguments -> this package's model card fields (hub.model_card)
 _CARD_FIELDS = {"model_name": "title", "finetuned_from": "base_model", "tags": "tags", "license": "license",
-                "dataset_tags": "datasets", "dataset": "data"}
+                "language": "language", "tasks": "pipeline_tag", "dataset_tags": "datasets", "dataset": "data",
+                "dataset_args": "data"}
 _PUSH_FOLDER = ".push"  # inside output_dir: SparseTrainer.push_to_hub saves here what it uploads (hidden: never uploaded)
 REWIND = "rewind"
 
@@ -941,13 +942,14 @@ class SparseTrainer(Trainer):
             token: Hub token; default ``args.hub_token``, else the stored login. Never printed or saved.
             repo_id: ``USER/NAME``; default ``args.hub_model_id``, else the name of ``output_dir`` (as transformers).
             private: Create the repository private; default ``args.hub_private_repo`` (``None``: the Hub's default).
-            **card_fields: transformers' card arguments ``model_name``, ``finetuned_from``, ``tags``, ``license``,
-                ``dataset_tags`` (Hub dataset ids), ``dataset`` (a name for the card's text).
+            **card_fields: transformers' card arguments: ``model_name``, ``finetuned_from``, ``tags``, ``license``,
+                ``language``, ``tasks`` (the Hub's pipeline tag), ``dataset_tags`` (Hub dataset ids), ``dataset`` and
+                ``dataset_args`` (a name and configuration for the card's text).
 
         Returns:
             The repository's URL (an empty string on processes other than the main one).
         """
-        from ..hub import push_sparse_to_hub
+        from ..hub import _as_list, push_sparse_to_hub
 
         unsupported = ["revision"] * (revision is not None) + sorted(set(card_fields) - set(_CARD_FIELDS))
         if unsupported:
@@ -971,10 +973,14 @@ class SparseTrainer(Trainer):
         if not self.is_world_process_zero():
             return ""
         try:
-            card = {}
-            for name, value in card_fields.items():
-                if value is not None:
-                    card[_CARD_FIELDS[name]] = f"Fine-tuned on {value}." if name == "dataset" else value
+            card = {_CARD_FIELDS[name]: value for name, value in card_fields.items()
+                    if value is not None and name not in ("dataset", "dataset_args")}
+            if isinstance(card.get("pipeline_tag"), (list, tuple)):
+                card["pipeline_tag"] = card["pipeline_tag"][0] if card["pipeline_tag"] else None
+            datasets = ", ".join(str(d) for d in _as_list(card_fields.get("dataset")))
+            if datasets:  # transformers' dataset_args is the dataset's configuration, e.g. GLUE's task
+                configs = ", ".join(str(a) for a in _as_list(card_fields.get("dataset_args")))
+                card["data"] = f"Fine-tuned on {datasets}" + (f" ({configs})." if configs else ".")
             self._write_card(self.args.output_dir, dict(card), peft)
             self._write_card(staging, card, peft)
             return push_sparse_to_hub(

@@ -98,13 +98,16 @@ def test_trainer_push_to_hub_defaults_as_transformers_and_pushes_only_what_it_sa
     model = make_sparse_bert()
     trainer = SparseTrainer(model=model, args=make_args(out, max_steps=1), train_dataset=make_dataset(8))
     trainer.train()
-    trainer.push_to_hub(dataset="a tiny test set", dataset_tags="glue")
+    # the card arguments of transformers' run_glue.py, all taken
+    trainer.push_to_hub(finetuned_from="prajjwal1/bert-tiny", tasks="text-classification", language="en",
+                        dataset_tags="glue", dataset_args="rte", dataset="GLUE RTE")
     assert hub.created == [dict(repo_id="me/my-run", token=None, private=None, exist_ok=True)]
     (upload,) = hub.uploads
     assert upload["files"] == sorted(["README.md", "config.json", "model.safetensors", MASKS_NAME])
     assert not (out / ".push").exists() and (out / "vocab.txt").exists()
     card = (out / "README.md").read_text()
-    assert "Fine-tuned on a tiny test set." in card and "- glue" in card
+    assert "Fine-tuned on GLUE RTE (rte)." in card and "- glue" in card and "language: en" in card
+    assert "pipeline_tag: text-classification" in card and "base_model: prajjwal1/bert-tiny" in card
     assert f'from_pretrained("{out.resolve()}")' in card  # the local card loads from the folder...
     assert 'from_pretrained("me/my-run")' in uploaded_cards[0] and str(tmp_path) not in uploaded_cards[0]  # ...the Hub's from the repo
 
