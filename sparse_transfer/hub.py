@@ -413,12 +413,13 @@ def adapter_card(folder: str | os.PathLike, card: dict | None = None) -> str:
     if base and _looks_like_repo_id(str(base)) and not os.path.exists(str(base)):
         front["base_model"] = str(base)
     front["tags"] = ["sparse", "sparse_transfer", "lora", "masked-lora", *[str(t) for t in _as_list(card.get("tags"))]]
-    if card.get("language"):
-        front["language"] = card["language"]
+    for name in ("language", "license", "pipeline_tag"):
+        if card.get(name):
+            front[name] = card[name]
     if card.get("datasets"):
         front["datasets"] = [str(d) for d in _as_list(card["datasets"])]
     title = card.get("title") or "Masked LoRA adapter"
-    base_text = f"`{base}`" if base else "its sparse base model"
+    base_text = f"`{_public_name(base)}`" if base else "its sparse base model"
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {title}", ""]
     lines.append(
         f"A masked LoRA adapter (r={config.get('r')}, alpha={config.get('lora_alpha')}) for {base_text}, saved with "
@@ -528,6 +529,13 @@ def _is_hub_id(value) -> bool:
     return "/" in text and not os.path.exists(text) and _looks_like_repo_id(text)
 
 
+def _public_name(value) -> str:
+    """How a card's text names a base model: a Hub id as it is, a local path by its last part (a published card
+    should not show the layout of the author's disk)."""
+    text = str(value)
+    return text if _is_hub_id(text) or os.path.sep not in text else Path(text.rstrip(os.path.sep)).name
+
+
 def model_card(
     report: SparsityReport,
     card: dict | None = None,
@@ -600,7 +608,7 @@ def model_card(
     lines = [f"# {title}", ""]
     intro = (
         f"A {report.target_sparsity:.1%} sparse model"
-        + (f" derived from `{card['base_model']}`" if card.get("base_model") else "")
+        + (f" derived from `{_public_name(card['base_model'])}`" if card.get("base_model") else "")
         + (f" with {card['method']}" if card.get("method") else "")
         + f", saved with sparse_transfer {__version__}. The pruned weights are stored as exact zeros in an "
         + ("ordinary checkpoint, so it loads with the usual library calls; " if card.get("usage") !=

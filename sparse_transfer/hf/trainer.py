@@ -37,6 +37,7 @@ fine-tuning) and the masks are enforced in the same way.
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import inspect
 import json
@@ -951,6 +952,7 @@ class SparseTrainer(Trainer):
         """
         from ..hub import _as_list, push_sparse_to_hub
 
+        revision = revision if revision is not None else self.args.hub_revision  # as transformers
         unsupported = ["revision"] * (revision is not None) + sorted(set(card_fields) - set(_CARD_FIELDS))
         if unsupported:
             raise ValueError(
@@ -967,14 +969,19 @@ class SparseTrainer(Trainer):
         repo_id = repo_id or self.args.hub_model_id or Path(self.args.output_dir).absolute().name
         self.save_model(self.args.output_dir, _internal_call=True)  # as transformers: the output folder holds it too
         staging = os.path.join(self.args.output_dir, _PUSH_FOLDER)
-        if self.is_world_process_zero():
-            shutil.rmtree(staging, ignore_errors=True)  # left by a push that was killed
-        self.save_model(staging, _internal_call=True)  # every process: under FSDP the weights are gathered
-        if not self.is_world_process_zero():
-            return ""
+        main = self.is_world_process_zero()
+        if main:  # left by a push that was killed: the folder, and push_sparse_to_hub's own staging beside it
+            for path in (staging, *glob.glob(glob.escape(staging) + "-*")):
+                if os.path.islink(path) or os.path.isfile(path):
+                    os.remove(path)  # (a link is removed, never followed)
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
         try:
+            self.save_model(staging, _internal_call=True)  # every process: under FSDP the weights are gathered
+            if not main:
+                return ""
             card = {_CARD_FIELDS[name]: value for name, value in card_fields.items()
-                    if value is not None and name not in ("dataset", "dataset_args")}
+                    if value not in (None, "", [], ()) and name not in ("dataset", "dataset_args")}
             if isinstance(card.get("pipeline_tag"), (list, tuple)):
                 card["pipeline_tag"] = card["pipeline_tag"][0] if card["pipeline_tag"] else None
             datasets = ", ".join(str(d) for d in _as_list(card_fields.get("dataset")))
@@ -988,9 +995,10 @@ class SparseTrainer(Trainer):
                 private=private if private is not None else self.args.hub_private_repo, commit_message=commit_message,
             )
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if main:
+                shutil.rmtree(staging, ignore_errors=True)
 
-    def init_hf_repo(self, token: str | None = None) -> None:
+    def init_hf_repo(self, *args, **kwargs) -> None:
         _refuse_transformers_push(self.args, always=True)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:

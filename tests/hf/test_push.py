@@ -3,6 +3,7 @@ checked, allow-listed push of sparse_transfer.hub."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -54,11 +55,15 @@ def test_trainer_push_to_hub_of_a_lora_run_uploads_the_adapter(tmp_path, monkeyp
                             train_dataset=make_dataset(8))
     trainer.train()
     (tmp_path / "README.md").write_text("# An earlier full model's card")
-    trainer.push_to_hub(repo_id="me/adapter", model_name="Tiny adapter", tags="rte")
+    base = tmp_path / "models" / "bert-tiny"  # a local base model: its path stays off the card
+    trainer.push_to_hub(repo_id="me/adapter", model_name="Tiny adapter", tags="rte", license="mit",
+                        tasks=["text-classification"], finetuned_from=str(base))
     (upload,) = hub.uploads
     assert {"README.md", "adapter_config.json", "adapter_model.safetensors"} <= set(upload["files"])
     card = (tmp_path / "README.md").read_text()
     assert "# Tiny adapter" in card and "- rte" in card and "earlier" not in card
+    assert "license: mit" in card and "pipeline_tag: text-classification" in card
+    assert "for `bert-tiny`" in card and f"`{base}`" not in card  # (its loading snippet, as peft's config, keeps it)
     assert not any(name.endswith((".bin", ".pt")) for name in upload["files"])
 
 
@@ -69,6 +74,10 @@ def test_trainer_push_to_hub_refuses_revived_weights_and_unknown_arguments(tmp_p
     trainer.train()
     with pytest.raises(ValueError, match=r"does not take \['revision'\]"):
         trainer.push_to_hub(repo_id="me/sparse", revision="dev")
+    trainer.args.hub_revision = "dev"  # read as transformers reads it: refused too, not pushed to main
+    with pytest.raises(ValueError, match=r"does not take \['revision'\]"):
+        trainer.push_to_hub(repo_id="me/sparse")
+    trainer.args.hub_revision = None
     with torch.no_grad():
         weight = model.bert.encoder.layer[0].attention.self.query.weight
         weight[weight == 0] = 1.0
@@ -95,6 +104,11 @@ def test_trainer_push_to_hub_defaults_as_transformers_and_pushes_only_what_it_sa
     out.mkdir()
     for stale in ("adapter_config.json", "vocab.txt", "all_results.json"):
         (out / stale).write_text("{}")  # an earlier run's
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "vocab.txt").write_text("another tokenizer's")
+    (out / ".push").symlink_to(elsewhere)  # a reserved name taken by a link: removed, never followed
+    (out / ".push-x1y2").mkdir()  # the upload's own staging, left by a push that was killed
     model = make_sparse_bert()
     trainer = SparseTrainer(model=model, args=make_args(out, max_steps=1), train_dataset=make_dataset(8))
     trainer.train()
@@ -105,6 +119,7 @@ def test_trainer_push_to_hub_defaults_as_transformers_and_pushes_only_what_it_sa
     (upload,) = hub.uploads
     assert upload["files"] == sorted(["README.md", "config.json", "model.safetensors", MASKS_NAME])
     assert not (out / ".push").exists() and (out / "vocab.txt").exists()
+    assert not (out / ".push-x1y2").exists() and os.listdir(elsewhere) == ["vocab.txt"]
     card = (out / "README.md").read_text()
     assert "Fine-tuned on GLUE RTE (rte)." in card and "- glue" in card and "language: en" in card
     assert "pipeline_tag: text-classification" in card and "base_model: prajjwal1/bert-tiny" in card
